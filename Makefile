@@ -1,0 +1,41 @@
+# Tidal — run `make help` for the list of targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+TIDAL_CACHE ?= $(HOME)/.cache/tidal
+export TIDAL_CACHE
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: install
+install: ## Create .venv with the operator, worker, vLLM CPU build and dev tools
+	bash scripts/install-venv.sh
+
+.PHONY: controlplane
+controlplane: ## Build (or reuse from $(TIDAL_CACHE)) kube-apiserver, controller-manager, scheduler, etcd, KWOK
+	bash scripts/build-controlplane.sh
+
+.PHONY: manifests
+manifests: install ## Regenerate crds/ from the typed API models
+	$(PY) -m tidal.api.crdgen > crds/llmdeployments.tidal.dev.yaml
+
+.PHONY: lint
+lint: install ## ruff, import-linter contracts
+	$(VENV)/bin/ruff check operator worker tests
+	$(VENV)/bin/lint-imports
+
+.PHONY: typecheck
+typecheck: install ## mypy --strict on tidal and tidal_worker
+	$(VENV)/bin/mypy
+
+.PHONY: test-unit
+test-unit: install ## Unit tier only (fast, no sockets)
+	$(PY) -m pytest -m unit -q
+
+.PHONY: test
+test: install controlplane lint typecheck ## Every tier: lint, types, unit, control plane, engine, metrics
+	$(PY) -m pytest -q --timeout=900

@@ -1,0 +1,58 @@
+"""The ``tidal`` console script: one argparse front door, one module per subcommand.
+
+Each subcommand lives in ``tidal.cli.<name>`` and exposes ``register(subparsers)``;
+modules are imported lazily so ``tidal --help`` stays fast and a broken optional
+dependency of one subcommand never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from tidal import __version__
+
+# name -> (module, one-line help). Order is the order shown in --help.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "version": ("tidal.cli.version", "print the Tidal version"),
+    "run": ("tidal.cli.run", "run the operator (kopf, with peering/leader election)"),
+    "recommend": ("tidal.cli.recommend", "recommend vLLM engine settings for a model on a GPU"),
+    "simulate": ("tidal.cli.simulate", "replay a traffic trace against scaling policies"),
+    "manifests": ("tidal.cli.manifests", "print the generated LLMDeployment CRD"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidal",
+        description="Tidal: Kubernetes operator for multi-GPU LLM serving with vLLM.",
+    )
+    parser.add_argument("--version", action="version", version=f"tidal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # subcommand not built yet
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.register(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Root pytest configuration: tier markers are assigned by directory.
+
+tests/unit -> unit, tests/controlplane -> controlplane, tests/engine -> engine,
+tests/metrics -> metrics. Shared fixtures live in tests/support and are loaded as plugins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+_TIERS = ("unit", "controlplane", "engine", "metrics")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in _TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
