@@ -1,0 +1,60 @@
+"""Where the control plane binaries built by `make controlplane` live.
+
+`scripts/build-controlplane.sh` builds kube-apiserver, kube-controller-manager and kube-scheduler (one
+multi-call binary `kube`), `etcd` and `kwok` into a cache directory keyed by the pinned versions and a
+hash of `tools/controlplane/`. This module asks that script for the directory of this checkout, so a
+stale build is never picked up silently, and fails with an instruction when the binaries are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REQUIRED_BINARIES = ("kube", "etcd", "kwok")
+BIN_DIR_ENV = "TIDAL_CONTROLPLANE_BIN"
+
+
+class ControlPlaneNotBuiltError(RuntimeError):
+    """The control plane binaries are not where this checkout expects them."""
+
+
+def repo_root() -> Path | None:
+    """The checkout this package runs from, if it runs from one (editable install)."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "scripts" / "build-controlplane.sh").is_file():
+            return parent
+    return None
+
+
+def expected_bin_dir() -> Path:
+    """The bin directory for this checkout: $TIDAL_CONTROLPLANE_BIN, else what the build script names."""
+    override = os.environ.get(BIN_DIR_ENV)
+    if override:
+        return Path(override)
+    root = repo_root()
+    if root is not None:
+        out = subprocess.run(
+            ["bash", str(root / "scripts" / "build-controlplane.sh"), "--print-bin-dir"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return Path(out.stdout.strip())
+    cache = Path(os.environ.get("TIDAL_CACHE", Path.home() / ".cache" / "tidal"))
+    return cache / "controlplane" / "current" / "bin"
+
+
+def find_bin_dir(explicit: Path | None = None) -> Path:
+    """Return the directory holding kube, etcd and kwok, or raise ControlPlaneNotBuiltError."""
+    bin_dir = explicit if explicit is not None else expected_bin_dir()
+    missing = [name for name in REQUIRED_BINARIES if not os.access(bin_dir / name, os.X_OK)]
+    if missing:
+        raise ControlPlaneNotBuiltError(
+            f"control plane binaries missing from {bin_dir}: {', '.join(missing)}. "
+            "Run `make controlplane` (builds kube-apiserver, controller-manager, scheduler, etcd and KWOK "
+            "from the Go module proxy; the first build takes tens of minutes, later ones seconds)."
+        )
+    return bin_dir
