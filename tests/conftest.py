@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.support.cluster"]
+
 _TIERS = ("unit", "controlplane", "engine", "metrics")
 
 

@@ -1,0 +1,1 @@
+"""Control plane tier: tests against a real kube-apiserver, etcd, controller-manager, scheduler and KWOK."""
