@@ -19,6 +19,18 @@ install: ## Create .venv with the operator, worker, vLLM CPU build and dev tools
 controlplane: ## Build (or reuse from $(TIDAL_CACHE)) kube-apiserver, controller-manager, scheduler, etcd, KWOK
 	bash scripts/build-controlplane.sh
 
+.PHONY: system
+system: ## Install Debian packages the tests need (prometheus); quick no-op when present
+	bash scripts/install-system.sh
+
+.PHONY: cluster-up
+cluster-up: install controlplane ## Start a local control plane with 2 fake GPU nodes in the background (.tidal/kubeconfig)
+	$(PY) -m tidal.devcluster up --state-dir .tidal
+
+.PHONY: cluster-down
+cluster-down: ## Stop the control plane started by cluster-up
+	$(PY) -m tidal.devcluster down --state-dir .tidal
+
 .PHONY: manifests
 manifests: install ## Regenerate crds/ from the typed API models
 	$(PY) -m tidal.api.crdgen > crds/llmdeployments.tidal.dev.yaml
@@ -37,5 +49,5 @@ test-unit: install ## Unit tier only (fast, no sockets)
 	$(PY) -m pytest -m unit -q
 
 .PHONY: test
-test: install controlplane lint typecheck ## Every tier: lint, types, unit, control plane, engine, metrics
+test: install system controlplane lint typecheck ## Every tier: lint, types, unit, control plane, engine, metrics
 	$(PY) -m pytest -q --timeout=900
