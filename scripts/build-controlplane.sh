@@ -44,7 +44,19 @@ fi
 
 START=$(date +%s)
 mkdir -p "$CACHE/controlplane"
+# One build at a time per cache (parallel `make` invocations wait, then find the cache filled).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$CACHE/controlplane/.lock"
+  flock 9
+  if [[ -f "$DEST/.complete" ]]; then
+    ln -sfn "$KEY" "$CACHE/controlplane/current"
+    echo "controlplane: built by a concurrent run, binaries in $BIN"
+    exit 0
+  fi
+fi
+echo "controlplane: building $KEY into $DEST (cold: tens of minutes on 2 cores; Go's build cache makes rebuilds fast)"
 TMP=$(mktemp -d "$CACHE/controlplane/.build.XXXXXX")
+chmod 755 "$TMP"
 trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/bin"
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false -trimpath"
