@@ -23,10 +23,12 @@ WARM_START_LIMIT_S = 30.0
 
 @pytest.fixture
 def bin_dir() -> Path:
+    problem = ""
     try:
         return find_bin_dir()
     except ControlPlaneNotBuiltError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
 
 
 def _alive(pid: int) -> bool:
@@ -98,3 +100,35 @@ def test_cli_up_status_down(tmp_path: Path, bin_dir: Path) -> None:
     assert not survivors, f"components survived `down`: {survivors}"
     after = subprocess.run([*base, "status", *opts], capture_output=True, text=True, timeout=30)
     assert after.returncode == 1
+
+
+_HOLDER = """
+import json, sys, time
+from pathlib import Path
+from tidal.devcluster import ClusterConfig, DevCluster
+cluster = DevCluster(ClusterConfig(work_dir=Path(sys.argv[1])))
+cluster.start()
+print(json.dumps(cluster.pids()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_components_die_with_a_killed_parent(tmp_path: Path, bin_dir: Path) -> None:
+    """A test run killed with SIGKILL (no teardown at all) still leaves no control plane process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path / "cluster")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        assert line, "the holder process did not start a cluster"
+        pids: dict[str, int] = json.loads(line)
+        assert all(_alive(pid) for pid in pids.values())
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids.values()):
+        time.sleep(0.2)
+    survivors = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert not survivors, f"survived the death of their parent: {survivors}"

@@ -115,16 +115,21 @@ class ControlPlane:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """A running control plane shared by the whole session (no nodes; tests create their own)."""
+    problem = ""
     try:
         find_bin_dir()
     except ControlPlaneNotBuiltError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    if problem:  # failed outside the except block, so the report shows the message, not a chained trace
+        pytest.fail(problem, pytrace=False)
     work = tmp_path_factory.mktemp("controlplane")
     cluster = DevCluster(ClusterConfig(work_dir=work, gpu_nodes=0))
     try:
         cluster.start()
     except ClusterStartError as exc:
-        pytest.fail(f"control plane failed to start: {exc}", pytrace=False)
+        problem = f"control plane failed to start: {exc}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     print(
         f"\ncontrol plane ready in {cluster.startup_seconds:.1f}s at {cluster.server} "
         f"(logs {cluster.log_dir})"

@@ -194,7 +194,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             kill_group(pid, 5)
     bin_dir = Path(state["bin_dir"]) if state.get("bin_dir") else None
     ours = {p for p, _ in processes_running_from(bin_dir)} if bin_dir else set()
-    for name, pgid in state.get("components", {}).items():
+    for name, pgid in reversed(list(state.get("components", {}).items())):
         if pgid in ours and group_alive(pgid):
             print(f"devcluster: {name} (pgid {pgid}) outlived the supervisor; killing it")
             kill_group(pgid)

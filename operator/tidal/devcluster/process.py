@@ -2,12 +2,16 @@
 
 Every component (etcd, kube-apiserver, ...) is started with `start_new_session=True`, so it and anything it
 forks share one process group that teardown can signal as a whole: SIGTERM first, SIGKILL after a grace
-period. Output goes to one log file per component, kept for post-mortems of failed tests.
+period. Output goes to one log file per component, kept for post-mortems of failed tests. On Linux each
+component also gets SIGTERM from the kernel when the process that started it dies (PR_SET_PDEATHSIG), so
+a pytest run or `serve` supervisor killed with SIGKILL does not leave an etcd or apiserver behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -15,6 +19,25 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded in the parent: the child may only make the prctl call between fork and exec.
+_LIBC = _load_libc() if os.uname().sysname == "Linux" else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: ask for SIGTERM when the parent dies (Linux only)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -51,6 +74,7 @@ def start_component(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if _LIBC is not None else None,
             env=dict(env) if env is not None else None,
         )
     return Component(name=name, argv=list(argv), log_path=log_path, process=process)
