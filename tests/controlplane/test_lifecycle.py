@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_warm_start_is_fast_and_teardown_leaves_no_process(tmp_path: Path, bin_dir: Path) -> None:
+def test_warm_start_is_fast_and_teardown_leaves_no_process(
+    tmp_path: Path, bin_dir: Path, record_property: Callable[[str, object], None]
+) -> None:
     before = {pid for pid, _ in processes_running_from(bin_dir)}
     cluster = DevCluster(ClusterConfig(work_dir=tmp_path / "cluster", gpu_nodes=2))
     try:
@@ -55,7 +58,7 @@ def test_warm_start_is_fast_and_teardown_leaves_no_process(tmp_path: Path, bin_d
         cluster.stop()
     seconds = cluster.startup_seconds
     print(f"warm start to ready (2 GPU nodes Ready): {seconds:.1f}s")
-    (tmp_path / "startup_seconds.txt").write_text(f"{seconds:.2f}\n")
+    record_property("warm_start_seconds", round(seconds, 2))
     leftovers = {pid for pid, _ in processes_running_from(bin_dir)} - before
     assert not leftovers, f"processes survived teardown: {leftovers}"
     assert not any(group_alive(pgid) and _alive(pgid) for pgid in pids.values())
