@@ -1,0 +1,129 @@
+"""Performance detection: sick replicas and engine-setting advice, from the same observations.
+
+A *sick* replica is one whose latency is far worse than its peers' while it carries no more load than
+they do: the fleet is not saturated, that replica is broken (a throttled GPU, a bad node, a noisy
+neighbour). It is flagged (Event ``ReplicaDegraded``: replace it) and removed from the fleet latency
+signal, so one bad pod cannot by itself scale the deployment out.
+
+Engine advice reads saturation patterns that more replicas would not fix: a KV cache that is full
+while batches are small (raise ``gpu_memory_utilization`` or lower ``max_model_len``), and frequent
+preemptions (lower ``max_num_seqs``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+
+from tidal.scaling.types import EngineAdvice, FleetObservation, ReplicaStats, ScalingConfig, SickReplica
+
+LOAD_SLACK = 1.25
+"""A replica counts as "not more loaded" when its running+waiting is at most this x the peers' median
+(plus one request, so near-idle fleets are not judged on noise)."""
+MIN_LATENCY_FRACTION = 0.5
+"""Only latencies above this fraction of the target are worth flagging (a 30 ms TTFT that is 3x the
+peers' 10 ms is not a problem)."""
+KV_SATURATED = 0.9
+SMALL_BATCH_FRACTION = 0.25
+PREEMPTIONS_PER_REPLICA_S = 0.05
+
+
+def _load(r: ReplicaStats) -> float:
+    return (r.running or 0.0) + (r.waiting or 0.0)
+
+
+def detect_sick_replicas(config: ScalingConfig, obs: FleetObservation) -> tuple[SickReplica, ...]:
+    """Replicas whose TTFT or TPOT is > ``sick_latency_factor`` x the median of the others at no more load."""
+    reps = obs.replicas
+    if len(reps) < 2:
+        return ()
+    sick: list[SickReplica] = []
+    for r in reps:
+        peers = [p for p in reps if p.replica != r.replica]
+        peer_load = statistics.median(_load(p) for p in peers)
+        if _load(r) > LOAD_SLACK * peer_load + 1.0:
+            continue  # busier than its peers: slow for a reason
+        for signal, target in (("ttft", config.ttft_p95_s), ("tpot", config.tpot_p95_s)):
+            value = r.ttft_p95 if signal == "ttft" else r.tpot_p95
+            peer_values = [v for v in ((p.ttft_p95 if signal == "ttft" else p.tpot_p95) for p in peers) if v]
+            if value is None or not peer_values:
+                continue
+            med = statistics.median(peer_values)
+            floor = MIN_LATENCY_FRACTION * target if target else 0.0
+            if med > 0 and value > config.sick_latency_factor * med and value > floor:
+                factor = value / med
+                sick.append(
+                    SickReplica(
+                        replica=r.replica,
+                        signal=signal,
+                        value=value,
+                        peer_median=med,
+                        factor=factor,
+                        message=(
+                            f"replica {r.replica}: {signal}_p95 {value:.3g}s is {factor:.1f}x "
+                            f"its peers' median "
+                            f"{med:.3g}s at load {_load(r):.0f} vs peers' {peer_load:.0f}; replace it "
+                            "(excluded from the fleet latency signal)"
+                        ),
+                    )
+                )
+                break
+    return tuple(sick)
+
+
+def exclude_sick(obs: FleetObservation, sick: tuple[SickReplica, ...]) -> FleetObservation:
+    """The observation with fleet latencies recomputed from the healthy replicas only.
+
+    Per-replica p95s cannot be merged exactly; the worst healthy replica's p95 is used, which is
+    conservative for scale-up (it never hides a real fleet-wide breach)."""
+    if not sick:
+        return obs
+    bad = {s.replica for s in sick}
+    healthy = [r for r in obs.replicas if r.replica not in bad]
+    ttfts = [r.ttft_p95 for r in healthy if r.ttft_p95 is not None]
+    tpots = [r.tpot_p95 for r in healthy if r.tpot_p95 is not None]
+    return replace(
+        obs,
+        ttft_p95=max(ttfts) if ttfts else None,
+        tpot_p95=max(tpots) if tpots else None,
+        replicas=tuple(healthy),
+    )
+
+
+def engine_advice(config: ScalingConfig, obs: FleetObservation, ready: int) -> tuple[EngineAdvice, ...]:
+    """Advice on engine settings that more replicas would not fix."""
+    out: list[EngineAdvice] = []
+    n = max(ready, 1)
+    running_per = (obs.running or 0.0) / n
+    kv = obs.kv_cache_usage
+    small_batch = config.max_num_seqs is not None and running_per < SMALL_BATCH_FRACTION * config.max_num_seqs
+    if kv is not None and kv >= KV_SATURATED and small_batch:
+        out.append(
+            EngineAdvice(
+                setting="gpuMemoryUtilization",
+                direction="increase",
+                suggested=None,
+                message=(
+                    f"KV cache {kv:.0%} full with only {running_per:.0f} running sequences per replica "
+                    f"(max_num_seqs {config.max_num_seqs}): give the KV cache more memory "
+                    "(gpu_memory_utilization) or lower max_model_len"
+                ),
+            )
+        )
+    if obs.preemption_rate is not None and obs.preemption_rate / n > PREEMPTIONS_PER_REPLICA_S:
+        suggested = max(1.0, round(running_per * 0.8)) if running_per > 0 else None
+        out.append(
+            EngineAdvice(
+                setting="maxNumSeqs",
+                direction="decrease",
+                suggested=suggested,
+                message=(
+                    f"{obs.preemption_rate / n:.2f} preemptions/s per replica "
+                    f"(> {PREEMPTIONS_PER_REPLICA_S}): "
+                    f"lower max_num_seqs"
+                    + (f" to about {suggested:.0f}" if suggested else "")
+                    + " so admitted sequences fit in the KV cache instead of being recomputed"
+                ),
+            )
+        )
+    return tuple(out)

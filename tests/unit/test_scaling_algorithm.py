@@ -1,0 +1,286 @@
+"""Table-driven tests of compute_desired_replicas: bounds, tolerance, panic, stabilisation, steps,
+capacity, stale metrics, cold start, and the state round-trip."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from tidal.scaling import (
+    AutoscalerState,
+    CapacityView,
+    FleetObservation,
+    Reason,
+    ScalingConfig,
+    compute_desired_replicas,
+)
+
+NOW = 10_000.0
+CFG = ScalingConfig(
+    min_replicas=1, max_replicas=10, queue_per_replica=None, kv_cache_usage=None, tpot_p95_s=None
+)
+
+
+def obs(ttft: float | None = 1.0, **kw: Any) -> FleetObservation:
+    return FleetObservation(time=kw.pop("time", NOW - 5), ttft_p95=ttft, **kw)
+
+
+def cap(current: int = 3, ready: int | None = None, **kw: Any) -> CapacityView:
+    return CapacityView(current=current, ready=current if ready is None else ready, **kw)
+
+
+# A state whose window already lies fully below target: scale-down allowed if consecutive is met.
+LOW_HISTORY = AutoscalerState(recommendations=((NOW - 400, 2),), consecutive_below=5)
+
+
+@dataclass
+class Case:
+    name: str
+    o: FleetObservation | None
+    c: CapacityView
+    desired: int
+    reason: Reason
+    cfg: ScalingConfig = CFG
+    state: AutoscalerState = field(default_factory=AutoscalerState)
+    in_message: tuple[str, ...] = ()
+    metrics_available: bool = True
+
+
+CASES = [
+    Case(
+        "within tolerance holds",
+        obs(1.9),
+        cap(3),
+        3,
+        Reason.WITHIN_TOLERANCE,
+        in_message=("1.90s", "2.00s", "10%"),
+    ),
+    Case("within tolerance above target", obs(2.15), cap(3), 3, Reason.WITHIN_TOLERANCE),
+    Case(
+        "breach scales up proportionally",
+        obs(3.0),
+        cap(4),
+        6,
+        Reason.SCALED_UP,
+        in_message=("ttft_p95 3.00s",),
+    ),
+    Case("small breach adds at least one", obs(2.3), cap(4), 5, Reason.SCALED_UP),
+    Case(
+        "step limit outside panic",
+        obs(3.8),
+        cap(8),
+        12,
+        Reason.SCALED_UP,
+        cfg=replace(CFG, max_replicas=40),
+        in_message=("step limited",),
+    ),
+    Case(
+        "panic lifts the step limit",
+        obs(10.0),
+        cap(4),
+        20,
+        Reason.SCALED_UP,
+        cfg=replace(CFG, max_replicas=40),
+        in_message=("panic",),
+    ),
+    Case("max replicas bounds the ask", obs(10.0), cap(4), 10, Reason.SCALED_UP),
+    Case("already at max", obs(6.0), cap(10), 10, Reason.MAX_REPLICAS_REACHED, in_message=("maxReplicas",)),
+    Case("below min is raised", obs(1.0), cap(0, 0), 1, Reason.SCALED_UP),
+    Case("min bounds a scale-down", obs(0.1), cap(2), 1, Reason.SCALED_DOWN, state=LOW_HISTORY),
+    Case(
+        "at min holds",
+        obs(0.1),
+        cap(2),
+        2,
+        Reason.MIN_REPLICAS_REACHED,
+        state=LOW_HISTORY,
+        cfg=replace(CFG, min_replicas=2),
+        in_message=("minReplicas 2",),
+    ),
+    Case(
+        "scale-down one step at a time",
+        obs(0.1),
+        cap(6),
+        5,
+        Reason.SCALED_DOWN,
+        state=LOW_HISTORY,
+        in_message=("below target",),
+    ),
+    Case(
+        "scale-down needs consecutive decisions",
+        obs(0.1),
+        cap(6),
+        6,
+        Reason.STABILIZATION_WINDOW,
+        state=replace(LOW_HISTORY, consecutive_below=0),
+        in_message=("1 of 3",),
+    ),
+    Case(
+        "scale-down waits for the window max",
+        obs(0.1),
+        cap(6),
+        6,
+        Reason.STABILIZATION_WINDOW,
+        state=AutoscalerState(recommendations=((NOW - 100, 6),), consecutive_below=5),
+        in_message=("300s",),
+    ),
+    Case(
+        "fresh start holds a full window",
+        obs(0.1),
+        cap(6),
+        6,
+        Reason.STABILIZATION_WINDOW,
+        state=AutoscalerState(consecutive_below=5),
+    ),
+    Case(
+        "panic holds scale-down",
+        obs(0.1),
+        cap(6),
+        6,
+        Reason.PANIC_HOLD,
+        state=replace(LOW_HISTORY, panic_until=NOW + 3),
+    ),
+    Case(
+        "insufficient GPU",
+        obs(4.0),
+        cap(3, free_gpus=4, gpus_per_replica=2),
+        5,
+        Reason.INSUFFICIENT_GPU,
+        in_message=("4 GPU(s) are free", "asks for 6"),
+    ),
+    Case(
+        "no GPU at all holds", obs(4.0), cap(3, free_gpus=1, gpus_per_replica=2), 3, Reason.INSUFFICIENT_GPU
+    ),
+    Case(
+        "stale metrics hold",
+        obs(0.1, time=NOW - 120),
+        cap(5),
+        5,
+        Reason.METRICS_STALE,
+        state=LOW_HISTORY,
+        metrics_available=False,
+        in_message=("120s old",),
+    ),
+    Case("missing metrics hold", None, cap(5), 5, Reason.METRICS_STALE, metrics_available=False),
+    Case(
+        "empty observation holds",
+        FleetObservation(time=NOW),
+        cap(5),
+        5,
+        Reason.METRICS_STALE,
+        metrics_available=False,
+    ),
+    Case(
+        "starting replicas count as coming",
+        obs(5.0),
+        cap(6, 3, starting=3, cold_start_s=120),
+        6,
+        Reason.COLD_START_PENDING,
+        state=AutoscalerState(last_scale_up_time=NOW - 30),
+        in_message=("3 replica(s) are still starting",),
+    ),
+    Case(
+        "after the cold start, still breaching adds",
+        obs(5.0),
+        cap(6, 3, starting=3, cold_start_s=120),
+        8,
+        Reason.SCALED_UP,
+        state=AutoscalerState(last_scale_up_time=NOW - 300),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_table(case: Case) -> None:
+    d = compute_desired_replicas(case.cfg, case.o, case.c, case.state, NOW)
+    assert (d.desired, d.reason) == (case.desired, case.reason), d.message
+    assert d.metrics_available is case.metrics_available
+    for text in case.in_message:
+        assert text in d.message, d.message
+    assert d.message  # every result explains itself
+    assert case.cfg.min_replicas <= d.desired <= case.cfg.max_replicas
+
+
+def test_load_signal_proportional_and_proportional_signals_bypass_cold_start() -> None:
+    cfg = replace(
+        CFG,
+        prefill_tokens_per_replica_s=10_000,
+        decode_tokens_per_replica_s=2_000,
+        target_utilization=0.8,
+        max_replicas=30,
+    )
+    # 4 replicas of work (20k prompt tok/s = 2, 4k gen tok/s = 2) at 80 % → 5 replicas.
+    o = obs(0.5, prompt_token_rate=20_000.0, generation_token_rate=4_000.0)
+    d = compute_desired_replicas(cfg, o, cap(2), AutoscalerState(), NOW)
+    assert d.desired == 5 and d.limiting_factor == "load", d.message
+    assert d.ratios["load"] == pytest.approx(2.5)
+    # While 3 are starting, a proportional ask larger than the coming total still goes through.
+    o2 = obs(9.0, prompt_token_rate=60_000.0, generation_token_rate=12_000.0)
+    d2 = compute_desired_replicas(
+        cfg, o2, cap(5, 2, starting=3, cold_start_s=120), AutoscalerState(last_scale_up_time=NOW - 10), NOW
+    )
+    # 12 replicas of work at 80 % on 2 ready: ratio 7.5 >= panic, so no step limit: ceil(2 x 7.5) = 15.
+    assert d2.desired == 15 and d2.reason is Reason.SCALED_UP and d2.panic, d2.message
+
+
+def test_panic_sets_window_and_blocks_scale_down_afterwards() -> None:
+    cfg = replace(CFG, panic_window_s=60)
+    d = compute_desired_replicas(cfg, obs(8.0), cap(2), AutoscalerState(), NOW)
+    assert d.panic and d.state.panic_until == NOW + 60
+    later = replace(d.state, recommendations=((NOW - 400, 1),), consecutive_below=5)
+    d2 = compute_desired_replicas(cfg, obs(0.1, time=NOW + 10), cap(8), later, NOW + 15)
+    assert d2.reason is Reason.PANIC_HOLD and d2.desired == 8
+
+
+def test_stabilisation_over_a_sequence_of_decisions() -> None:
+    """Load falls at t=0: the count stays for the window, then steps down one every 3 decisions."""
+    cfg = replace(CFG, scale_down_stabilization_s=120)
+    state = AutoscalerState()
+    current = 6
+    history = []
+    for i in range(40):
+        t = NOW + 15 * i
+        d = compute_desired_replicas(cfg, obs(0.2, time=t), cap(current), state, t)
+        state, current = d.state, d.desired
+        history.append(current)
+    first_drop = next(i for i, n in enumerate(history) if n < 6)
+    assert first_drop * 15 >= 120  # not before the window
+    drops = [i for i in range(1, len(history)) if history[i] < history[i - 1]]
+    assert all(b - a >= 3 for a, b in itertools.pairwise(drops))  # consecutive requirement
+    assert all(history[i - 1] - history[i] <= 1 for i in range(1, len(history)))  # step 1
+    assert history[-1] == 1
+
+
+def test_state_round_trips_through_json() -> None:
+    d = compute_desired_replicas(CFG, obs(8.0), cap(2), AutoscalerState(), NOW)
+    d2 = compute_desired_replicas(CFG, obs(0.2, time=NOW + 15), cap(d.desired), d.state, NOW + 20)
+    blob = json.loads(json.dumps(d2.state.to_dict()))
+    assert AutoscalerState.from_dict(blob) == d2.state
+    assert AutoscalerState.from_dict(None) == AutoscalerState()
+    assert AutoscalerState.from_dict({}) == AutoscalerState()
+
+
+def test_restart_with_restored_state_does_not_scale_down_early() -> None:
+    """Operator restarts mid-window: the restored state keeps the window, a fresh state also holds."""
+    state = AutoscalerState()
+    current = 5
+    for i in range(8):  # 8 x 15 s = 120 s of low load
+        t = NOW + 15 * i
+        d = compute_desired_replicas(CFG, obs(0.2, time=t), cap(current), state, t)
+        state, current = d.state, d.desired
+    assert current == 5
+    restored = AutoscalerState.from_dict(json.loads(json.dumps(state.to_dict())))
+    t = NOW + 15 * 8
+    d = compute_desired_replicas(CFG, obs(0.2, time=t), cap(current), restored, t)
+    assert d.desired == 5 and d.reason is Reason.STABILIZATION_WINDOW
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        ScalingConfig(min_replicas=5, max_replicas=2)
+    with pytest.raises(ValueError):
+        ScalingConfig(tolerance=1.5)
