@@ -197,10 +197,17 @@ def compute_desired_replicas(
                     f"{why} asks for {proposed}, but {capacity.starting} replica(s) are still starting "
                     f"(cold start {cs}{elapsed}) and count as coming"
                 )
+        if reason is None and signal in LAGGING and "load" in ratios and target > current:
+            # The modelled load does not explain the breach: a queued burst or an optimistic capacity
+            # model. Add capacity one step at a time (never a jump); ColdStartPending paces the steps.
+            target = min(target, current + config.lagging_scale_up_step)
+            note = f"{why} while the modelled load ratio is {ratios['load']:.2f}: +{config.lagging_scale_up_step}"
+            limiting = f"{signal} (stepwise)"
         if config.scale_up_stabilization_s > 0 and reason is None:
             window = [n for t, n in recs if now - t <= config.scale_up_stabilization_s + _EPS]
             target = max(current, min([*window, target]))
-        if not panic and target > current + config.max_scale_up_step:
+        jump = panic and (signal in PROPORTIONAL or "load" not in ratios)
+        if not jump and target > current + config.max_scale_up_step:
             target = current + config.max_scale_up_step
             limiting = "maxScaleUpStep"
             note = f"{why} asks for {proposed}; step limited to +{config.max_scale_up_step}"

@@ -73,6 +73,9 @@ class ScalingConfig:
     """Most replicas added by one decision (outside panic)."""
     max_scale_down_step: int = 1
     """Most replicas removed by one decision."""
+    lagging_scale_up_step: int = 1
+    """With the ``load`` signal available, replicas added per decision when only a lagging signal
+    (latency, queue) breaches: the modelled load does not explain the breach, so no jump."""
     metrics_stale_after_s: float = 60.0
     """Observations older than this hold the replica count (reason MetricsStale)."""
     min_replicas: int = 1
