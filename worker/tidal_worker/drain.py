@@ -1,0 +1,92 @@
+"""Readiness and drain state of one worker: the phase machine and the in-flight request count.
+
+Phases: ``starting`` (engine loading; not ready) -> ``ready`` (engine answers and lists the served model) ->
+``draining`` (SIGTERM received: not ready, new requests refused, in-flight ones finish) -> ``stopped``. A
+ready engine that stops answering its health check goes back to ``starting`` (not ready) until it recovers;
+the supervisor exits the pod if the engine process dies.
+
+`DrainController` holds no I/O: the proxy calls `track()` around every forwarded request and the shutdown path
+awaits `wait_idle(timeout)`. Unit-tested without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """Lifecycle phase of the worker, as reported on the readiness endpoint."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class DrainController:
+    """Phase + in-flight counter shared by the proxy, the engine watcher and the signal handler."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self.in_flight = 0
+        self.served_total = 0
+        self.rejected_total = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> bool:
+        """Readiness: only a loaded, answering engine that is not draining is ready."""
+        return self.phase is Phase.READY
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown has begun (draining or stopped)."""
+        return self.phase in (Phase.DRAINING, Phase.STOPPED)
+
+    def mark_ready(self) -> None:
+        """Engine answered its health check and lists the model."""
+        if not self.draining:
+            self.phase = Phase.READY
+
+    def mark_unready(self) -> None:
+        """Engine stopped answering: leave the load balancer until it recovers."""
+        if not self.draining:
+            self.phase = Phase.STARTING
+
+    def begin_drain(self) -> None:
+        """Stop being ready and refuse new requests; in-flight ones continue."""
+        if self.phase is not Phase.STOPPED:
+            self.phase = Phase.DRAINING
+
+    def mark_stopped(self) -> None:
+        """The engine has been stopped."""
+        self.phase = Phase.STOPPED
+
+    def reject(self) -> None:
+        """Count a request refused because the worker was not accepting."""
+        self.rejected_total += 1
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one forwarded request for the duration of the block."""
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.served_total += 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False when `timeout` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=max(timeout, 0.0))
+        except TimeoutError:
+            return False
+        return True
