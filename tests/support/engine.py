@@ -4,9 +4,9 @@
 environment variables (docs/worker-contract.md) set for the CPU device: an exact KV cache
 (TIDAL_KV_CACHE_MEMORY_BYTES, 64 MiB by default), eager mode, offline Hugging Face libraries, free loopback
 ports. It waits until the worker's readiness endpoint answers 200 (engine up and the model listed), yields a
-`WorkerHandle`, and on exit stops the worker (SIGTERM, then SIGKILL of its process group); the worker stops its
-vLLM child itself (and the child dies with it through PR_SET_PDEATHSIG). When startup fails the worker log is
-included in the exception.
+`WorkerHandle`, and on exit stops the worker (SIGTERM, then SIGKILL of its process group); the worker stops
+its vLLM child itself (and the child dies with it through PR_SET_PDEATHSIG). When startup fails the worker
+log is included in the exception.
 
 Fixtures (import them into a test module, or list ``tests.support.engine`` in ``pytest_plugins``):
 ``tiny_model_dir`` (session: the default tiny model from tests/support/tinymodel.py) and ``tiny_worker``
@@ -183,7 +183,8 @@ def wait_ready(handle: WorkerHandle, timeout: float) -> None:
     while time.monotonic() - t0 < timeout:
         if handle.proc.poll() is not None:
             raise RuntimeError(
-                f"worker exited with status {handle.proc.returncode} before ready; log tail:\n{handle.log_tail()}"
+                f"worker exited with status {handle.proc.returncode} before ready; "
+                f"log tail:\n{handle.log_tail()}"
             )
         if http_status(handle.ready_url, timeout=2) == 200:
             handle.startup_seconds = time.monotonic() - t0
