@@ -171,6 +171,11 @@ class WorkerContract:
         return self.expected_gpus if self.expected_gpus is not None else self.world_size
 
     @property
+    def min_termination_grace_seconds(self) -> int:
+        """The smallest pod terminationGracePeriodSeconds that lets a drain finish: grace + stop + 5 s."""
+        return math.ceil(self.drain_grace_seconds + self.engine_stop_timeout_seconds + 5)
+
+    @property
     def uses_ray(self) -> bool:
         """Whether this pod belongs to a multi-node Ray group."""
         return self.role is not Role.SINGLE
@@ -248,8 +253,9 @@ class WorkerContract:
     def to_env(self, *, minimal: bool = True) -> dict[str, str]:
         """Render the contract as environment variables (the inverse of `from_env`).
 
-        With ``minimal`` only variables whose value differs from the default are written, which is what the
-        operator's builders emit. HF_TOKEN is never rendered (it comes from a Secret reference).
+        With ``minimal`` only TIDAL_ROLE and the variables whose value differs from the default are written,
+        which is what the operator's builders emit. HF_TOKEN is never rendered (it comes from a Secret
+        reference).
         """
         out: dict[str, str] = {}
         defaults = WorkerContract()
@@ -257,7 +263,7 @@ class WorkerContract:
             if f.name == "hf_token":
                 continue
             value = getattr(self, f.name)
-            if minimal and value == getattr(defaults, f.name):
+            if minimal and value == getattr(defaults, f.name) and f.name != "role":
                 continue
             if value is None:
                 continue
