@@ -38,8 +38,36 @@ PROPORTIONAL = ("load", "kv")
 _EPS = 1e-9
 
 
+def load_work(config: ScalingConfig, obs: FleetObservation) -> tuple[float, float]:
+    """Replicas' worth of work: served token rates over the modelled per-replica capacity, plus the
+    waiting backlog drained over ``backlog_drain_s`` (served rates saturate under overload; the queue
+    shows the excess). Returns (total, backlog part)."""
+    pc, dc = config.prefill_tokens_per_replica_s or 1.0, config.decode_tokens_per_replica_s or 1.0
+    served = (obs.prompt_token_rate or 0.0) / pc + (obs.generation_token_rate or 0.0) / dc
+    backlog = 0.0
+    if obs.waiting and obs.request_rate:
+        backlog = obs.waiting * (served / obs.request_rate) / config.backlog_drain_s
+    return served + backlog, backlog
+
+
+def _trend_extra(config: ScalingConfig, history: tuple[tuple[float, float], ...]) -> float:
+    """Growth of the work expected over the cold start, from a least-squares slope (never negative)."""
+    if len(history) < 3 or not config.cold_start_s:
+        return 0.0
+    if history[-1][0] - history[0][0] < 0.75 * config.trend_window_s:
+        return 0.0  # not enough history yet (fresh start): no extrapolation
+    ts = [t for t, _ in history]
+    ws = [w for _, w in history]
+    mt, mw = sum(ts) / len(ts), sum(ws) / len(ws)
+    var = sum((t - mt) ** 2 for t in ts)
+    if var <= 0:
+        return 0.0
+    slope = sum((t - mt) * (w - mw) for t, w in zip(ts, ws, strict=True)) / var
+    return max(0.0, min(slope * config.cold_start_s, 0.5 * mw))
+
+
 def signal_ratios(
-    config: ScalingConfig, obs: FleetObservation, ready: int
+    config: ScalingConfig, obs: FleetObservation, ready: int, trend_extra: float = 0.0
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Ratio of each available signal to its target, and a human description of each."""
     n = max(ready, 1)
@@ -64,15 +92,13 @@ def signal_ratios(
         and obs.prompt_token_rate is not None
         and obs.generation_token_rate is not None
     ):
-        work = (
-            obs.prompt_token_rate / config.prefill_tokens_per_replica_s
-            + obs.generation_token_rate / config.decode_tokens_per_replica_s
-        )
-        ratios["load"] = work / (n * config.target_utilization)
+        work, backlog = load_work(config, obs)
+        trend = f", trend +{trend_extra:.2f}" if trend_extra > 0 else ""
+        ratios["load"] = (work + trend_extra) / (n * config.target_utilization)
         text["load"] = (
             f"load {work:.2f} replicas of work ({obs.prompt_token_rate:.0f} prompt + "
-            f"{obs.generation_token_rate:.0f} generated tok/s) on {ready} ready at target utilisation "
-            f"{config.target_utilization:.0%}"
+            f"{obs.generation_token_rate:.0f} generated tok/s, backlog {backlog:.2f}{trend}) on {ready} ready "
+            f"at target utilisation {config.target_utilization:.0%}"
         )
     return ratios, text
 
@@ -127,7 +153,15 @@ def compute_desired_replicas(
     advice = engine_advice(config, healthy_obs, ready)
 
     # 3. Signals.
-    ratios, text = signal_ratios(config, healthy_obs, ready)
+    history = state.load_history
+    if (
+        config.prefill_tokens_per_replica_s
+        and config.decode_tokens_per_replica_s
+        and healthy_obs.prompt_token_rate is not None
+    ):
+        work_now, _ = load_work(config, healthy_obs)
+        history = tuple((t, w) for t, w in history if now - t <= config.trend_window_s) + ((now, work_now),)
+    ratios, text = signal_ratios(config, healthy_obs, ready, _trend_extra(config, history))
     recs = state.recommendations or ((now, _bound(config, current)[0]),)  # a fresh start holds a full window
     if not ratios:
         held, _ = _bound(config, current)
@@ -200,7 +234,8 @@ def compute_desired_replicas(
         if reason is None and signal in LAGGING and "load" in ratios and target > current:
             # The modelled load does not explain the breach: a queued burst or an optimistic capacity
             # model. Add capacity one step at a time (never a jump); ColdStartPending paces the steps.
-            target = min(target, current + config.lagging_scale_up_step)
+            prop_ask = max([ask(ratios[k]) for k in PROPORTIONAL if k in ratios] or [0])
+            target = max(min(target, current + config.lagging_scale_up_step), min(prop_ask, target))
             note = f"{why} while the modelled load ratio is {ratios['load']:.2f}: +{config.lagging_scale_up_step}"
             limiting = f"{signal} (stepwise)"
         if config.scale_up_stabilization_s > 0 and reason is None:
@@ -299,6 +334,7 @@ def compute_desired_replicas(
         last_scale_time=now if changed else state.last_scale_time,
         last_scale_up_time=now if desired > current else state.last_scale_up_time,
         panic_until=panic_until if in_panic else None,
+        load_history=history,
     )
     return ScalingDecision(
         desired=desired,

@@ -57,6 +57,10 @@ class ScalingConfig:
     """Generated tokens/s one replica sustains within the SLO (from the performance model)."""
     target_utilization: float = 0.85
     """Fraction of the modelled per-replica capacity the ``load`` signal aims at (headroom for bursts)."""
+    backlog_drain_s: float = 60.0
+    """The ``load`` signal counts waiting requests as work to finish within this many seconds."""
+    trend_window_s: float = 120.0
+    """The ``load`` signal adds its growth over the cold start, from a slope fitted over this window."""
     tolerance: float = 0.1
     """No change while the worst ratio is within 1 ± tolerance."""
     panic_threshold: float = 2.0
@@ -194,6 +198,8 @@ class AutoscalerState:
     last_scale_time: float | None = None
     last_scale_up_time: float | None = None
     panic_until: float | None = None
+    load_history: tuple[tuple[float, float], ...] = ()
+    """(time, replicas of work) samples inside ``trend_window_s`` for the load trend."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict for the CRD status."""
@@ -204,6 +210,7 @@ class AutoscalerState:
             "lastScaleTime": self.last_scale_time,
             "lastScaleUpTime": self.last_scale_up_time,
             "panicUntil": self.panic_until,
+            "loadHistory": [[t, round(w, 4)] for t, w in self.load_history],
         }
 
     @classmethod
@@ -219,6 +226,7 @@ class AutoscalerState:
             last_scale_time=_opt_float(data.get("lastScaleTime")),
             last_scale_up_time=_opt_float(data.get("lastScaleUpTime")),
             panic_until=_opt_float(data.get("panicUntil")),
+            load_history=tuple((float(t), float(w)) for t, w in data.get("loadHistory") or ()),
         )
 
     def evolve(self, **changes: Any) -> AutoscalerState:

@@ -233,7 +233,7 @@ def simulate(
             counters.popleft()
         t0, p0, g0, e0, a0 = counters[0]
         span = now - t0
-        rate = (lambda x0, x1: (x1 - x0) / span if span > 0 else 0.0)
+        rate = lambda x0, x1: (x1 - x0) / span if span > 0 else 0.0
         per_ttft: dict[int, list[float]] = {}
         per_tpot: dict[int, list[float]] = {}
         for _, v, rid in ttft_obs:
@@ -268,7 +268,9 @@ def simulate(
         )
         active = [r for r in replicas if r.state in (READY, STARTING)]
         timeline.append(
-            Sample(now, obs.request_rate or 0.0, sum(r.state == READY for r in active), len(active), obs.ttft_p95)
+            Sample(
+                now, obs.request_rate or 0.0, sum(r.state == READY for r in active), len(active), obs.ttft_p95
+            )
         )
         return obs
 
@@ -293,7 +295,9 @@ def simulate(
                 break
             r.state, r.released = GONE, now
             remove -= 1
-        for r in sorted((r for r in active if r.state == READY), key=lambda x: (x.engine.outstanding(), -x.engine.rid)):
+        for r in sorted(
+            (r for r in active if r.state == READY), key=lambda x: (x.engine.outstanding(), -x.engine.rid)
+        ):
             if remove == 0:
                 break
             r.state = DRAINING

@@ -76,6 +76,27 @@ def modelled_capacity(
     return replace(best, decode_tokens_per_s=dec)
 
 
+def concurrency_at(
+    model: StepTimeModel, limits: EngineLimits, prompt_mean: float, output_mean: float, rate: float
+) -> float:
+    """Modelled requests in flight on one replica at ``rate`` (Little's law on the decode fixed point
+    ``B = λ·G·TPOT(B)``, ``TPOT = d(B)/(1 - λ·P·γ)``)."""
+    chunk = limits.max_num_batched_tokens
+    gamma = (model.step_seconds(chunk, 0, 0) - model.step_seconds(0, 0, 0)) / chunk
+    busy = rate * prompt_mean * gamma
+    if busy >= 1:
+        return float(limits.max_num_seqs)
+    ctx = prompt_mean + output_mean / 2
+    b = 1.0
+    for _ in range(200):
+        d = model.step_seconds(0, max(1, round(b)), int(b * ctx))
+        nb = rate * output_mean * d / (1 - busy)
+        if abs(nb - b) < 0.01:
+            break
+        b = min(float(limits.max_num_seqs), 0.5 * b + 0.5 * nb)
+    return b
+
+
 def _resample(trace: Trace, rate: float, duration: float, seed: int) -> Trace:
     rng = np.random.default_rng(seed)
     gaps = rng.exponential(1.0 / rate, int(rate * duration * 1.2) + 20)
@@ -135,9 +156,13 @@ class PolicySetup:
     static_peak: int
     schedule: list[tuple[float, int]]
     initial: int
+    concurrency_target: float
+    concurrency_full: float
 
 
-def setup_policies(trace: Trace, cfg: SimConfig, min_replicas: int = 1, max_replicas: int = 64) -> PolicySetup:
+def setup_policies(
+    trace: Trace, cfg: SimConfig, min_replicas: int = 1, max_replicas: int = 64
+) -> PolicySetup:
     """Capacities, the oracle schedule and the static-peak count for a trace."""
     modelled = modelled_capacity(
         cfg.model, cfg.limits, float(np.mean(trace.prompt)), float(np.mean(trace.output)), cfg.slo_tpot_s
@@ -146,7 +171,10 @@ def setup_policies(trace: Trace, cfg: SimConfig, min_replicas: int = 1, max_repl
     schedule = oracle_schedule(trace, measured, cfg.cold_start_s, min_replicas)
     peak = float(np.max(trace.rate_series(ORACLE_INTERVAL_S)))
     static = min(max_replicas, max(min_replicas, math.ceil(peak / measured)))
-    return PolicySetup(modelled, measured, static, schedule, schedule[0][1])
+    pm, om = float(np.mean(trace.prompt)), float(np.mean(trace.output))
+    c70 = concurrency_at(cfg.model, cfg.limits, pm, om, 0.7 * modelled.requests_per_s)
+    c90 = concurrency_at(cfg.model, cfg.limits, pm, om, 0.9 * modelled.requests_per_s)
+    return PolicySetup(modelled, measured, static, schedule, schedule[0][1], c70, c90)
 
 
 def make_policy(
@@ -158,9 +186,9 @@ def make_policy(
 ) -> ScalingPolicy:
     """A fresh policy object by name (see tidal.scaling.policies for the rules)."""
     cap = setup.modelled
-    # The baselines target 70 % of the modelled concurrency per replica at capacity (Little's law,
-    # KPA's default target utilisation), so none is handicapped by a naive target.
-    conc = max(1.0, 0.7 * cap.requests_per_s * _e2e(cap, cfg))
+    # The concurrency-driven baselines target the modelled requests in flight per replica at 70 % of
+    # its modelled capacity (KPA's default target utilisation), so none is handicapped by a naive target.
+    conc = max(1.0, setup.concurrency_target)
     if name == "tidal":
         return TidalPolicy(
             ScalingConfig(
@@ -187,10 +215,5 @@ def make_policy(
     if name == "queue-threshold":
         return QueueThresholdPolicy(5.0, min_replicas, max_replicas)
     if name == "enova":
-        return EnovaPolicy(conc / 0.7 * 0.9, cfg.slo_ttft_s, cfg.slo_tpot_s, min_replicas, max_replicas)
+        return EnovaPolicy(setup.concurrency_full, cfg.slo_ttft_s, cfg.slo_tpot_s, min_replicas, max_replicas)
     raise ValueError(f"unknown policy {name!r}")
-
-
-def _e2e(cap: Capacity, cfg: SimConfig) -> float:
-    """Modelled end-to-end seconds of a mean request at capacity: generated tokens × decode interval."""
-    return cap.concurrency / cap.requests_per_s if cap.requests_per_s > 0 else 1.0

@@ -82,7 +82,9 @@ def load_step_model(model: str, gpu: str, tp: int = 1) -> LoadedModel:
         catalog: Any = importlib.import_module("tidal.recommender.catalog")
         gpus: Any = importlib.import_module("tidal.recommender.gpus")
     except ImportError:
-        return LoadedModel(LinearStepModel(), EngineLimits(), "builtin H100/Llama-3.1-8B fit (recommender absent)")
+        return LoadedModel(
+            LinearStepModel(), EngineLimits(), "builtin H100/Llama-3.1-8B fit (recommender absent)"
+        )
     profile = catalog.get_model(model)
     g = gpus.get_gpu(gpu)
     pm = perf.performance_model(profile, g, tp=tp)
@@ -94,7 +96,9 @@ def load_step_model(model: str, gpu: str, tp: int = 1) -> LoadedModel:
             limits = EngineLimits(
                 kv_cache_tokens=int(_get(rec, "kv_cache_tokens", limits.kv_cache_tokens)),
                 max_num_seqs=int(_get(rec, "max_num_seqs", limits.max_num_seqs)),
-                max_num_batched_tokens=int(_get(rec, "max_num_batched_tokens", limits.max_num_batched_tokens)),
+                max_num_batched_tokens=int(
+                    _get(rec, "max_num_batched_tokens", limits.max_num_batched_tokens)
+                ),
             )
     except Exception:  # the recommender is optional for simulation; fall back to vLLM defaults
         pass

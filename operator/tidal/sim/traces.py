@@ -109,7 +109,9 @@ def _renewal(rng: np.random.Generator, rate: float, duration: float, cv: float) 
     return arr[arr < duration]
 
 
-def rate_function(kind: str, rate: float, duration: float) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
+def rate_function(
+    kind: str, rate: float, duration: float
+) -> Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
     """The mean-rate curve λ(t) of a synthetic kind."""
     if kind in ("poisson", "gamma"):
         return lambda t: np.full_like(t, rate)
