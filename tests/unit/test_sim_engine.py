@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from tidal.scaling.policies import SchedulePolicy, StaticPolicy
-from tidal.sim import EngineLimits, LinearStepModel, SimConfig, load_azure_csv, load_step_model, simulate, synthetic
+from tidal.sim import (
+    EngineLimits,
+    LinearStepModel,
+    SimConfig,
+    load_azure_csv,
+    load_step_model,
+    simulate,
+    synthetic,
+)
 from tidal.sim.fleet import histogram_quantile
 from tidal.sim.runner import compare
 
@@ -32,7 +40,7 @@ def test_same_seed_same_result() -> None:
 class TooFast:
     """A model that claims impossible speed: the engine must clamp it to the floor."""
 
-    inner: LinearStepModel = LinearStepModel()
+    inner: LinearStepModel = LinearStepModel()  # noqa: RUF009
 
     def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
         return 1e-5

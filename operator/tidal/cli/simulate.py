@@ -165,11 +165,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--trace", help="Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)")
+    src.add_argument(
+        "--trace", help="Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)"
+    )
     src.add_argument("--synthetic", choices=SYNTHETIC, help="synthetic trace kind (default gamma)")
     parser.add_argument("--rate", type=float, default=5.0, help="mean requests/s of a synthetic trace")
     parser.add_argument("--cv", type=float, default=None, help="inter-arrival CV (gamma default 3, others 1)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds of trace (synthetic default 1800)")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds of trace (synthetic default 1800)"
+    )
     parser.add_argument("--time-scale", type=float, default=1.0, help="replay speed-up (2 = twice the rate)")
     parser.add_argument("--deployment", help="LLMDeployment YAML to read model/GPU/TP/SLO/bounds from")
     parser.add_argument("--model", help="catalog model name (default llama-3.1-8b)")
@@ -177,7 +181,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, help="tensor-parallel size (GPUs per replica)")
     parser.add_argument("--slo-ttft", type=float, help="p95 TTFT target, seconds (default 2.0)")
     parser.add_argument("--slo-tpot", type=float, help="p95 TPOT target, seconds (default 0.1)")
-    parser.add_argument("--policy", action="append", help=f"repeatable; default all of {', '.join(POLICY_NAMES)}")
+    parser.add_argument(
+        "--policy", action="append", help=f"repeatable; default all of {', '.join(POLICY_NAMES)}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cold-start", type=float, default=90.0, help="replica cold start, seconds")
     parser.add_argument("--scrape-interval", type=float, default=5.0, help="metrics scrape interval, seconds")

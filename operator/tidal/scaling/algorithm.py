@@ -56,6 +56,8 @@ def _trend_extra(config: ScalingConfig, history: tuple[tuple[float, float], ...]
         return 0.0
     if history[-1][0] - history[0][0] < 0.75 * config.trend_window_s:
         return 0.0  # not enough history yet (fresh start): no extrapolation
+    if history[0][1] < 0.25 * history[-1][1]:
+        return 0.0  # the window starts from (near) no load: a start-up, not a trend to extrapolate
     ts = [t for t, _ in history]
     ws = [w for _, w in history]
     mt, mw = sum(ts) / len(ts), sum(ws) / len(ws)
@@ -97,8 +99,8 @@ def signal_ratios(
         ratios["load"] = (work + trend_extra) / (n * config.target_utilization)
         text["load"] = (
             f"load {work:.2f} replicas of work ({obs.prompt_token_rate:.0f} prompt + "
-            f"{obs.generation_token_rate:.0f} generated tok/s, backlog {backlog:.2f}{trend}) on {ready} ready "
-            f"at target utilisation {config.target_utilization:.0%}"
+            f"{obs.generation_token_rate:.0f} generated tok/s, backlog {backlog:.2f}{trend}) "
+            f"on {ready} ready at target utilisation {config.target_utilization:.0%}"
         )
     return ratios, text
 
@@ -160,7 +162,7 @@ def compute_desired_replicas(
         and healthy_obs.prompt_token_rate is not None
     ):
         work_now, _ = load_work(config, healthy_obs)
-        history = tuple((t, w) for t, w in history if now - t <= config.trend_window_s) + ((now, work_now),)
+        history = (*((t, w) for t, w in history if now - t <= config.trend_window_s), (now, work_now))
     ratios, text = signal_ratios(config, healthy_obs, ready, _trend_extra(config, history))
     recs = state.recommendations or ((now, _bound(config, current)[0]),)  # a fresh start holds a full window
     if not ratios:
@@ -236,7 +238,8 @@ def compute_desired_replicas(
             # model. Add capacity one step at a time (never a jump); ColdStartPending paces the steps.
             prop_ask = max([ask(ratios[k]) for k in PROPORTIONAL if k in ratios] or [0])
             target = max(min(target, current + config.lagging_scale_up_step), min(prop_ask, target))
-            note = f"{why} while the modelled load ratio is {ratios['load']:.2f}: +{config.lagging_scale_up_step}"
+            step = config.lagging_scale_up_step
+            note = f"{why} while the modelled load ratio is {ratios['load']:.2f}: +{step}"
             limiting = f"{signal} (stepwise)"
         if config.scale_up_stabilization_s > 0 and reason is None:
             window = [n for t, n in recs if now - t <= config.scale_up_stabilization_s + _EPS]

@@ -14,6 +14,7 @@ in-flight ones finish, then the GPUs are released). GPU time is charged from cre
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from bisect import bisect_left
 from collections import deque
@@ -233,7 +234,10 @@ def simulate(
             counters.popleft()
         t0, p0, g0, e0, a0 = counters[0]
         span = now - t0
-        rate = lambda x0, x1: (x1 - x0) / span if span > 0 else 0.0
+
+        def rate(x0: float, x1: float) -> float:
+            return (x1 - x0) / span if span > 0 else 0.0
+
         per_ttft: dict[int, list[float]] = {}
         per_tpot: dict[int, list[float]] = {}
         for _, v, rid in ttft_obs:
@@ -380,7 +384,7 @@ def simulate(
     tpots = np.array([r.tpot for r in done_reqs]) if done_reqs else np.zeros(1)
     ok = int(np.sum((ttfts <= cfg.slo_ttft_s) & (tpots <= cfg.slo_tpot_s))) if done_reqs else 0
     flaps = 0
-    for (t1, a1, b1, _), (t2, a2, b2, _) in zip(decision_events, decision_events[1:], strict=False):
+    for (t1, a1, b1, _), (t2, a2, b2, _) in itertools.pairwise(decision_events):
         if (b1 - a1) * (b2 - a2) < 0 and t2 - t1 <= FLAP_WINDOW_S:
             flaps += 1
     hours = max(trace.duration, 1.0) / 3600

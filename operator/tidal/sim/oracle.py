@@ -2,8 +2,8 @@
 
 * :func:`modelled_capacity` — what one replica sustains within the TPOT target, from the step-time
   model alone (what the operator can know before serving): for a batch ``B`` of sequences with the
-  mean context, a request costs ``P·γ`` of prefill plus ``G·d(B)/B`` of decode time, and TPOT is
-  ``d(B)/(1 - λ·P·γ)``; the largest ``λ`` over ``B`` is the capacity. It feeds Tidal's ``load`` signal
+  mean context, a request costs ``P·g`` of prefill plus ``G·d(B)/B`` of decode time, and TPOT is
+  ``d(B)/(1 - λ·P·g)``; the largest ``λ`` over ``B`` is the capacity. It feeds Tidal's ``load`` signal
   (prompt and generated tokens per replica-second) and the baselines' concurrency targets.
 * :func:`measured_capacity` — the highest Poisson rate at which one simulated replica still meets
   the SLO for 99 % of requests with the trace's own request mix (bisection on short simulations).
@@ -66,7 +66,7 @@ def modelled_capacity(
         lam = 1.0 / (prompt_mean * gamma + output_mean * d / b)
         tpot = d / max(1e-9, 1 - lam * prompt_mean * gamma)
         if tpot > tpot_target_s:
-            # The TPOT bound binds: the rate at which d/(1 - λPγ) equals the target.
+            # The TPOT bound binds: the rate at which d/(1 - λPg) equals the target.
             lam = min(lam, (1 - d / tpot_target_s) / (prompt_mean * gamma))
         if lam > best.requests_per_s:
             best = Capacity(lam, b, 1.0 / gamma, b / d, float(b))
@@ -80,7 +80,7 @@ def concurrency_at(
     model: StepTimeModel, limits: EngineLimits, prompt_mean: float, output_mean: float, rate: float
 ) -> float:
     """Modelled requests in flight on one replica at ``rate`` (Little's law on the decode fixed point
-    ``B = λ·G·TPOT(B)``, ``TPOT = d(B)/(1 - λ·P·γ)``)."""
+    ``B = λ·G·TPOT(B)``, ``TPOT = d(B)/(1 - λ·P·g)``)."""
     chunk = limits.max_num_batched_tokens
     gamma = (model.step_seconds(chunk, 0, 0) - model.step_seconds(0, 0, 0)) / chunk
     busy = rate * prompt_mean * gamma

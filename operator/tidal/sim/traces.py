@@ -5,7 +5,7 @@ output tokens. ``time_scale`` > 1 replays faster (arrival times are divided by i
 
 Synthetic generators (all seeded, numpy ``default_rng``): ``poisson``; ``gamma`` (gamma-distributed
 inter-arrivals with coefficient of variation ``cv``, default 3: bursty at short time scales, the shape
-used by BurstGPT-style traces); ``step`` (rate ×4 from a third of the duration); ``spike`` (×3 for
+used by BurstGPT-style traces); ``step`` (rate x4 from a third of the duration); ``spike`` (x3 for
 two minutes mid-trace); ``diurnal`` (sinusoidal rate, ±50 % over the duration). Time-varying ones
 draw by thinning, with gamma-renewal burstiness when ``cv`` > 1. Token lengths are lognormal with the
 means of the Azure 2023 conversation trace (~1k prompt, ~200 output tokens) unless given.
