@@ -1,0 +1,90 @@
+"""The ``LLMDeployment`` API (``tidal.dev/v1alpha1``) as typed pydantic models.
+
+This package is the single source of the API: the CRD in ``crds/`` (:mod:`tidal.api.crdgen`) and the
+reference in ``docs/api.md`` (:mod:`tidal.api.docgen`) are generated from it.
+Pure: no kopf, no Kubernetes client, no I/O.
+"""
+
+from tidal.api.base import (
+    API_VERSION,
+    AUTO,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    ApiModel,
+    Rule,
+    parse_fraction,
+)
+from tidal.api.resource import LLMDeployment, ObjectMeta, validation_errors
+from tidal.api.spec import (
+    DEFAULT_ENGINE_IMAGE,
+    DEFAULT_PROMETHEUS_URL,
+    Autoscaling,
+    AutoscalingTargets,
+    Engine,
+    EnvVar,
+    LLMDeploymentSpec,
+    ModelArchitecture,
+    ModelSource,
+    PrometheusSource,
+    Recommendation,
+    Resources,
+    SecretKeyRef,
+    SpeculativeDecoding,
+    Toleration,
+    derive_served_model_name,
+)
+from tidal.api.status import (
+    MAX_HISTORY,
+    Condition,
+    LLMDeploymentStatus,
+    PredictedPerformance,
+    RecommendationStatus,
+    RecommendedValues,
+    ScaleEvent,
+    Signal,
+)
+
+__all__ = [
+    "API_VERSION",
+    "AUTO",
+    "DEFAULT_ENGINE_IMAGE",
+    "DEFAULT_PROMETHEUS_URL",
+    "GROUP",
+    "KIND",
+    "MAX_HISTORY",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "ApiModel",
+    "Autoscaling",
+    "AutoscalingTargets",
+    "Condition",
+    "Engine",
+    "EnvVar",
+    "LLMDeployment",
+    "LLMDeploymentSpec",
+    "LLMDeploymentStatus",
+    "ModelArchitecture",
+    "ModelSource",
+    "ObjectMeta",
+    "PredictedPerformance",
+    "PrometheusSource",
+    "Recommendation",
+    "RecommendationStatus",
+    "RecommendedValues",
+    "Resources",
+    "Rule",
+    "ScaleEvent",
+    "SecretKeyRef",
+    "Signal",
+    "SpeculativeDecoding",
+    "Toleration",
+    "derive_served_model_name",
+    "parse_fraction",
+    "validation_errors",
+]

@@ -1,0 +1,173 @@
+"""The observed state of an ``LLMDeployment``, written only by the operator through the status subresource.
+
+It is what an SRE reads with ``kubectl get/describe llmd``: replica counts (``replicas`` and ``selector`` also
+back the scale subresource), standard conditions, the engine recommendation with its reasons, the last
+scaling decision and a bounded history of them, the key signal against its target (a printer column), and
+GPU-hours. ``autoscaler`` holds the autoscaler's windows (owned by
+:class:`tidal.scaling.types.AutoscalerState`) so an operator restart does not reset them; it is the one
+opaque field. Lists are bounded (``maxItems``) so the object stays small and the API server's CEL cost
+stays bounded.
+
+Times are RFC 3339 strings (``2025-01-01T00:00:00Z``), as in every Kubernetes status.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from tidal.api.base import ApiModel
+
+MAX_HISTORY = 20
+"""Entries kept in ``status.scalingHistory``."""
+
+ConditionType = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    ),
+]
+Timestamp = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})]
+Message = Annotated[str, Field(max_length=1024)]
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition (the ``metav1.Condition`` shape)."""
+
+    type: ConditionType
+    """``Ready``, ``Progressing``, ``Degraded``, ``ScalingActive``, ``MetricsAvailable``, ..."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """CamelCase reason for the last transition, e.g. ``InsufficientGPU``."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable details."""
+    last_transition_time: Timestamp
+    """When ``status`` last changed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` the condition was computed from."""
+
+
+class RecommendedValues(ApiModel):
+    """Engine settings the recommender chose."""
+
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    """Recommended ``--tensor-parallel-size``."""
+    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    """Recommended ``--pipeline-parallel-size``."""
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    """Recommended ``--gpu-memory-utilization`` (a number here; the spec takes it as a string)."""
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    """Recommended ``--max-num-seqs``."""
+    max_model_len: int | None = Field(default=None, ge=1)
+    """Recommended ``--max-model-len``."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    """Recommended ``--max-num-batched-tokens``."""
+
+
+class PredictedPerformance(ApiModel):
+    """What the performance model predicts for the recommended settings at the expected lengths."""
+
+    ttft_seconds: float | None = Field(default=None, ge=0)
+    """Predicted time to first token."""
+    tpot_seconds: float | None = Field(default=None, ge=0)
+    """Predicted time per output token."""
+    output_tokens_per_second: float | None = Field(default=None, ge=0)
+    """Predicted output tokens per second of one replica."""
+
+
+class RecommendationStatus(ApiModel):
+    """The engine recommendation, its arithmetic and whether it was applied."""
+
+    values: RecommendedValues = Field(default_factory=RecommendedValues)
+    """The recommended settings."""
+    applied: bool = False
+    """Whether the settings left ``"auto"`` use these values (``Apply`` mode)."""
+    feasible: bool = True
+    """False when vLLM would refuse to start with these settings (weights or one max-length sequence do not
+    fit); ``reasons`` says why."""
+    reasons: list[Message] = Field(default_factory=list, max_length=32)
+    """Why each value was chosen, with the arithmetic (weights, KV bytes per token, KV capacity)."""
+    differences: list[Message] = Field(default_factory=list, max_length=16)
+    """Explicit spec values that differ from the recommendation (explicit values win)."""
+    arithmetic: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=32)
+    """Intermediate numbers, e.g. ``weightsGiBPerGpu``, ``kvCacheGiBPerGpu``, ``kvCacheTokens``."""
+    predicted: PredictedPerformance | None = None
+    """Predicted latency and throughput."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` the recommendation was made for."""
+
+
+class ScaleEvent(ApiModel):
+    """One scaling decision that changed ``spec.replicas`` (or was blocked)."""
+
+    time: Timestamp
+    """When it was decided."""
+    from_: int = Field(ge=0, alias="from")
+    """Replicas before."""
+    to: int = Field(ge=0)
+    """Replicas after (equal to ``from`` for a blocked decision)."""
+    reason: str = Field(min_length=1, max_length=128)
+    """CamelCase reason (``ScaledUp``, ``ScaledDown``, ``ScaleBlocked``, ``InsufficientGPU``, ...)."""
+    message: Message = ""
+    """The inputs: signal, value, target, window, proposed versus applied replicas."""
+
+
+class Signal(ApiModel):
+    """The scaling signal furthest from its target, for ``kubectl get``."""
+
+    name: str = Field(max_length=64)
+    """Signal name (``ttft_p95``, ``tpot_p95``, ``queue``, ``kv_cache``, ...)."""
+    value: float | None = None
+    """Observed value; unset when the metric is missing."""
+    target: float | None = None
+    """Its target."""
+    summary: str = Field(default="", max_length=128)
+    """Printable ``name value/target``, e.g. ``ttft_p95 0.8s/2.0s`` (the ``Signal`` printer column)."""
+
+
+class LLMDeploymentStatus(ApiModel):
+    """Observed state of an ``LLMDeployment``."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` last reconciled."""
+    replicas: int = Field(default=0, ge=0)
+    """Replicas that exist (scale subresource ``statusReplicasPath``)."""
+    ready_replicas: int = Field(default=0, ge=0)
+    """Replicas whose engines are ready to serve."""
+    desired_replicas: int | None = Field(default=None, ge=0)
+    """Replicas the autoscaler (or the spec) asks for."""
+    selector: str | None = Field(default=None, max_length=1024)
+    """Label selector of the worker pods, as a string (scale subresource ``labelSelectorPath``)."""
+    gpus_per_replica: int | None = Field(default=None, ge=0)
+    """GPUs one replica uses (TP x PP)."""
+    served_model_name: str | None = Field(default=None, max_length=253)
+    """The model name the OpenAI API serves (``spec.model.servedModelName`` or the derived default)."""
+    spec_hash: str | None = Field(default=None, max_length=128)
+    """Hash of the spec fields that shape the workers; a change rolls the replicas."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """``Ready``, ``Progressing``, ``Degraded``, ``ScalingActive``, ``MetricsAvailable``."""
+    recommendation: RecommendationStatus | None = None
+    """The engine recommendation."""
+    advice: list[Message] = Field(default_factory=list, max_length=20)
+    """Engine-setting advice from live metrics (KV saturation, preemptions, a degraded replica)."""
+    last_scale: ScaleEvent | None = None
+    """The most recent scaling decision."""
+    scaling_history: list[ScaleEvent] = Field(default_factory=list, max_length=MAX_HISTORY)
+    """The most recent scaling decisions, newest last."""
+    autoscaler: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Autoscaler windows and counters (``tidal.scaling.types.AutoscalerState.to_dict``), kept so an operator
+    restart does not reset them. Opaque."""
+    signal: Signal | None = None
+    """The key signal against its target."""
+    gpu_hours: float = Field(default=0.0, ge=0)
+    """GPU-hours consumed by this deployment's workers so far."""
