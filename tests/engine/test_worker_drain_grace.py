@@ -1,0 +1,114 @@
+"""Drain edge cases needing fault injection: a request outliving the grace period, an engine ignoring SIGTERM.
+
+The real engine cannot be made to hang on purpose, so the worker's `serve()` runs here with a stand-in engine
+child process: a small aiohttp server (real process, real HTTP) that answers /health and /v1/models like vLLM,
+streams one chunk every 0.2 s for a minute, and ignores SIGTERM. Everything else is the production code path:
+the proxy, the readiness watcher, the drain and the process-group kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from tests.support.engine import free_port
+
+from tidal_worker.process import ChildProcess
+from tidal_worker.server import ServeConfig, serve
+
+STUBBORN_ENGINE = textwrap.dedent(
+    """
+    import asyncio, signal, sys
+    from aiohttp import web
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    async def health(request):
+        return web.Response(text="")
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    async def slow(request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(300):
+            await resp.write(f"data: {i}\\n\\n".encode())
+            await asyncio.sleep(0.2)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", slow)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_grace_expiry_stops_engine_and_sigkills_stubborn_one(tmp_path: Path) -> None:
+    script = tmp_path / "engine.py"
+    script.write_text(STUBBORN_ENGINE)
+    engine_port, port = free_port(), free_port()
+    cfg = ServeConfig(
+        port=port,
+        engine_port=engine_port,
+        model_name="stub",
+        drain_grace_seconds=2.0,
+        engine_stop_timeout_seconds=2.0,
+        startup_timeout_seconds=30.0,
+        host="127.0.0.1",
+    )
+    engine = ChildProcess("stub engine", [sys.executable, str(script), str(engine_port)])
+
+    async def prepare() -> ChildProcess:
+        await engine.start()
+        return engine
+
+    async def scenario() -> dict[str, object]:
+        server = asyncio.ensure_future(serve(cfg, prepare))
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    async with session.get(base + "/ready") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "stub engine never became ready"
+                await asyncio.sleep(0.1)
+            chunks = 0
+            async with session.post(base + "/v1/completions", json={}) as resp:
+                t_sigterm = 0.0
+                try:
+                    async for line in resp.content:
+                        if not line.startswith(b"data:"):
+                            continue
+                        chunks += 1
+                        if chunks == 3:
+                            t_sigterm = time.monotonic()
+                            os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it (loop handler)
+                except aiohttp.ClientError:
+                    pass
+            code = await asyncio.wait_for(server, timeout=20)
+            elapsed = time.monotonic() - t_sigterm
+        return {"code": code, "elapsed": elapsed, "chunks": chunks}
+
+    out = asyncio.run(scenario())
+    assert out["code"] == 0
+    # grace (2 s) + SIGTERM ignored for the stop timeout (2 s) + SIGKILL: the stream (an event every 0.2 s)
+    # runs through the grace period and is cut only when the engine is killed.
+    elapsed = float(str(out["elapsed"]))
+    assert 3.5 < elapsed < 8, elapsed
+    assert 3 + 8 < int(str(out["chunks"])) < 3 + 30, "the stream must run through the grace period"
+    assert engine.returncode == -signal.SIGKILL, "an engine ignoring SIGTERM gets SIGKILL"
