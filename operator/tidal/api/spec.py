@@ -42,7 +42,6 @@ RecommendationMode = Literal["Apply", "Advise"]
 _NAME_253 = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 _ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -283,9 +282,9 @@ class Resources(ApiModel):
     Used by the recommender and to select nodes by the GPU product label."""
     gpus_per_node: int = Field(default=8, ge=1, le=16)
     """GPUs on each node of this type. A replica whose TP x PP exceeds it spans several nodes."""
-    node_selector: dict[
-        Annotated[str, Field(max_length=317, pattern=_LABEL_KEY)], Annotated[str, Field(max_length=63)]
-    ] = Field(default_factory=dict, max_length=32)
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
     """Extra node labels the workers must run on."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """Tolerations for tainted GPU nodes."""

@@ -93,7 +93,7 @@ class RecommendationStatus(ApiModel):
     """Why each value was chosen, with the arithmetic (weights, KV bytes per token, KV capacity)."""
     differences: list[Message] = Field(default_factory=list, max_length=16)
     """Explicit spec values that differ from the recommendation (explicit values win)."""
-    arithmetic: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=32)
+    arithmetic: dict[str, float] = Field(default_factory=dict, max_length=32)
     """Intermediate numbers, e.g. ``weightsGiBPerGpu``, ``kvCacheGiBPerGpu``, ``kvCacheTokens``."""
     predicted: PredictedPerformance | None = None
     """Predicted latency and throughput."""
