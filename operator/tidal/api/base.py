@@ -47,7 +47,9 @@ AUTO: Final = "auto"
 class Rule:
     """A validation rule enforced by both the API server (CEL) and the pydantic model (``check``).
 
-    ``message`` must name the offending field, since it is the whole error the user sees from either layer.
+    ``message`` must name the offending field by its full path (``spec.minReplicas``), since it is the whole
+    error the user sees from either layer (pydantic reports it at the object, not the field). Every object
+    type appears at one place in the API, so the full path is known where the rule is written.
     ``field_path`` (relative to the object the rule sits on, e.g. ``.minReplicas``) makes the API server
     report the error at that field instead of at the object.
     """

@@ -70,7 +70,8 @@ class ModelArchitecture(ApiModel):
         Rule(
             cel="has(self.catalogName) || (has(self.numLayers) && has(self.hiddenSize) "
             "&& has(self.numAttentionHeads))",
-            message="architecture needs catalogName, or numLayers, hiddenSize and numAttentionHeads",
+            message="spec.model.architecture needs catalogName, or numLayers, hiddenSize and "
+            "numAttentionHeads",
             check=lambda a: (
                 a.catalog_name is not None
                 or (
@@ -84,7 +85,7 @@ class ModelArchitecture(ApiModel):
         Rule(
             cel="!has(self.numKeyValueHeads) || !has(self.numAttentionHeads) "
             "|| self.numAttentionHeads % self.numKeyValueHeads == 0",
-            message="architecture.numKeyValueHeads must divide numAttentionHeads",
+            message="spec.model.architecture.numKeyValueHeads must divide numAttentionHeads",
             check=lambda a: (
                 a.num_key_value_heads is None
                 or a.num_attention_heads is None
@@ -145,7 +146,7 @@ class ModelSource(ApiModel):
     __rules__ = (
         Rule(
             cel="!has(self.tokenSecretRef) || !self.uri.startsWith('pvc://')",
-            message="tokenSecretRef is only used with hf:// or s3:// model URIs, not pvc://",
+            message="spec.model.tokenSecretRef is only used with hf:// or s3:// model URIs, not pvc://",
             check=lambda m: m.token_secret_ref is None or not m.uri.startswith("pvc://"),
             field_path=".tokenSecretRef",
             reason="FieldValueForbidden",
@@ -178,14 +179,15 @@ class SpeculativeDecoding(ApiModel):
     __rules__ = (
         Rule(
             cel="!(self.method in ['draft_model', 'eagle', 'eagle3']) || has(self.draftModel)",
-            message="speculativeDecoding.draftModel is required when method is draft_model, eagle or eagle3",
+            message="spec.engine.speculativeDecoding.draftModel is required when method is draft_model, "
+            "eagle or eagle3",
             check=lambda s: s.method not in ("draft_model", "eagle", "eagle3") or s.draft_model is not None,
             field_path=".draftModel",
             reason="FieldValueRequired",
         ),
         Rule(
             cel="!(self.method in ['ngram', 'mtp']) || !has(self.draftModel)",
-            message="speculativeDecoding.draftModel must not be set when method is ngram or mtp",
+            message="spec.engine.speculativeDecoding.draftModel must not be set when method is ngram or mtp",
             check=lambda s: s.method not in ("ngram", "mtp") or s.draft_model is None,
             field_path=".draftModel",
             reason="FieldValueForbidden",
@@ -388,13 +390,13 @@ class LLMDeploymentSpec(ApiModel):
     __rules__ = (
         Rule(
             cel="self.minReplicas <= self.maxReplicas",
-            message="minReplicas must be less than or equal to maxReplicas",
+            message="spec.minReplicas must be less than or equal to spec.maxReplicas",
             check=lambda s: s.min_replicas <= s.max_replicas,
             field_path=".minReplicas",
         ),
         Rule(
             cel="self.replicas >= self.minReplicas && self.replicas <= self.maxReplicas",
-            message="replicas must be between minReplicas and maxReplicas",
+            message="spec.replicas must be between spec.minReplicas and spec.maxReplicas",
             check=lambda s: s.min_replicas <= s.replicas <= s.max_replicas,
             field_path=".replicas",
         ),
@@ -402,7 +404,7 @@ class LLMDeploymentSpec(ApiModel):
             cel="type(self.engine.tensorParallelSize) == string || "
             "(self.engine.tensorParallelSize <= self.resources.gpusPerNode && "
             "self.resources.gpusPerNode % self.engine.tensorParallelSize == 0)",
-            message="engine.tensorParallelSize must divide resources.gpusPerNode",
+            message="spec.engine.tensorParallelSize must divide spec.resources.gpusPerNode",
             check=_tp_divides,
             field_path=".engine.tensorParallelSize",
         ),
@@ -412,7 +414,8 @@ class LLMDeploymentSpec(ApiModel):
             "self.engine.tensorParallelSize * self.engine.pipelineParallelSize "
             "<= self.resources.gpusPerNode || "
             "self.engine.tensorParallelSize == self.resources.gpusPerNode",
-            message="engine.tensorParallelSize must equal resources.gpusPerNode when tensorParallelSize x "
+            message="spec.engine.tensorParallelSize must equal spec.resources.gpusPerNode when "
+            "tensorParallelSize x "
             "pipelineParallelSize spans several nodes",
             check=_multinode_tp,
             field_path=".engine.tensorParallelSize",
