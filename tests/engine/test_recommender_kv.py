@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from tests.support.tinymodel import make_tiny_model
+
 from tidal.recommender.memory import kv_bytes_per_token, kv_tokens_for_kv_memory
 from tidal.recommender.models import load_profile
 
