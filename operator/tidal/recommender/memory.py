@@ -223,9 +223,17 @@ def _layer_params_per_gpu(profile: ModelProfile, layer: int, tp: int) -> tuple[f
         dense = profile.num_shared_experts * 3 * h * profile.expert_width / tp
     else:
         dense = 3 * h * profile.intermediate_size / tp
-    small = 2 * h
+    small = 2 * h  # the two RMSNorms
+    if profile.o_bias:
+        small += h
     if is_moe_layer:
-        small += h * profile.num_experts
+        small += h * profile.num_experts  # router
+        if profile.expert_bias or profile.is_mla:
+            small += profile.num_experts  # router bias / e_score_correction_bias
+    if profile.architecture.startswith("GptOss"):
+        small += profile.num_attention_heads  # attention sinks
+    if profile.architecture.startswith("Qwen3"):
+        small += 2 * profile.head_dim  # q_norm, k_norm
     return attn + dense, experts, small
 
 
