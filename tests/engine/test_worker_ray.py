@@ -127,3 +127,34 @@ def test_missing_worker_times_out_with_clear_message(tiny_model_dir: Path, tmp_p
         assert elapsed < 80
     finally:
         head.stop(timeout=30)
+
+
+@pytest.mark.timeout(240)
+def test_head_launches_vllm_with_ray_executor_and_fails_cleanly_on_cpu(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The real serve path of a head: group joined, vLLM launched with the Ray executor against this head.
+
+    The CPU build refuses the Ray executor, so vLLM exits non-zero; the worker must pass that on (never hang)
+    and stop its Ray head. On GPUs the same argv serves.
+    """
+    ray_port = free_port()
+    head = start_worker(
+        tiny_model_dir, tmp_path / "head.log", env=_ray_env(ray_port, timeout=150, role="ray-head")
+    )
+    worker = start_worker("", tmp_path / "worker.log", env=_ray_env(ray_port, timeout=90, role="ray-worker"))
+    try:
+        code = _wait_exit(head, 180)
+        log = head.log_text()
+        assert code != 0, log
+        assert "ray group complete: 2/2 nodes joined" in log
+        launch = next(line for line in log.splitlines() if "starting vllm:" in line)
+        assert "--distributed-executor-backend ray" in launch
+        assert "--pipeline-parallel-size 2" in launch
+        assert "current platform cpu does not support ray" in log, "vLLM itself must have refused Ray"
+        assert "engine exited unexpectedly with status" in log
+        assert "stopping ray head" in log, "the head's Ray processes must be stopped on the way out"
+        assert worker.stop(timeout=40) == 0, worker.log_tail()
+    finally:
+        head.stop(timeout=30)
+        worker.stop(timeout=30)
