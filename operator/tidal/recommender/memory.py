@@ -329,13 +329,18 @@ class MemoryPlan:
         """total x gpu_memory_utilization."""
         return int(self.total_bytes * self.gpu_memory_utilization)
 
+    def _weights_label(self) -> str:
+        if not self.quantization:
+            return self.weight_dtype
+        part = "experts" if self.quantization in EXPERTS_ONLY_QUANT else "linear layers"
+        return f"{self.quantization} {part}, {self.weight_dtype} rest"
+
     def lines(self) -> list[str]:
         """The arithmetic, one step a line, for a reviewer."""
         return [
             f"reserved = {gib(self.total_bytes):.2f} GiB x {self.gpu_memory_utilization:.2f} = "
             f"{gib(self.reserved_bytes):.2f} GiB per GPU",
-            f"weights ({self.weight_dtype}{', ' + self.quantization if self.quantization else ''}) = "
-            f"{gib(self.weights_bytes):.2f} GiB per GPU",
+            f"weights ({self._weights_label()}) = {gib(self.weights_bytes):.2f} GiB per GPU",
             f"activation peak ≈ {gib(self.activation_bytes):.2f} GiB; non-torch + CUDA graphs ≈ "
             f"{gib(self.non_torch_bytes):.2f} GiB",
             f"KV space = {gib(self.reserved_bytes):.2f} - {gib(self.weights_bytes):.2f} - "

@@ -433,7 +433,7 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
             0,
             f"TP={tp} PP={pp} ({tp * pp} GPU{'s' if tp * pp > 1 else ''}): "
             + ("given" if inp.tp is not None and (inp.pp is not None or pp == 1) else "smallest that fits")
-            + f"; weights {gib(plan.weights_bytes):.2f} GiB/GPU, KV {plan.kv_tokens:,} tokens",
+            + f"; weights {gib(plan.weights_bytes):.2f} GiB/GPU",
         )
     max_len, len_reason = _choose_max_model_len(inp, plan)
     reasons.append(len_reason)
