@@ -1,0 +1,341 @@
+"""The effective engine settings of a deployment: the spec's explicit values, plus the recommender's values
+for the settings left ``"auto"`` when ``spec.recommendation.mode`` is ``Apply``.
+
+These settings are what the pod contract carries (and so what the spec hash covers): in ``Apply`` mode a new
+recommendation rolls the pods, in ``Advise`` mode the recommendation is only written to
+``status.recommendation`` and the ``"auto"`` settings are left to vLLM (TP and PP default to 1). Explicit
+values always win; where they differ from what Tidal would choose on its own, the difference is reported.
+
+The recommender is pure and deterministic, so its result is cached per input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tidal.api import AUTO, LLMDeploymentSpec, ModelSource, RecommendationStatus
+from tidal.api.status import PredictedPerformance, RecommendedValues
+from tidal.recommender.catalog import catalog_profile, resolve_name
+from tidal.recommender.gpus import UnknownGPUError, get_gpu
+from tidal.recommender.models import ModelProfile
+from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
+
+TUNABLE = (
+    ("tensor_parallel_size", "tensorParallelSize", "tp"),
+    ("pipeline_parallel_size", "pipelineParallelSize", "pp"),
+    ("gpu_memory_utilization", "gpuMemoryUtilization", "gpu_memory_utilization"),
+    ("max_num_seqs", "maxNumSeqs", "max_num_seqs"),
+    ("max_model_len", "maxModelLen", "max_model_len"),
+    ("max_num_batched_tokens", "maxNumBatchedTokens", "max_num_batched_tokens"),
+)
+"""(engine field, spec field, RecommendInput field) of the settings that may be ``"auto"``."""
+
+_MAX_REASONS = 32
+_MAX_MESSAGE = 1000
+
+
+@dataclass(frozen=True)
+class EffectiveEngine:
+    """The engine settings the workers run with (``None``: vLLM's own default)."""
+
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    max_model_len: int | None = None
+    max_num_batched_tokens: int | None = None
+    dtype: str | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
+    enable_prefix_caching: bool | None = None
+    extra_args: tuple[str, ...] = ()
+    applied: tuple[str, ...] = ()
+    """Fields taken from the recommendation (``Apply`` mode, the spec said ``"auto"``)."""
+
+    @property
+    def world_size(self) -> int:
+        """GPUs of one replica: TP x PP."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+@dataclass(frozen=True)
+class ReplicaShape:
+    """How one replica maps onto pods: ``group_size`` pods of ``gpus_per_pod`` GPUs each."""
+
+    world_size: int
+    group_size: int
+    gpus_per_pod: int
+
+    @property
+    def multi_node(self) -> bool:
+        """A Ray group across several nodes."""
+        return self.group_size > 1
+
+
+def replica_shape(world_size: int, gpus_per_node: int) -> ReplicaShape:
+    """One pod when the replica fits a node, else the fewest pods that split the GPUs evenly, each fitting a
+    node (TP x PP = 16 on 8-GPU nodes: 2 pods of 8)."""
+    if world_size <= gpus_per_node:
+        return ReplicaShape(world_size, 1, world_size)
+    k = math.ceil(world_size / gpus_per_node)
+    while world_size % k or world_size // k > gpus_per_node:
+        k += 1
+    return ReplicaShape(world_size, k, world_size // k)
+
+
+# ------------------------------------------------------------------------------------------ model profile
+
+
+def model_name_hint(uri: str) -> str:
+    """The repository-like name of a model URI (``org/name`` for hf://, the last path segment otherwise)."""
+    scheme, _, rest = uri.partition("://")
+    if scheme == "hf":
+        return rest.split("@", 1)[0]
+    parts = [p for p in rest.split("/") if p]
+    return parts[-1] if parts else rest
+
+
+_ARCH_FIELDS = {
+    "num_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "num_attention_heads": "num_attention_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "vocab_size": "vocab_size",
+    "intermediate_size": "intermediate_size",
+    "num_experts": "num_experts",
+    "num_experts_per_token": "num_experts_per_tok",
+    "moe_intermediate_size": "moe_intermediate_size",
+    "kv_lora_rank": "kv_lora_rank",
+    "qk_rope_head_dim": "qk_rope_head_dim",
+    "max_position_embeddings": "max_position_embeddings",
+    "tie_word_embeddings": "tie_word_embeddings",
+}
+
+
+def model_profile(model: ModelSource) -> tuple[ModelProfile | None, str]:
+    """The architecture the recommender sizes for, and where it came from (or why there is none).
+
+    ``spec.model.architecture`` wins (a catalogue name, explicit numbers, or both); otherwise the URI's model
+    name is looked up in the built-in catalogue. The operator never downloads ``config.json``.
+    """
+    arch = model.architecture
+    base: ModelProfile | None = None
+    source = ""
+    if arch is not None and arch.catalog_name:
+        cat = resolve_name(arch.catalog_name)
+        if cat is None:
+            return None, f"spec.model.architecture.catalogName {arch.catalog_name!r} is not in the catalogue"
+        base, source = catalog_profile(cat), f"catalogue entry {cat} (spec.model.architecture.catalogName)"
+    elif arch is None:
+        hint = model_name_hint(model.uri)
+        cat = resolve_name(hint)
+        if cat is None:
+            return None, (
+                f"model {hint!r} is not in the built-in catalogue; set spec.model.architecture "
+                "(catalogName or numLayers/hiddenSize/numAttentionHeads) for a recommendation"
+            )
+        base, source = catalog_profile(cat), f"catalogue entry {cat} (from the model URI)"
+    overrides = {
+        target: getattr(arch, name)
+        for name, target in _ARCH_FIELDS.items()
+        if arch is not None and getattr(arch, name) is not None
+    }
+    if base is None:
+        assert arch is not None and arch.num_layers and arch.hidden_size and arch.num_attention_heads
+        heads = arch.num_attention_heads
+        base = ModelProfile(
+            name=model_name_hint(model.uri),
+            architecture="custom",
+            num_layers=arch.num_layers,
+            hidden_size=arch.hidden_size,
+            num_attention_heads=heads,
+            num_kv_heads=arch.num_key_value_heads or heads,
+            head_dim=arch.head_dim or arch.hidden_size // heads,
+            intermediate_size=arch.intermediate_size or 4 * arch.hidden_size,
+            vocab_size=arch.vocab_size or 32000,
+            max_position_embeddings=arch.max_position_embeddings or 8192,
+        )
+        return base, "spec.model.architecture numbers"
+    if overrides:
+        base = dataclasses.replace(base, **overrides)
+        source += " with spec.model.architecture overrides"
+    return base, source
+
+
+# ----------------------------------------------------------------------------------------- recommendation
+
+
+@dataclass(frozen=True)
+class RecommendationResult:
+    """The recommendation for a spec: what goes to ``status.recommendation`` and the values Apply uses."""
+
+    status: RecommendationStatus
+    values: dict[str, int | float]
+    """Recommended value per engine field (``tensor_parallel_size``, ...) for the settings left ``"auto"``."""
+
+
+@lru_cache(maxsize=512)
+def _recommend_cached(inp: RecommendInput) -> Recommendation:
+    return recommend_config(inp)
+
+
+def _explicit(spec: LLMDeploymentSpec) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for field_name, _, _ in TUNABLE:
+        raw = getattr(spec.engine, field_name)
+        if raw == AUTO:
+            continue
+        out[field_name] = float(raw) if field_name == "gpu_memory_utilization" else int(raw)
+    return out
+
+
+def _values_of(rec: Recommendation) -> dict[str, int | float]:
+    return {
+        "tensor_parallel_size": rec.tensor_parallel_size,
+        "pipeline_parallel_size": rec.pipeline_parallel_size,
+        "gpu_memory_utilization": rec.gpu_memory_utilization,
+        "max_num_seqs": rec.max_num_seqs,
+        "max_model_len": rec.max_model_len,
+        "max_num_batched_tokens": rec.max_num_batched_tokens,
+    }
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def recommend_for_spec(spec: LLMDeploymentSpec, generation: int | None) -> RecommendationResult | None:
+    """Run the recommender for ``spec`` (``None`` when neither the model nor the GPU is known: the reason
+    is returned in a status without values)."""
+    apply = spec.recommendation.mode == "Apply"
+    profile, source = model_profile(spec.model)
+    try:
+        gpu = get_gpu(spec.resources.gpu_type)
+    except UnknownGPUError as exc:
+        profile, source = None, str(exc)
+    if profile is None:
+        return RecommendationResult(
+            RecommendationStatus(
+                applied=False, feasible=True, reasons=[_cut(source)], observed_generation=generation
+            ),
+            {},
+        )
+    quant = None if spec.engine.quantization == "none" else spec.engine.quantization
+    targets = spec.autoscaling.targets
+    base = RecommendInput(
+        model=profile,
+        gpu=gpu,
+        gpus_per_node=spec.resources.gpus_per_node,
+        dtype=spec.engine.dtype,
+        quantization=quant,
+        kv_cache_dtype=spec.engine.kv_cache_dtype,
+        input_tokens=spec.recommendation.expected_input_tokens,
+        output_tokens=spec.recommendation.expected_output_tokens,
+        slo_ttft_seconds=targets.ttft_p95_seconds,
+        slo_tpot_seconds=targets.tpot_p95_seconds,
+    )
+    explicit = _explicit(spec)
+    overrides: dict[str, Any] = {rf: explicit[ef] for ef, _, rf in TUNABLE if ef in explicit}
+    fixed = dataclasses.replace(base, **overrides)
+    try:
+        rec = _recommend_cached(fixed)
+        free = _recommend_cached(base) if explicit else rec
+    except (ValueError, ZeroDivisionError) as exc:
+        return RecommendationResult(
+            RecommendationStatus(
+                applied=False,
+                feasible=False,
+                reasons=[_cut(f"recommender: {exc}")],
+                observed_generation=generation,
+            ),
+            {},
+        )
+    values = _values_of(rec)
+    free_values = _values_of(free)
+    differences = [
+        _cut(
+            f"spec.engine.{spec_name}={explicit[ef]:g} is explicit and wins; Tidal would choose "
+            f"{free_values[ef]:g}"
+        )
+        for ef, spec_name, _ in TUNABLE
+        if ef in explicit and not math.isclose(float(explicit[ef]), float(free_values[ef]))
+    ]
+    reasons = [_cut(f"model: {source}"), *(_cut(r) for r in rec.reasons)][:_MAX_REASONS]
+    status = RecommendationStatus(
+        values=RecommendedValues(**{k: v for k, v in values.items()}),  # type: ignore[arg-type]
+        applied=apply and rec.feasible,
+        feasible=rec.feasible,
+        reasons=reasons,
+        differences=differences[:16],
+        arithmetic={
+            "weightsGiBPerGpu": round(rec.weights_gib_per_gpu, 3),
+            "kvCacheGiBPerGpu": round(rec.kv_cache_gib_per_gpu, 3),
+            "kvCacheTokens": float(rec.kv_cache_tokens),
+            "kvBytesPerToken": float(rec.kv_bytes_per_token),
+        },
+        predicted=PredictedPerformance(
+            ttft_seconds=round(rec.predicted.ttft_seconds, 6),
+            tpot_seconds=round(rec.predicted.tpot_seconds, 6),
+            output_tokens_per_second=round(rec.predicted.output_tokens_per_second, 2),
+        ),
+        observed_generation=generation,
+    )
+    return RecommendationResult(status, {k: v for k, v in values.items() if k not in explicit})
+
+
+# ---------------------------------------------------------------------------------------- effective engine
+
+
+def resolve_engine(spec: LLMDeploymentSpec, recommendation: RecommendationResult | None) -> EffectiveEngine:
+    """The settings the workers run with: explicit values; in ``Apply`` mode the recommended value of a
+    feasible recommendation for each ``"auto"`` setting; otherwise vLLM's default (TP = PP = 1)."""
+    eng = spec.engine
+    use = (
+        recommendation.values
+        if recommendation is not None
+        and spec.recommendation.mode == "Apply"
+        and recommendation.status.feasible
+        else {}
+    )
+    chosen: dict[str, Any] = {}
+    applied: list[str] = []
+    for field_name, _, _ in TUNABLE:
+        raw = getattr(eng, field_name)
+        if raw != AUTO:
+            chosen[field_name] = float(raw) if field_name == "gpu_memory_utilization" else int(raw)
+        elif field_name in use:
+            chosen[field_name] = use[field_name]
+            applied.append(field_name)
+        else:
+            chosen[field_name] = (
+                1 if field_name in ("tensor_parallel_size", "pipeline_parallel_size") else None
+            )
+    extra = list(eng.extra_args)
+    if eng.speculative_decoding is not None:
+        sd = eng.speculative_decoding
+        cfg: dict[str, Any] = {"method": sd.method, "num_speculative_tokens": sd.num_speculative_tokens}
+        if sd.draft_model is not None:
+            # vLLM takes a Hub repository id or a local path, not Tidal's URI form.
+            scheme, _, rest = sd.draft_model.partition("://")
+            cfg["model"] = rest.split("@", 1)[0] if scheme == "hf" else sd.draft_model
+        extra = ["--speculative-config", json.dumps(cfg, sort_keys=True, separators=(",", ":")), *extra]
+    return EffectiveEngine(
+        tensor_parallel_size=int(chosen["tensor_parallel_size"]),
+        pipeline_parallel_size=int(chosen["pipeline_parallel_size"]),
+        gpu_memory_utilization=chosen["gpu_memory_utilization"],
+        max_num_seqs=chosen["max_num_seqs"],
+        max_model_len=chosen["max_model_len"],
+        max_num_batched_tokens=chosen["max_num_batched_tokens"],
+        dtype=None if eng.dtype == "auto" else eng.dtype,
+        quantization=None if eng.quantization == "none" else eng.quantization,
+        kv_cache_dtype=None if eng.kv_cache_dtype == "auto" else eng.kv_cache_dtype,
+        enable_prefix_caching=eng.enable_prefix_caching,
+        extra_args=tuple(extra),
+        applied=tuple(applied),
+    )

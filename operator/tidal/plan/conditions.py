@@ -1,0 +1,105 @@
+"""Status conditions: merge newly computed conditions into the old ones (a condition's
+``lastTransitionTime`` moves only when its status flips) and turn every transition into an Event.
+
+Condition types are adjectives (``Ready``, ``Progressing``, ``Degraded``); reasons are CamelCase constants.
+Conditions of other types (``ScalingActive``, ``MetricsAvailable`` from the autoscaler) are kept as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tidal.plan.types import EventSpec
+
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+DEGRADED: Final = "Degraded"
+OWNED: Final = (READY, PROGRESSING, DEGRADED)
+
+# Reasons.
+ALL_REPLICAS_READY: Final = "AllReplicasReady"
+MINIMUM_REPLICAS_READY: Final = "MinimumReplicasReady"
+SCALED_TO_ZERO: Final = "ScaledToZero"
+WORKERS_CREATED: Final = "WorkersCreated"
+WORKERS_STARTING: Final = "WorkersStarting"
+ROLLING_UPDATE: Final = "RollingUpdate"
+SCALING_DOWN: Final = "ScalingDown"
+REPLICAS_UP_TO_DATE: Final = "ReplicasUpToDate"
+INSUFFICIENT_GPU: Final = "InsufficientGPU"
+UNSCHEDULABLE: Final = "Unschedulable"
+CRASH_LOOP: Final = "CrashLoopBackOff"
+OOM_KILLED: Final = "OOMKilled"
+REPLICA_RESTARTED: Final = "ReplicaRestarted"
+WORKERS_HEALTHY: Final = "WorkersHealthy"
+
+_WARNING_REASONS = frozenset(
+    {
+        INSUFFICIENT_GPU,
+        UNSCHEDULABLE,
+        CRASH_LOOP,
+        OOM_KILLED,
+        REPLICA_RESTARTED,
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "InvalidImageName",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A freshly computed condition (without a transition time)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+    @property
+    def status_text(self) -> str:
+        return "True" if self.status else "False"
+
+
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]], new: Sequence[Cond], now: str, generation: int | None
+) -> tuple[list[dict[str, Any]], list[EventSpec]]:
+    """The status.conditions list (owned types first, others kept) and one Event per transition (status or
+    reason changed)."""
+    by_type = {str(c.get("type")): c for c in old}
+    out: list[dict[str, Any]] = []
+    events: list[EventSpec] = []
+    for cond in new:
+        prev = by_type.get(cond.type)
+        flipped = prev is None or prev.get("status") != cond.status_text
+        item: dict[str, Any] = {
+            "type": cond.type,
+            "status": cond.status_text,
+            "reason": cond.reason,
+            "message": cond.message[:32768],
+            "lastTransitionTime": now if flipped or prev is None else prev.get("lastTransitionTime", now),
+        }
+        if generation is not None:
+            item["observedGeneration"] = generation
+        out.append(item)
+        if flipped or prev is None or prev.get("reason") != cond.reason:
+            if prev is None and not _notable(cond):
+                continue  # the first Progressing=False/Degraded=False of a new object is not news
+            warn = cond.reason in _WARNING_REASONS and (cond.status or cond.type != DEGRADED)
+            events.append(
+                EventSpec(
+                    "Warning" if warn else "Normal",
+                    cond.reason,
+                    f"{cond.type}={cond.status_text}: {cond.message}"[:1024],
+                )
+            )
+    out.extend(dict(c) for t, c in by_type.items() if t not in OWNED)
+    return out, events
+
+
+def _notable(cond: Cond) -> bool:
+    if cond.type == DEGRADED:
+        return cond.status
+    return not (cond.type == PROGRESSING and not cond.status and cond.reason == REPLICAS_UP_TO_DATE)
