@@ -73,3 +73,9 @@ GPU_HOURS = Counter(
     ["namespace", "name"],
     registry=REGISTRY,
 )
+KUBE_REQUESTS = Counter(
+    "tidal_kube_requests_total",
+    "Kubernetes API requests the operator's reconciles made (watches excluded), by verb and resource.",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,385 @@
+"""The kopf handlers: one level-based reconcile per LLMDeployment, run on create/update/resume, on a timer,
+and whenever one of its worker pods changes.
+
+Observe → plan → apply. Children are observed from kopf indexes fed by watches (no reads per reconcile),
+``tidal.plan.plan_reconcile`` decides, and ``tidal.shell.kube`` applies with server-side apply (field
+manager ``tidal-operator``), deletes with UID preconditions, and writes the status only when it changed. A
+steady state therefore costs no API requests, however often it is reconciled.
+
+Reconciles of one deployment never overlap: a trigger that arrives while one runs marks it dirty and the
+running one goes round once more (bursts of pod events coalesce). Nothing sleeps in a handler: a plan's
+requeue delay is an in-memory timer that triggers the reconcile again; change handlers that fail raise
+``kopf.TemporaryError`` with a delay.
+
+The autoscaler plugs in at :func:`effective_replicas` (the replica count the plan converges to) and may add
+a status ``signal``; both are the only places the reconcile asks "how many".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from tidal.api import GROUP, PLURAL, VERSION, LLMDeployment, Signal
+from tidal.builders.gpus import GPU_RESOURCE
+from tidal.builders.names import DEPLOYMENT_LABEL, NAME_LABEL, WORKER_APP, label_value
+from tidal.builders.pods import BuilderConfig
+from tidal.plan import NodeInfo, ObjectRef, Observed, Plan, plan_reconcile
+from tidal.shell import metrics
+from tidal.shell.events import post_events
+from tidal.shell.kube import Kube
+
+log = logging.getLogger("tidal.operator")
+
+TIMER_INTERVAL_SECONDS = 30.0
+"""Every deployment is reconciled at least this often (from the caches: no API calls when nothing changed)."""
+ERROR_BACKOFF_SECONDS = (2.0, 5.0, 15.0, 30.0, 60.0)
+WORKER_SELECTOR = {NAME_LABEL: WORKER_APP}
+
+Key = tuple[str, str]
+"""(namespace, label value of the deployment name)."""
+
+
+# ----------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class _KeyState:
+    running: bool = False
+    dirty: bool = False
+    errors: int = 0
+    requeue: asyncio.TimerHandle | None = None
+    last_status: dict[str, Any] | None = None
+
+
+@dataclass
+class Runtime:
+    """What the handlers share within one operator process (set up by ``tidal run``)."""
+
+    kube: Kube | None = None
+    config: BuilderConfig = field(default_factory=BuilderConfig)
+    states: dict[Key, _KeyState] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+RUNTIME = Runtime()
+
+
+def configure(kube: Kube, config: BuilderConfig | None = None) -> None:
+    """Give the handlers their client (called by ``tidal run`` before kopf starts)."""
+    RUNTIME.kube = kube
+    if config is not None:
+        RUNTIME.config = config
+
+
+# ----------------------------------------------------------------------------------------------- hooks
+
+
+def effective_replicas(deployment: LLMDeployment, observed: Observed) -> int:
+    """The replica count to converge to. Today ``spec.replicas`` (set by you or ``kubectl scale``); the
+    autoscaler step replaces this with its decision (bounded by min/max)."""
+    return deployment.spec.replicas
+
+
+def effective_signal(deployment: LLMDeployment, observed: Observed) -> Signal | None:
+    """The key scaling signal for ``status.signal`` (``None``: the planner shows ready/desired)."""
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- indexes
+
+
+def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    status = body.get("status", {}) or {}
+    return {
+        "metadata": {
+            k: meta.get(k)
+            for k in ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+            if meta.get(k) is not None
+        },
+        "status": {
+            k: status.get(k)
+            for k in ("phase", "reason", "conditions", "containerStatuses", "initContainerStatuses")
+            if status.get(k) is not None
+        },
+    }
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def llmd_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    """Latest LLMDeployment bodies by key."""
+    return {
+        (namespace or "", label_value(name)): {
+            k: body.get(k)
+            for k in ("apiVersion", "kind", "metadata", "spec", "status")
+            if body.get(k) is not None
+        }
+    }
+
+
+@kopf.index("pods", labels=WORKER_SELECTOR)
+def pod_index(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """Worker pods by owning deployment."""
+    return {(namespace or "", labels.get(DEPLOYMENT_LABEL, "")): _slim_pod(body)}
+
+
+@kopf.index("services", labels=WORKER_SELECTOR)
+def service_index(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """Services by owning deployment."""
+    return {
+        (namespace or "", labels.get(DEPLOYMENT_LABEL, "")): {
+            "metadata": dict(body.meta),
+            "spec": dict(body.spec),
+        }
+    }
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=WORKER_SELECTOR)
+def pdb_index(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """PodDisruptionBudgets by owning deployment."""
+    return {
+        (namespace or "", labels.get(DEPLOYMENT_LABEL, "")): {
+            "metadata": dict(body.meta),
+            "spec": dict(body.spec),
+        }
+    }
+
+
+@kopf.index("nodes")
+def node_index(
+    body: kopf.Body, name: str, labels: Mapping[str, str], spec: kopf.Spec, **_: Any
+) -> dict[None, NodeInfo]:
+    """GPU capacity of every node, for the planner's GPU arithmetic."""
+    alloc = (body.get("status", {}) or {}).get("allocatable", {}) or {}
+    try:
+        gpus = int(alloc.get(GPU_RESOURCE, 0))
+    except (TypeError, ValueError):
+        gpus = 0
+    return {None: NodeInfo(name, dict(labels), gpus, not spec.get("unschedulable", False))}
+
+
+def _values(index: kopf.Index[Key, dict[str, Any]], key: Key) -> list[dict[str, Any]]:
+    store = index.get(key)
+    return list(store) if store is not None else []
+
+
+# ----------------------------------------------------------------------------------------------- reconcile
+
+
+async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
+    kube = RUNTIME.kube
+    assert kube is not None, "tidal.shell.handlers.configure() was not called"
+    bodies = _values(indexes["llmd_index"], key)
+    if not bodies:
+        return None
+    body = bodies[-1]
+    meta = body.get("metadata", {})
+    if meta.get("deletionTimestamp"):
+        return None
+    try:
+        try:
+            deployment = LLMDeployment.model_validate(body)
+        except ValidationError:
+            # A status from an older operator version must not block the reconcile: plan from the spec.
+            deployment = LLMDeployment.model_validate({k: v for k, v in body.items() if k != "status"})
+    except ValidationError as exc:
+        # The CRD schema and CEL refuse what the models refuse, so this means a stale or foreign schema.
+        log.error("%s/%s is not a valid LLMDeployment: %s", meta.get("namespace"), meta.get("name"), exc)
+        return None
+    node_store = indexes["node_index"].get(None)
+    nodes: list[NodeInfo] | None = list(node_store) if node_store else None
+    observed = Observed(
+        pods=_values(indexes["pod_index"], key),
+        services=_values(indexes["service_index"], key),
+        pdbs=_values(indexes["pdb_index"], key),
+        nodes=nodes,
+    )
+    now = datetime.now(UTC)
+    plan = plan_reconcile(
+        deployment,
+        observed,
+        now,
+        replicas=effective_replicas(deployment, observed),
+        signal=effective_signal(deployment, observed),
+        config=RUNTIME.config,
+    )
+    state = RUNTIME.states.setdefault(key, _KeyState())
+    ns, name = str(meta["namespace"]), str(meta["name"])
+    for obj in plan.apply:
+        await asyncio.to_thread(kube.apply, obj)
+    for ref in plan.delete:
+        await asyncio.to_thread(kube.delete, ref)
+    wrote = False
+    if plan.status is None:
+        state.last_status = None
+    elif plan.status != state.last_status:
+        await asyncio.to_thread(kube.patch_status, ns, name, plan.status)
+        state.last_status = plan.status
+        wrote = True
+    if plan.events and (wrote or plan.apply or plan.delete):
+        await asyncio.to_thread(post_events, kube, meta, plan.events, now)
+    if plan.apply or plan.delete or wrote:
+        log.info("%s", plan.summary)
+    _export_metrics(ns, name, plan, deployment)
+    return plan
+
+
+def _export_metrics(ns: str, name: str, plan: Plan, deployment: LLMDeployment) -> None:
+    status = plan.status or deployment.status.to_dict()
+    metrics.DESIRED_REPLICAS.labels(ns, name).set(status.get("desiredReplicas") or 0)
+    metrics.READY_REPLICAS.labels(ns, name).set(status.get("readyReplicas") or 0)
+    insufficient = False
+    for cond in status.get("conditions") or []:
+        metrics.CONDITION.labels(ns, name, cond["type"]).set(1 if cond["status"] == "True" else 0)
+        insufficient |= cond.get("reason") == "InsufficientGPU"
+    metrics.CONDITION.labels(ns, name, "InsufficientGPU").set(1 if insufficient else 0)
+
+
+async def reconcile(key: Key, indexes: Mapping[str, Any]) -> None:
+    """Reconcile one deployment, coalescing triggers that arrive while it runs. Raises what failed."""
+    state = RUNTIME.states.setdefault(key, _KeyState())
+    if state.running:
+        state.dirty = True
+        return
+    state.running = True
+    try:
+        while True:
+            state.dirty = False
+            started = time.perf_counter()
+            try:
+                plan = await _run_once(key, indexes)
+            except Exception as exc:
+                state.errors += 1
+                metrics.RECONCILES.labels("Error").inc()
+                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                _requeue(
+                    key, indexes, ERROR_BACKOFF_SECONDS[min(state.errors, len(ERROR_BACKOFF_SECONDS)) - 1]
+                )
+                raise
+            finally:
+                metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+            state.errors = 0
+            requeue = plan.requeue_after if plan is not None else None
+            metrics.RECONCILES.labels("Requeue" if requeue else "Success").inc()
+            if requeue is not None and requeue < TIMER_INTERVAL_SECONDS:
+                _requeue(key, indexes, requeue)
+            if not state.dirty:
+                return
+    finally:
+        state.running = False
+
+
+def _requeue(key: Key, indexes: Mapping[str, Any], delay: float) -> None:
+    state = RUNTIME.states.setdefault(key, _KeyState())
+    if state.requeue is not None:
+        state.requeue.cancel()
+    loop = asyncio.get_running_loop()
+
+    def fire() -> None:
+        state.requeue = None
+        task = loop.create_task(_quiet(key, indexes))
+        RUNTIME.tasks.add(task)
+        task.add_done_callback(RUNTIME.tasks.discard)
+
+    state.requeue = loop.call_later(delay, fire)
+
+
+async def _quiet(key: Key, indexes: Mapping[str, Any]) -> None:
+    try:
+        await reconcile(key, indexes)
+    except Exception:
+        log.exception("reconcile of %s/%s failed; retrying", *key)
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("llmd_index", "pod_index", "service_index", "pdb_index", "node_index")}
+
+
+# ----------------------------------------------------------------------------------------------- handlers
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """kopf settings: progress in annotations (the status schema is ours), few kopf Events, probes."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tidal.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tidal.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = 60
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def on_change(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Spec changed (or the operator started): reconcile now."""
+    key = (namespace or "", label_value(name))
+    try:
+        await reconcile(key, _indexes(kwargs))
+    except Exception as exc:
+        errors = RUNTIME.states.get(key, _KeyState()).errors
+        raise kopf.TemporaryError(
+            f"reconcile failed: {exc}", delay=ERROR_BACKOFF_SECONDS[min(errors, 5) - 1]
+        ) from exc
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, idle=TIMER_INTERVAL_SECONDS / 2)
+async def on_timer(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Periodic level-based pass (cheap: reads come from the caches)."""
+    await _quiet((namespace or "", label_value(name)), _indexes(kwargs))
+
+
+@kopf.on.event("pods", labels=WORKER_SELECTOR)
+async def on_pod_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+    """A worker pod changed: reconcile its deployment."""
+    owner = labels.get(DEPLOYMENT_LABEL)
+    if owner:
+        await _quiet((namespace or "", owner), _indexes(kwargs))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Delete every child now (the garbage collector would too, through the owner references), then let kopf
+    drop its finalizer."""
+    kube = RUNTIME.kube
+    assert kube is not None
+    namespace = namespace or ""
+    key = (namespace, label_value(name))
+    idx = _indexes(kwargs)
+    refs = [
+        ObjectRef(
+            api, kind, namespace, str(o["metadata"]["name"]), o["metadata"].get("uid"), "deployment deleted"
+        )
+        for index, api, kind in (
+            ("pod_index", "v1", "Pod"),
+            ("service_index", "v1", "Service"),
+            ("pdb_index", "policy/v1", "PodDisruptionBudget"),
+        )
+        for o in _values(idx[index], key)
+        if not (kind == "Pod" and o["metadata"].get("deletionTimestamp"))
+    ]
+    for ref in refs:
+        await asyncio.to_thread(kube.delete, ref)
+    state = RUNTIME.states.pop(key, None)
+    if state is not None and state.requeue is not None:
+        state.requeue.cancel()
+    for gauge in (metrics.DESIRED_REPLICAS, metrics.READY_REPLICAS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
