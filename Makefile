@@ -35,6 +35,10 @@ cluster-down: ## Stop the control plane started by cluster-up
 manifests: install ## Regenerate crds/ from the typed API models
 	$(PY) -m tidal.api.crdgen > crds/llmdeployments.tidal.dev.yaml
 
+.PHONY: chart-crds
+chart-crds: ## Copy crds/ into the Helm chart (helm/tidal/crds); a unit test fails when they drift
+	cp crds/llmdeployments.tidal.dev.yaml helm/tidal/crds/llmdeployments.tidal.dev.yaml
+
 .PHONY: lint
 lint: install ## ruff, import-linter contracts
 	$(VENV)/bin/ruff check operator worker tests
