@@ -189,9 +189,10 @@ class OperatorProcess:
                 total += float(m.group(2))
         return total
 
-    def api_requests(self) -> float:
-        """API requests the reconciles made so far (this process)."""
-        return self.metric("tidal_kube_requests_total")
+    def api_requests(self, namespace: str | None = None) -> float:
+        """API requests the reconciles made so far (this process), optionally for one namespace."""
+        labels = {} if namespace is None else {"namespace": namespace}
+        return self.metric("tidal_kube_requests_total", **labels)
 
 
 @pytest.fixture(scope="module")

@@ -343,7 +343,7 @@ def _conditions(
 ) -> list[Cond]:
     n = target.replicas
     insufficient = shortage or (
-        f"{len(gpu_pending)} replica(s) Pending for GPUs: {gpu_pending[0].gpu_pending}"
+        f"{len(gpu_pending)} replica(s) Pending: the scheduler finds Insufficient nvidia.com/gpu"
         if gpu_pending
         else None
     )

@@ -221,10 +221,11 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     )
     state = RUNTIME.states.setdefault(key, _KeyState())
     ns, name = str(meta["namespace"]), str(meta["name"])
-    for obj in plan.apply:
-        await asyncio.to_thread(kube.apply, obj)
+    # Deletes first: a rollout's surge replica must not appear before the old one it replaces is gone.
     for ref in plan.delete:
         await asyncio.to_thread(kube.delete, ref)
+    for obj in plan.apply:
+        await asyncio.to_thread(kube.apply, obj)
     wrote = False
     if plan.status is None:
         state.last_status = None

@@ -46,8 +46,8 @@ class Kube:
         self.policy = client.PolicyV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
 
-    def _count(self, verb: str, resource: str) -> None:
-        KUBE_REQUESTS.labels(verb, resource).inc()
+    def _count(self, verb: str, resource: str, namespace: str) -> None:
+        KUBE_REQUESTS.labels(verb, resource, namespace).inc()
 
     def apply(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply ``obj`` as field manager ``tidal-operator`` (create or update, idempotent)."""
@@ -58,7 +58,7 @@ class Kube:
             "Service": self.core.patch_namespaced_service,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
         }
-        self._count("apply", kind.lower())
+        self._count("apply", kind.lower(), meta["namespace"])
         patchers[kind](
             meta["name"],
             meta["namespace"],
@@ -80,7 +80,7 @@ class Kube:
             preconditions=client.V1Preconditions(uid=ref.uid) if ref.uid else None,
             propagation_policy="Background",
         )
-        self._count("delete", ref.kind.lower())
+        self._count("delete", ref.kind.lower(), ref.namespace)
         try:
             deleters[ref.kind](ref.name, ref.namespace, body=options, _preload_content=False)
         except ApiException as exc:
@@ -91,7 +91,7 @@ class Kube:
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the LLMDeployment's status subresource."""
-        self._count("patch", "llmdeployments/status")
+        self._count("patch", "llmdeployments/status", namespace)
         self.custom.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
@@ -105,7 +105,7 @@ class Kube:
 
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create a core/v1 Event."""
-        self._count("create", "events")
+        self._count("create", "events", namespace)
         event = client.CoreV1Event.from_dict(dict(body))
         assert event is not None
         self.core.create_namespaced_event(namespace, event, _preload_content=False)

@@ -75,7 +75,8 @@ GPU_HOURS = Counter(
 )
 KUBE_REQUESTS = Counter(
     "tidal_kube_requests_total",
-    "Kubernetes API requests the operator's reconciles made (watches excluded), by verb and resource.",
-    ["verb", "resource"],
+    "Kubernetes API requests the operator's reconciles made (watches excluded), by verb, resource and the "
+    "namespace of the LLMDeployment they were made for.",
+    ["verb", "resource", "namespace"],
     registry=REGISTRY,
 )
