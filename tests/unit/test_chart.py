@@ -3,9 +3,8 @@
 Lint is clean; the chart renders with the defaults and with the optional parts on; every rendered
 manifest of a built-in kind validates against the Kubernetes 1.34 OpenAPI schemas (``kubernetes-validate``,
 strict: unknown fields fail), the prometheus-operator and kopf kinds are checked by shape; the ClusterRole
-carries exactly the
-rules of ``files/operator-rbac-rules.yaml`` and the chart's CRDs are exactly ``crds/`` and
-``tidal.shell.peering``; the operator pod is locked down; ``values.schema.json`` refuses bad values; the
+carries exactly the rules of ``files/operator-rbac-rules.yaml`` and the chart's CRDs are exactly ``crds/``
+and ``tidal.shell.peering``; the operator pod is locked down; ``values.schema.json`` refuses bad values; the
 container command really gives every pod a distinct peering priority that ``tidal run`` accepts.
 """
 
