@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,8 @@ log = logging.getLogger("tidal.operator")
 
 TIMER_INTERVAL_SECONDS = 30.0
 """Every deployment is reconciled at least this often (from the caches: no API calls when nothing changed)."""
+API_THREADS = 32
+"""Concurrent Kubernetes API calls (thread pool of the synchronous client)."""
 ERROR_BACKOFF_SECONDS = (2.0, 5.0, 15.0, 30.0, 60.0)
 WORKER_SELECTOR = {NAME_LABEL: WORKER_APP}
 
@@ -222,10 +225,8 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     state = RUNTIME.states.setdefault(key, _KeyState())
     ns, name = str(meta["namespace"]), str(meta["name"])
     # Deletes first: a rollout's surge replica must not appear before the old one it replaces is gone.
-    for ref in plan.delete:
-        await asyncio.to_thread(kube.delete, ref)
-    for obj in plan.apply:
-        await asyncio.to_thread(kube.apply, obj)
+    await asyncio.gather(*(asyncio.to_thread(kube.delete, ref) for ref in plan.delete))
+    await asyncio.gather(*(asyncio.to_thread(kube.apply, obj) for obj in plan.apply))
     wrote = False
     if plan.status is None:
         state.last_status = None
@@ -234,7 +235,12 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         state.last_status = plan.status
         wrote = True
     if plan.events and (wrote or plan.apply or plan.delete):
-        await asyncio.to_thread(post_events, kube, meta, plan.events, now)
+        # Events are informational: posted off the reconcile's critical path.
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(post_events, kube, meta, plan.events, now)
+        )
+        RUNTIME.tasks.add(task)
+        task.add_done_callback(RUNTIME.tasks.discard)
     if plan.apply or plan.delete or wrote:
         log.info("%s", plan.summary)
     _export_metrics(ns, name, plan, deployment)
@@ -316,7 +322,7 @@ def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf settings: progress in annotations (the status schema is ours), few kopf Events, probes."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tidal.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -324,6 +330,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
+    # The Kubernetes client is synchronous: give its calls enough threads (and connections, see kube.py).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=API_THREADS))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -26,15 +26,16 @@ MERGE = "application/merge-patch+json"
 
 def make_api_client(kubeconfig: str | Path | None = None) -> Any:
     """An ApiClient from ``kubeconfig``, the default kubeconfig, or the in-cluster service account."""
+    cfg = client.Configuration()
+    cfg.connection_pool_maxsize = 32  # as many connections as the handlers' API threads
     if kubeconfig is not None:
-        cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
         return client.ApiClient(cfg)
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(cfg)
 
 
 class Kube:
