@@ -414,3 +414,33 @@ def test_operator_identity_is_least_privilege(
             assert "system:serviceaccount:tidal-system:tidal-operator" in str(denied.value.body)
     # The operator itself never needed a permission it lacks.
     assert "is forbidden: User" not in operator_process.logs(5000)
+
+
+# ------------------------------------------------------------------ recommendation in status (issue 5, #5)
+
+
+def test_recommendation_advise_leaves_pods_apply_rolls(env_factory: Any) -> None:
+    env = env_factory(2)
+    name = env.create(env.example("llama-3.3-70b-fp8-tp2.yaml"))  # Advise mode, batch settings "auto"
+    wait_for(lambda: env.ready(name), what="ready")
+    rec = env.get(name)["status"]["recommendation"]
+    assert rec["values"]["maxNumSeqs"] >= 1 and rec["applied"] is False and rec["reasons"]
+    assert any("gpuMemoryUtilization" in d for d in rec["differences"])
+    uids = {p.metadata.uid for p in env.pods(name)}
+    env.patch_spec(name, {"recommendation": {"expectedInputTokens": 4096}})
+    wait_for(
+        lambda: env.get(name)["status"]["recommendation"].get("observedGeneration") == 2, what="re-advised"
+    )
+    time.sleep(2)
+    assert {p.metadata.uid for p in env.pods(name)} == uids, "Advise must leave the pods alone"
+    env.patch_spec(name, {"recommendation": {"mode": "Apply"}})
+    wait_for(
+        lambda: env.ready(name) and uids.isdisjoint({p.metadata.uid for p in env.pods(name)}),
+        timeout=90,
+        what="Apply rolled the pods",
+    )
+    st = env.get(name)["status"]
+    assert st["recommendation"]["applied"] is True
+    envs = {e.name: e.value for e in _container(env.pods(name)[0]).env}
+    assert envs["TIDAL_MAX_NUM_SEQS"] == str(st["recommendation"]["values"]["maxNumSeqs"])
+    assert envs["TIDAL_MAX_MODEL_LEN"] == "16384"  # explicit values win
