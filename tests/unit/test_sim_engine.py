@@ -86,6 +86,23 @@ def test_cold_start_delays_capacity() -> None:
     warm = simulate(tr, StaticPolicy(4), replace(cfg, initial_replicas=4))
     assert res.slo_attainment < warm.slo_attainment
     assert res.gpu_hours >= warm.gpu_hours  # starting replicas hold their GPUs while they start
+    # Four replicas from t=0 until the last request finishes: GPU time is charged creation -> release.
+    assert warm.gpu_hours == pytest.approx(4 * warm.duration_s / 3600)
+    assert res.gpu_hours == pytest.approx(4 * res.duration_s / 3600)
+    assert res.duration_s > warm.duration_s  # the cold-start backlog finishes later
+
+
+def test_gpu_hours_do_not_depend_on_the_sync_period() -> None:
+    # Regression: the fleet used to be released at the last popped event (a policy's next sync after
+    # the trace), so a static policy syncing every 60 s was charged up to a minute more than one
+    # syncing every second, for identical service.
+    tr = synthetic("poisson", 20, 200, seed=4)
+    cfg = replace(CFG, initial_replicas=2)
+    slow = simulate(tr, StaticPolicy(2, sync_period_s=60.0), cfg)
+    fast = simulate(tr, StaticPolicy(2, sync_period_s=1.0), cfg)
+    assert slow.slo_attainment == fast.slo_attainment
+    assert slow.gpu_hours == pytest.approx(fast.gpu_hours)
+    assert slow.duration_s < tr.duration + 60  # released when the last request finished
 
 
 def test_azure_csv_and_time_scale(tmp_path: Path) -> None:

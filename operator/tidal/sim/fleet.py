@@ -373,9 +373,13 @@ def simulate(
             reasons[str(d.reason)] = reasons.get(str(d.reason), 0) + 1
             apply(d.desired, now, str(d.reason))
             push(now + policy.sync_period_s, DECIDE)
-    end = max(now, end_time, trace.duration)
+    # The fleet is released when the last request finishes (or the trace ends), not at whichever
+    # bookkeeping event (a policy's next sync, a scrape) happened to be popped last: that would make
+    # GPU-hours depend on the policy's sync period.
+    all_done = finished_reqs >= n_req
+    end = max(end_time, trace.duration) if all_done else max(now, end_time, trace.duration)
     for r in replicas:
-        if r.released < 0:
+        if r.released < 0 or r.released > end:
             r.released = end
     gpu_s = sum(r.released - r.created for r in replicas) * cfg.gpus_per_replica
 
