@@ -2,7 +2,8 @@
 ``lastTransitionTime`` moves only when its status flips) and turn every transition into an Event.
 
 Condition types are adjectives (``Ready``, ``Progressing``, ``Degraded``); reasons are CamelCase constants.
-Conditions of other types (``ScalingActive``, ``MetricsAvailable`` from the autoscaler) are kept as they are.
+Conditions of other types (``ScalingActive``, ``MetricsAvailable`` from the autoscaler) are kept as they are,
+unless the caller passes new values for them (the autoscaler's pass does, through the planner).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _WARNING_REASONS = frozenset(
         CRASH_LOOP,
         OOM_KILLED,
         REPLICA_RESTARTED,
+        "MetricsStale",
         "ImagePullBackOff",
         "ErrImagePull",
         "CreateContainerConfigError",
@@ -95,11 +97,14 @@ def merge_conditions(
                     f"{cond.type}={cond.status_text}: {cond.message}"[:1024],
                 )
             )
-    out.extend(dict(c) for t, c in by_type.items() if t not in OWNED)
+    new_types = {c.type for c in new}
+    out.extend(dict(c) for t, c in by_type.items() if t not in OWNED and t not in new_types)
     return out, events
 
 
 def _notable(cond: Cond) -> bool:
     if cond.type == DEGRADED:
         return cond.status
+    if cond.type in ("MetricsAvailable", "ScalingActive"):
+        return not cond.status  # the autoscaler's first pass is news only when it cannot work
     return not (cond.type == PROGRESSING and not cond.status and cond.reason == REPLICAS_UP_TO_DATE)

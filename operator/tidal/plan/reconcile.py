@@ -23,7 +23,7 @@ template labels every pod; replicas with another hash are *old*.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selec
 from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, compute_spec_hash
 from tidal.builders.services import build_api_service, build_group_service, build_pdb
 from tidal.plan import conditions as C
+from tidal.plan.autoscale import AutoscalerPatch
 from tidal.plan.conditions import Cond, merge_conditions
 from tidal.plan.replicas import ReplicaView, group_replicas, parse_time
 from tidal.plan.types import EventSpec, NodeInfo, ObjectRef, Observed, Plan
@@ -116,7 +117,8 @@ def _needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None)
     return not _contains(observed.get("spec") or {}, desired.get("spec") or {})
 
 
-def _node_matches(node: NodeInfo, deployment: LLMDeployment) -> bool:
+def node_matches(node: NodeInfo, deployment: LLMDeployment) -> bool:
+    """The node can run the deployment's workers (schedulable, GPU product and node selector match)."""
     res = deployment.spec.resources
     if not node.schedulable or node.labels.get(GPU_PRODUCT_LABEL) not in product_labels(res.gpu_type):
         return False
@@ -129,7 +131,7 @@ def gpu_shortage(target: Target, nodes: list[NodeInfo] | None) -> str | None:
         return None
     deployment = target.inputs.deployment
     shape = target.inputs.shape
-    matching = [n for n in nodes if _node_matches(n, deployment)]
+    matching = [n for n in nodes if node_matches(n, deployment)]
     slots = sum(n.allocatable_gpus // shape.gpus_per_pod for n in matching)
     needed = target.replicas * shape.group_size
     if slots >= needed and (
@@ -151,9 +153,16 @@ def plan_reconcile(
     replicas: int | None = None,
     signal: Signal | None = None,
     config: BuilderConfig = DEFAULT_CONFIG,
+    autoscaler: AutoscalerPatch | None = None,
+    extra_conditions: Sequence[Cond] = (),
 ) -> Plan:
     """The next step for ``deployment``. ``replicas`` is the count to converge to (default
-    ``spec.replicas``; the autoscaler passes its own), ``signal`` the autoscaler's key signal."""
+    ``spec.replicas``; the autoscaler passes its own), ``signal`` the autoscaler's key signal.
+    ``autoscaler`` (one autoscaler pass) is carried into the same status write: its fields, conditions and
+    Events, and its count when ``replicas`` is not given. ``extra_conditions`` are merged like the
+    planner's own (e.g. ``ScalingActive=False`` once autoscaling is disabled)."""
+    if replicas is None and autoscaler is not None:
+        replicas = autoscaler.desired
     desired = deployment.spec.replicas if replicas is None else replicas
     target = make_target(deployment, desired, config)
     name = deployment.metadata.name or ""
@@ -296,16 +305,22 @@ def plan_reconcile(
     )
     old_status = _status_dict(deployment)
     stamp = rfc3339(now)
+    extra = [*extra_conditions, *(autoscaler.conditions if autoscaler is not None else ())]
     merged, transitions = merge_conditions(
-        old_status.get("conditions") or [], conds, stamp, deployment.metadata.generation
+        old_status.get("conditions") or [], [*conds, *extra], stamp, deployment.metadata.generation
     )
     events.extend(transitions)
     owned = _owned_status(deployment, target, replicas_after, ready_after, merged, signal, old_status, stamp)
+    own_scale = autoscaler is None or "lastScale" not in autoscaler.fields
+    if autoscaler is not None:
+        # The autoscaler's pass records its own scaling decision (with the numbers), not "spec changed".
+        owned.update(autoscaler.fields)
+        events.extend(autoscaler.events)
+    scale = owned.get("lastScale")
+    if own_scale and scale is not None and scale != old_status.get("lastScale"):
+        events.append(EventSpec("Normal", scale["reason"], scale["message"]))
     if any(old_status.get(k) != v for k, v in owned.items()):
         plan.status = owned
-    scale = owned.get("lastScale")
-    if scale is not None and scale != old_status.get("lastScale"):
-        events.append(EventSpec("Normal", scale["reason"], scale["message"]))
     plan.events = events
 
     # 8. When to look again.
@@ -464,4 +479,12 @@ def _owned_status(
     return out
 
 
-__all__ = ["SPEC_HASH_LABEL", "Target", "gpu_shortage", "make_target", "plan_reconcile", "rfc3339"]
+__all__ = [
+    "SPEC_HASH_LABEL",
+    "Target",
+    "gpu_shortage",
+    "make_target",
+    "node_matches",
+    "plan_reconcile",
+    "rfc3339",
+]

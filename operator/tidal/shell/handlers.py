@@ -11,8 +11,11 @@ running one goes round once more (bursts of pod events coalesce). Nothing sleeps
 requeue delay is an in-memory timer that triggers the reconcile again; change handlers that fail raise
 ``kopf.TemporaryError`` with a delay.
 
-The autoscaler plugs in at :func:`effective_replicas` (the replica count the plan converges to) and may add
-a status ``signal``; both are the only places the reconcile asks "how many".
+The autoscaler runs inside the same serialised reconcile: when ``spec.autoscaling.enabled``, every
+``$TIDAL_AUTOSCALER_INTERVAL_SECONDS`` (default 15) a pass reads Prometheus off the event loop
+(:mod:`tidal.shell.autoscale`), decides, merge-patches ``spec.replicas`` when the count changes, and hands its
+status fields, conditions and Events to the planner, which writes them in the same status patch as its own
+(so neither overwrites the other). Between passes :func:`effective_replicas` gives the count to converge to.
 """
 
 from __future__ import annotations
@@ -34,10 +37,19 @@ from tidal.api import GROUP, PLURAL, VERSION, LLMDeployment, Signal
 from tidal.builders.gpus import GPU_RESOURCE
 from tidal.builders.names import DEPLOYMENT_LABEL, NAME_LABEL, WORKER_APP, label_value
 from tidal.builders.pods import BuilderConfig
-from tidal.plan import NodeInfo, ObjectRef, Observed, Plan, plan_reconcile
+from tidal.plan import NodeInfo, ObjectRef, Observed, Plan, make_target, plan_reconcile, rfc3339
+from tidal.plan.autoscale import disabled_conditions
 from tidal.shell import metrics
+from tidal.shell.autoscale import (
+    PassResult,
+    autoscale_pass,
+    export_metrics,
+    interval_seconds,
+    patch_replicas,
+)
 from tidal.shell.events import post_events
 from tidal.shell.kube import Kube
+from tidal.shell.prom import PrometheusSignals
 
 log = logging.getLogger("tidal.operator")
 
@@ -62,6 +74,10 @@ class _KeyState:
     errors: int = 0
     requeue: asyncio.TimerHandle | None = None
     last_status: dict[str, Any] | None = None
+    next_autoscale: float = 0.0
+    """Monotonic time of the next autoscaler pass."""
+    pending_replicas: int | None = None
+    """``spec.replicas`` the autoscaler patched that the watch has not shown yet."""
 
 
 @dataclass
@@ -72,6 +88,8 @@ class Runtime:
     config: BuilderConfig = field(default_factory=BuilderConfig)
     states: dict[Key, _KeyState] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    signals: PrometheusSignals | None = None
+    """The Prometheus reader (created at the first autoscaler pass)."""
 
 
 RUNTIME = Runtime()
@@ -87,10 +105,11 @@ def configure(kube: Kube, config: BuilderConfig | None = None) -> None:
 # ----------------------------------------------------------------------------------------------- hooks
 
 
-def effective_replicas(deployment: LLMDeployment, observed: Observed) -> int:
-    """The replica count to converge to. Today ``spec.replicas`` (set by you or ``kubectl scale``); the
-    autoscaler step replaces this with its decision (bounded by min/max)."""
-    return deployment.spec.replicas
+def effective_replicas(deployment: LLMDeployment, observed: Observed, pending: int | None = None) -> int:
+    """The replica count to converge to between autoscaler passes: ``spec.replicas`` (set by you, by
+    ``kubectl scale`` or by the autoscaler), or the count the autoscaler just patched (``pending``) while the
+    watch still shows the old spec. An autoscaler pass passes its own decision instead."""
+    return deployment.spec.replicas if pending is None else pending
 
 
 def effective_signal(deployment: LLMDeployment, observed: Observed) -> Signal | None:
@@ -104,6 +123,7 @@ def effective_signal(deployment: LLMDeployment, observed: Observed) -> Signal | 
 def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata", {})
     status = body.get("status", {}) or {}
+    spec = body.get("spec", {}) or {}
     return {
         "metadata": {
             k: meta.get(k)
@@ -115,7 +135,20 @@ def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             for k in ("phase", "reason", "conditions", "containerStatuses", "initContainerStatuses")
             if status.get(k) is not None
         },
+        # Where it runs and the GPUs it holds: the autoscaler's free-GPU arithmetic.
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "containers": [
+                {"resources": {"requests": {GPU_RESOURCE: _gpu_request(c)}}}
+                for c in spec.get("containers") or []
+            ],
+        },
     }
+
+
+def _gpu_request(container: Mapping[str, Any]) -> Any:
+    res = container.get("resources") or {}
+    return (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE, 0))
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -195,6 +228,10 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
         return None
+    state = RUNTIME.states.setdefault(key, _KeyState())
+    if state.last_status is not None:
+        # The watch may not have shown our last status write yet: plan from what we know we wrote.
+        body = {**body, "status": {**(body.get("status") or {}), **state.last_status}}
     try:
         try:
             deployment = LLMDeployment.model_validate(body)
@@ -214,16 +251,38 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         nodes=nodes,
     )
     now = datetime.now(UTC)
+    ns, name = str(meta["namespace"]), str(meta["name"])
+    if state.pending_replicas == deployment.spec.replicas:
+        state.pending_replicas = None
+    autoscaling = deployment.spec.autoscaling.enabled
+    patch = None
+    if autoscaling and time.monotonic() >= state.next_autoscale:
+        interval = interval_seconds()
+        state.next_autoscale = time.monotonic() + interval
+        result = await _autoscale(deployment, observed, indexes, state, now)
+        patch = result.patch
+        if result.decision.changed:
+            await asyncio.to_thread(patch_replicas, kube, ns, name, result.decision.desired)
+            state.pending_replicas = result.decision.desired
+            log.info("%s/%s: %s", ns, name, result.decision.message)
+        export_metrics(ns, name, result)
+    elif not autoscaling:
+        state.pending_replicas = None
     plan = plan_reconcile(
         deployment,
         observed,
         now,
-        replicas=effective_replicas(deployment, observed),
+        replicas=None
+        if patch is not None
+        else effective_replicas(deployment, observed, state.pending_replicas),
         signal=effective_signal(deployment, observed),
         config=RUNTIME.config,
+        autoscaler=patch,
+        extra_conditions=() if autoscaling else disabled_conditions(deployment.status.to_dict()),
     )
-    state = RUNTIME.states.setdefault(key, _KeyState())
-    ns, name = str(meta["namespace"]), str(meta["name"])
+    if autoscaling:
+        due = max(0.5, state.next_autoscale - time.monotonic())
+        plan.requeue_after = due if plan.requeue_after is None else min(plan.requeue_after, due)
     # Deletes first: a rollout's surge replica must not appear before the old one it replaces is gone.
     await asyncio.gather(*(asyncio.to_thread(kube.delete, ref) for ref in plan.delete))
     await asyncio.gather(*(asyncio.to_thread(kube.apply, obj) for obj in plan.apply))
@@ -245,6 +304,34 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         log.info("%s", plan.summary)
     _export_metrics(ns, name, plan, deployment)
     return plan
+
+
+async def _autoscale(
+    deployment: LLMDeployment,
+    observed: Observed,
+    indexes: Mapping[str, Any],
+    state: _KeyState,
+    now: datetime,
+) -> PassResult:
+    """One autoscaler pass (Prometheus is read in a thread, never on the event loop)."""
+    if RUNTIME.signals is None:
+        RUNTIME.signals = PrometheusSignals()
+    target = make_target(deployment, deployment.spec.replicas, RUNTIME.config)
+    pod_store = indexes["pod_index"]
+    all_pods = [p for k in list(pod_store) for p in _values(pod_store, k)]
+    return await asyncio.to_thread(
+        autoscale_pass,
+        deployment,
+        target,
+        deployment.status.to_dict(),
+        observed.pods,
+        all_pods,
+        observed.nodes,
+        RUNTIME.signals,
+        time.time(),
+        now,
+        rfc3339(now),
+    )
 
 
 def _export_metrics(ns: str, name: str, plan: Plan, deployment: LLMDeployment) -> None:

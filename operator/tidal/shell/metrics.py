@@ -55,6 +55,13 @@ SCALING_DECISIONS = Counter(
     ["namespace", "name", "reason"],
     registry=REGISTRY,
 )
+AUTOSCALER_DECISIONS = Counter(
+    "tidal_autoscaler_decisions_total",
+    "Autoscaler passes over all deployments, by the decision's reason (ScaledUp, ScaledDown, "
+    "WithinTolerance, StabilizationWindow, ColdStartPending, InsufficientGPU, MetricsStale, ...).",
+    ["reason"],
+    registry=REGISTRY,
+)
 SIGNAL_RATIO = Gauge(
     "tidal_autoscaler_signal_ratio",
     "Observed value of a scaling signal divided by its target (1.0 = on target).",

@@ -1,0 +1,361 @@
+"""Glue between an ``LLMDeployment`` and the pure scaling algorithm (:mod:`tidal.scaling`), pure as well.
+
+The shell observes (pods, nodes, Prometheus) and calls these functions; they turn the spec into a
+:class:`~tidal.scaling.ScalingConfig`, the observed pods and nodes into a :class:`~tidal.scaling.CapacityView`
+(ready and starting replicas, cold start measured from the pods' conditions, free GPUs), the status into an
+:class:`~tidal.scaling.AutoscalerState` (so an operator restart does not reset the windows), and a
+:class:`~tidal.scaling.ScalingDecision` into what the operator writes: the status fields the autoscaler owns
+(``autoscaler``, ``signal``, ``advice``, ``gpuHours``, ``lastScale``, ``scalingHistory``), the conditions
+``MetricsAvailable`` and ``ScalingActive``, and Events that quote the numbers. The reconcile planner carries
+these through in the same status write (:class:`AutoscalerPatch`), so the two never overwrite each other.
+
+No clock, no I/O: ``now`` (Unix seconds) and the RFC 3339 ``stamp`` are passed in.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from tidal.api import MAX_HISTORY, LLMDeployment
+from tidal.builders.gpus import GPU_RESOURCE
+from tidal.plan.conditions import Cond
+from tidal.plan.replicas import group_replicas, is_pod_ready, parse_time
+from tidal.plan.types import EventSpec, NodeInfo
+from tidal.scaling import (
+    AutoscalerState,
+    CapacityView,
+    FleetObservation,
+    Reason,
+    ScalingConfig,
+    ScalingDecision,
+)
+
+METRICS_AVAILABLE: Final = "MetricsAvailable"
+SCALING_ACTIVE: Final = "ScalingActive"
+METRICS_FRESH: Final = "MetricsFresh"
+SIGNALS_EVALUATED: Final = "SignalsEvaluated"
+SCALING_HELD: Final = "ScalingHeld"
+AUTOSCALING_DISABLED: Final = "AutoscalingDisabled"
+REPLICA_DEGRADED: Final = "ReplicaDegraded"
+SCALE_BLOCKED: Final = "ScaleBlocked"
+AUTOSCALER_TYPES: Final = (METRICS_AVAILABLE, SCALING_ACTIVE)
+
+GPU_HOURS_AT: Final = "gpuHoursAt"
+"""Key in ``status.autoscaler``: Unix time up to which ``status.gpuHours`` is accounted."""
+DEGRADED_KEY: Final = "degraded"
+"""Key in ``status.autoscaler``: replicas flagged degraded at the last pass (an Event only for new ones)."""
+BLOCKED_KEY: Final = "blocked"
+"""Key in ``status.autoscaler``: the last blocked decision (an Event only when it changes)."""
+MAX_GPU_HOURS_GAP_S: Final = 3600.0
+"""A longer gap between two accountings (autoscaling was off, the operator was down for long) is counted
+as this long: the replica count during the gap is unknown."""
+
+_SIGNAL_NAMES: Final = {
+    "ttft": "ttft_p95",
+    "tpot": "tpot_p95",
+    "queue": "queue",
+    "kv": "kv_cache",
+    "load": "load",
+}
+
+
+# ------------------------------------------------------------------------------------------- spec -> config
+
+
+def scaling_config(deployment: LLMDeployment, max_num_seqs: int | None = None) -> ScalingConfig:
+    """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs`` is
+    the engine's effective value (explicit or recommended), for engine advice."""
+    spec = deployment.spec
+    a = spec.autoscaling
+    t = a.targets
+    engine_seqs = spec.engine.max_num_seqs
+    return ScalingConfig(
+        ttft_p95_s=t.ttft_p95_seconds,
+        tpot_p95_s=t.tpot_p95_seconds,
+        queue_per_replica=t.queue_length_per_replica,
+        kv_cache_usage=t.kv_cache_usage,
+        tolerance=a.tolerance,
+        panic_threshold=a.panic_threshold,
+        panic_window_s=a.panic_window_seconds,
+        scale_up_stabilization_s=a.scale_up_stabilization_seconds,
+        scale_down_stabilization_s=a.scale_down_stabilization_seconds,
+        scale_down_consecutive=a.scale_down_consecutive,
+        max_scale_up_step=a.max_scale_up_step,
+        max_scale_down_step=a.max_scale_down_step,
+        metrics_stale_after_s=a.metrics_stale_after_seconds,
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        cold_start_s=a.cold_start_seconds,
+        max_num_seqs=engine_seqs if isinstance(engine_seqs, int) else max_num_seqs,
+    )
+
+
+# ------------------------------------------------------------------------------------ pods -> capacity
+
+
+def pod_gpus(pod: Mapping[str, Any]) -> int:
+    """GPUs the pod requests (sum over its containers; limits when no request is given)."""
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        res = c.get("resources") or {}
+        raw = (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE, 0))
+        try:
+            total += int(raw)
+        except (TypeError, ValueError):
+            continue
+    return total
+
+
+def measured_cold_start(pods: Sequence[Mapping[str, Any]]) -> float | None:
+    """Median seconds from a pod's ``creationTimestamp`` to its ``Ready`` condition turning True, over the
+    ready pods; ``None`` when no pod is ready."""
+    samples: list[float] = []
+    for pod in pods:
+        if not is_pod_ready(pod):
+            continue
+        created = parse_time(str(pod.get("metadata", {}).get("creationTimestamp") or ""))
+        ready_at = next(
+            (
+                parse_time(str(c.get("lastTransitionTime") or ""))
+                for c in pod.get("status", {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        if created is not None and ready_at is not None:
+            samples.append(max(0.0, (ready_at - created).total_seconds()))
+    return statistics.median(samples) if samples else None
+
+
+def free_gpus(
+    matching_nodes: Sequence[NodeInfo] | None, worker_pods: Sequence[Mapping[str, Any]]
+) -> int | None:
+    """GPUs of the matching schedulable nodes not requested by the worker pods bound to them (terminal pods
+    hold nothing); ``None`` when nodes are not observed. Pods the operator does not watch are not seen."""
+    if matching_nodes is None:
+        return None
+    names = {n.name for n in matching_nodes if n.schedulable}
+    total = sum(n.allocatable_gpus for n in matching_nodes if n.schedulable)
+    used = sum(
+        pod_gpus(p)
+        for p in worker_pods
+        if (p.get("spec") or {}).get("nodeName") in names
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    )
+    return max(0, total - used)
+
+
+def capacity_view(
+    current: int,
+    pods: Sequence[Mapping[str, Any]],
+    now: datetime,
+    gpus_per_replica: int,
+    free: int | None,
+) -> CapacityView:
+    """Ready and starting replicas of the deployment (``pods``: its worker pods), with the measured cold
+    start."""
+    views, _ = group_replicas(pods, now)
+    alive = [v for v in views.values() if v.alive]
+    ready = sum(1 for v in alive if v.ready)
+    return CapacityView(
+        current=current,
+        ready=ready,
+        starting=len(alive) - ready,
+        free_gpus=free,
+        gpus_per_replica=max(1, gpus_per_replica),
+        cold_start_s=measured_cold_start(pods),
+    )
+
+
+def alive_replicas(pods: Sequence[Mapping[str, Any]], now: datetime) -> int:
+    """Replicas that exist (not terminating): what GPU-hours are accounted for."""
+    views, _ = group_replicas(pods, now)
+    return sum(1 for v in views.values() if v.alive)
+
+
+# ------------------------------------------------------------------------------------ status <-> state
+
+
+def load_state(status: Mapping[str, Any] | None) -> AutoscalerState:
+    """The autoscaler's windows from ``status.autoscaler`` (empty state when absent or unreadable)."""
+    data = (status or {}).get("autoscaler")
+    try:
+        return AutoscalerState.from_dict(data if isinstance(data, Mapping) else None)
+    except (TypeError, ValueError):
+        return AutoscalerState()
+
+
+def accumulate_gpu_hours(
+    status: Mapping[str, Any] | None, gpus_in_use: int, now: float
+) -> tuple[float, float]:
+    """(new ``gpuHours``, the increment): ``gpus_in_use`` x the time since the last accounting (none the
+    first time; a gap is capped at :data:`MAX_GPU_HOURS_GAP_S`)."""
+    status = status or {}
+    total = float(status.get("gpuHours") or 0.0)
+    since = (status.get("autoscaler") or {}).get(GPU_HOURS_AT)
+    if since is None:
+        return total, 0.0
+    elapsed = min(max(0.0, now - float(since)), MAX_GPU_HOURS_GAP_S)
+    delta = gpus_in_use * elapsed / 3600.0
+    return total + delta, delta
+
+
+# ------------------------------------------------------------------------------------ decision -> status
+
+
+@dataclass
+class AutoscalerPatch:
+    """What one autoscaler pass adds to the reconcile's status write: fields, conditions and Events."""
+
+    desired: int
+    fields: dict[str, Any] = field(default_factory=dict)
+    conditions: list[Cond] = field(default_factory=list)
+    events: list[EventSpec] = field(default_factory=list)
+    gpu_hours_delta: float = 0.0
+
+
+def signal_status(
+    decision: ScalingDecision, config: ScalingConfig, obs: FleetObservation | None
+) -> dict[str, Any]:
+    """``status.signal``: the worst signal against its target (the ``Signal`` printer column)."""
+    if not decision.metrics_available or not decision.ratios:
+        return {"name": "metrics", "summary": "metrics unavailable (MetricsStale)"}
+    worst = max(decision.ratios, key=lambda k: (decision.ratios[k], k))
+    ratio = decision.ratios[worst]
+    name = _SIGNAL_NAMES.get(worst, worst)
+    value: float | None = None
+    target: float | None = None
+    if obs is not None:
+        if worst == "ttft":
+            value, target = obs.ttft_p95, config.ttft_p95_s
+        elif worst == "tpot":
+            value, target = obs.tpot_p95, config.tpot_p95_s
+        elif worst == "queue":
+            value = None if obs.waiting is None else obs.waiting / max(decision.current, 1)
+            target = config.queue_per_replica
+        elif worst == "kv":
+            value, target = obs.kv_cache_usage, config.kv_cache_usage
+    if value is None or target is None:
+        value, target = ratio, 1.0
+    unit = "s" if worst in ("ttft", "tpot") else ""
+    summary = f"{name} {value:.3g}{unit}/{target:.3g}{unit}"
+    return {"name": name, "value": round(value, 6), "target": target, "summary": summary[:128]}
+
+
+def _scale_entry(stamp: str, frm: int, to: int, reason: str, message: str) -> dict[str, Any]:
+    return {"time": stamp, "from": frm, "to": to, "reason": reason, "message": message[:1024]}
+
+
+def _blocked(decision: ScalingDecision) -> tuple[str, str] | None:
+    """(Event reason, key) when a wanted scale-up was cut short by free GPUs or maxReplicas."""
+    if decision.reason is Reason.INSUFFICIENT_GPU:
+        return "InsufficientGPU", f"InsufficientGPU:{decision.current}:{decision.desired}:{decision.proposed}"
+    if decision.reason is Reason.MAX_REPLICAS_REACHED and decision.proposed > decision.current:
+        return SCALE_BLOCKED, f"MaxReplicasReached:{decision.current}:{decision.proposed}"
+    return None
+
+
+def autoscaler_patch(
+    decision: ScalingDecision,
+    config: ScalingConfig,
+    obs: FleetObservation | None,
+    old_status: Mapping[str, Any] | None,
+    now: float,
+    stamp: str,
+    gpus_in_use: int,
+    metrics_error: str | None = None,
+) -> AutoscalerPatch:
+    """Turn a decision into status fields, conditions and Events (all quoting the numbers)."""
+    old = old_status or {}
+    old_as = old.get("autoscaler") or {}
+    events: list[EventSpec] = []
+    gpu_hours, delta = accumulate_gpu_hours(old, gpus_in_use, now)
+    sick = [s.replica for s in decision.sick_replicas]
+    blocked = _blocked(decision)
+    state = {
+        **decision.state.to_dict(),
+        GPU_HOURS_AT: now,
+        DEGRADED_KEY: sick,
+        BLOCKED_KEY: blocked[1] if blocked else None,
+    }
+    fields: dict[str, Any] = {
+        "autoscaler": state,
+        "signal": signal_status(decision, config, obs),
+        "advice": [
+            *(s.message[:1024] for s in decision.sick_replicas),
+            *(a.message[:1024] for a in decision.advice),
+        ][:20],
+        "gpuHours": round(gpu_hours, 6),
+    }
+    history = list(old.get("scalingHistory") or [])
+    entry: dict[str, Any] | None = None
+    if decision.changed:
+        reason = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
+        message = (
+            f"{decision.message} (proposed {decision.proposed}, applied {decision.desired}, "
+            f"limited by {decision.limiting_factor})"
+        )
+        entry = _scale_entry(stamp, decision.current, decision.desired, reason, message)
+        events.append(EventSpec("Normal", reason, message))
+    if blocked is not None and blocked[1] != old_as.get(BLOCKED_KEY):
+        message = (
+            f"{decision.message} (proposed {decision.proposed}, applied {decision.desired}, "
+            f"limited by {decision.limiting_factor})"
+        )
+        events.append(EventSpec("Warning", blocked[0], message))
+        if entry is None:
+            entry = _scale_entry(stamp, decision.current, decision.desired, blocked[0], message)
+    if entry is not None:
+        fields["lastScale"] = entry
+        fields["scalingHistory"] = [*history, entry][-MAX_HISTORY:]
+    previous = set(old_as.get(DEGRADED_KEY) or [])
+    for s in decision.sick_replicas:
+        if s.replica not in previous:
+            events.append(EventSpec("Warning", REPLICA_DEGRADED, s.message))
+    conditions = autoscaler_conditions(decision, metrics_error)
+    return AutoscalerPatch(decision.desired, fields, conditions, events, delta)
+
+
+def autoscaler_conditions(decision: ScalingDecision, metrics_error: str | None = None) -> list[Cond]:
+    """``MetricsAvailable`` and ``ScalingActive`` for a decision."""
+    if decision.metrics_available:
+        ma = Cond(METRICS_AVAILABLE, True, METRICS_FRESH, "the scaling signals are reported")
+        sa = Cond(SCALING_ACTIVE, True, SIGNALS_EVALUATED, f"{decision.reason.value}: {decision.message}")
+    else:
+        why = f"{metrics_error}; " if metrics_error else ""
+        ma = Cond(METRICS_AVAILABLE, False, Reason.METRICS_STALE.value, f"{why}{decision.message}")
+        sa = Cond(SCALING_ACTIVE, False, SCALING_HELD, f"replicas held: {decision.message}")
+    return [ma, sa]
+
+
+def disabled_conditions(old_status: Mapping[str, Any] | None) -> list[Cond]:
+    """When autoscaling is off: ``ScalingActive=False`` if an earlier pass had set the condition (else
+    nothing, so a deployment that never autoscaled carries no autoscaler conditions)."""
+    conds = (old_status or {}).get("conditions") or []
+    if any(c.get("type") == SCALING_ACTIVE for c in conds):
+        return [
+            Cond(SCALING_ACTIVE, False, AUTOSCALING_DISABLED, "spec.autoscaling.enabled is false"),
+        ]
+    return []
+
+
+__all__ = [
+    "AUTOSCALER_TYPES",
+    "AutoscalerPatch",
+    "accumulate_gpu_hours",
+    "alive_replicas",
+    "autoscaler_conditions",
+    "autoscaler_patch",
+    "capacity_view",
+    "disabled_conditions",
+    "free_gpus",
+    "load_state",
+    "measured_cold_start",
+    "pod_gpus",
+    "scaling_config",
+    "signal_status",
+]
