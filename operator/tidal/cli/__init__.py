@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("tidal.cli.recommend", "recommend vLLM engine settings for a model on a GPU"),
     "simulate": ("tidal.cli.simulate", "replay a traffic trace against scaling policies"),
     "manifests": ("tidal.cli.manifests", "print the generated LLMDeployment CRD"),
+    "demo": ("tidal.demo.cli", "autoscaling live on the local control plane (what `make demo` runs)"),
 }
 
 
