@@ -50,7 +50,7 @@ DEGRADED_KEY: Final = "degraded"
 """Key in ``status.autoscaler``: replicas flagged degraded at the last pass (an Event only for new ones)."""
 BLOCKED_KEY: Final = "blocked"
 """Key in ``status.autoscaler``: the last blocked decision (an Event only when it changes)."""
-MAX_GPU_HOURS_GAP_S: Final = 3600.0
+MAX_GPU_HOURS_GAP_S: Final = 6 * 3600.0
 """A longer gap between two accountings (autoscaling was off, the operator was down for long) is counted
 as this long: the replica count during the gap is unknown."""
 
@@ -61,6 +61,16 @@ _SIGNAL_NAMES: Final = {
     "kv": "kv_cache",
     "load": "load",
 }
+
+
+def without_nulls(value: Any) -> Any:
+    """``value`` with null map entries removed (recursively): a merge patch's ``null`` deletes the key, so
+    the stored object lacks it; compare like with like."""
+    if isinstance(value, Mapping):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------------- spec -> config
@@ -317,7 +327,33 @@ def autoscaler_patch(
         if s.replica not in previous:
             events.append(EventSpec("Warning", REPLICA_DEGRADED, s.message))
     conditions = autoscaler_conditions(decision, metrics_error)
+    if not events and not _differs(old, fields, conditions):
+        # Nothing else to write: GPU-hours are accounted at the next write (no status write just for them,
+        # so a held deployment costs no API calls).
+        fields["gpuHours"] = old.get("gpuHours", fields["gpuHours"])
+        state[GPU_HOURS_AT] = old_as.get(GPU_HOURS_AT, now)
+        delta = 0.0
     return AutoscalerPatch(decision.desired, fields, conditions, events, delta)
+
+
+def _differs(old: Mapping[str, Any], fields: Mapping[str, Any], conditions: Sequence[Cond]) -> bool:
+    """Whether the autoscaler's fields or conditions differ from ``old``, GPU-hours aside."""
+    for key, value in fields.items():
+        if key == "gpuHours":
+            continue
+        before, value = without_nulls(old.get(key)), without_nulls(value)
+        if key == "autoscaler":
+            value = {k: v for k, v in value.items() if k != GPU_HOURS_AT}
+            before = {k: v for k, v in (before or {}).items() if k != GPU_HOURS_AT}
+        if before != value and not (key == "advice" and not value and not before):
+            return True
+    by_type = {c.get("type"): c for c in old.get("conditions") or []}
+    return any(
+        (by_type.get(c.type) or {}).get("status") != c.status_text
+        or (by_type.get(c.type) or {}).get("reason") != c.reason
+        or (by_type.get(c.type) or {}).get("message") != c.message
+        for c in conditions
+    )
 
 
 def autoscaler_conditions(decision: ScalingDecision, metrics_error: str | None = None) -> list[Cond]:
@@ -358,4 +394,5 @@ __all__ = [
     "pod_gpus",
     "scaling_config",
     "signal_status",
+    "without_nulls",
 ]

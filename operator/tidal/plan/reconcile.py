@@ -35,7 +35,7 @@ from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selec
 from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, compute_spec_hash
 from tidal.builders.services import build_api_service, build_group_service, build_pdb
 from tidal.plan import conditions as C
-from tidal.plan.autoscale import AutoscalerPatch
+from tidal.plan.autoscale import AutoscalerPatch, without_nulls
 from tidal.plan.conditions import Cond, merge_conditions
 from tidal.plan.replicas import ReplicaView, group_replicas, parse_time
 from tidal.plan.types import EventSpec, NodeInfo, ObjectRef, Observed, Plan
@@ -319,7 +319,7 @@ def plan_reconcile(
     scale = owned.get("lastScale")
     if own_scale and scale is not None and scale != old_status.get("lastScale"):
         events.append(EventSpec("Normal", scale["reason"], scale["message"]))
-    if any(old_status.get(k) != v for k, v in owned.items()):
+    if any(without_nulls(old_status.get(k)) != without_nulls(v) for k, v in owned.items()):
         plan.status = owned
     plan.events = events
 

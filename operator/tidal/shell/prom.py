@@ -175,7 +175,9 @@ class PrometheusSignals:
         try:
             return self._observe(url, namespace, deployment_label, selector, pod_prefix)
         except Exception as exc:  # requests errors, API errors, malformed answers: all mean "no metrics"
-            why = f"Prometheus {url} query failed: {type(exc).__name__}: {str(exc)[:200]}"
+            # Stable text (no object addresses): it goes into a condition message, rewritten only on change.
+            detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))[:160]
+            why = f"Prometheus {url} query failed: {type(exc).__name__}: {detail}"
             log.warning("%s/%s: %s", namespace, deployment_label, why)
             return None, why
 
