@@ -6,10 +6,11 @@ Label contract (the chart's PodMonitor and alerts use the same): every worker se
 ``pod``; ``spec.autoscaling.prometheus.selector`` adds matchers. Every PromQL string lives in
 :data:`QUERIES`.
 
-vLLM renamed metrics across versions, so the reader asks Prometheus which names exist (cached per URL for
-:data:`NAMES_TTL_S` once found) instead of hard-coding one version: ``vllm:kv_cache_usage_perc`` (V1) or
-``vllm:gpu_cache_usage_perc`` (older); ``vllm:inter_token_latency_seconds`` or the older
-``vllm:time_per_output_token_seconds``; DCGM's ``DCGM_FI_DEV_GPU_UTIL`` when the exporter runs.
+vLLM renamed metrics across versions, so the reader asks Prometheus which names a deployment's series
+have (cached per URL and deployment for :data:`NAMES_TTL_S` once found) instead of hard-coding one
+version: ``vllm:kv_cache_usage_perc`` (V1) or ``vllm:gpu_cache_usage_perc`` (older);
+``vllm:inter_token_latency_seconds`` or the older ``vllm:time_per_output_token_seconds``; DCGM's
+``DCGM_FI_DEV_GPU_UTIL`` when the exporter runs.
 
 Synchronous (``requests`` underneath): the handlers call it through ``asyncio.to_thread``. An unreachable
 Prometheus or a deployment without series gives no observation (the algorithm then holds the replica count,
@@ -70,8 +71,12 @@ QUERIES: Final = {
 }
 """Every PromQL the autoscaler runs. ``{m}``: the deployment's matchers, ``{w}``: the rate window."""
 
-NAMES_QUERY: Final = 'group by (__name__) ({{__name__=~"{regex}"}})'
-_WANTED = (TTFT, *TPOT_NAMES, *KV_NAMES, DCGM_UTIL)
+NAMES_QUERY: Final = 'group by (__name__) ({{__name__=~"{regex}",{m}}})'
+"""Which of the vLLM names this module knows a deployment's series carry."""
+DCGM_QUERY: Final = 'count({dcgm}{{namespace="{ns}",pod=~"{pods}"}})'
+"""Whether the DCGM exporter reports GPUs of the deployment's pods (a separate query: ``or`` would match
+on the labels without ``__name__`` and drop it)."""
+_WANTED = (TTFT, *TPOT_NAMES, *KV_NAMES)
 
 
 def rate_window() -> str:
@@ -128,7 +133,7 @@ class PrometheusSignals:
         self.clock = clock
         self.timeout = timeout
         self._clients: dict[str, PrometheusConnect] = {}
-        self._names: dict[str, tuple[float, MetricNames]] = {}
+        self._names: dict[tuple[str, str], tuple[float, MetricNames]] = {}
         self._lock = threading.Lock()
 
     def client(self, url: str) -> PrometheusConnect:
@@ -147,25 +152,27 @@ class PrometheusSignals:
         result: list[dict[str, Any]] = self.client(url).custom_query(expr)
         return result
 
-    def names(self, url: str) -> MetricNames:
-        """Which metric names exist; cached for :data:`NAMES_TTL_S` once a vLLM name was seen."""
+    def names(self, url: str, fmt: Mapping[str, str]) -> MetricNames:
+        """Which metric names the deployment's series have (``fmt``: the query parameters); cached for
+        :data:`NAMES_TTL_S` once a vLLM name was seen (not before: the workers may still be starting)."""
         now = self.clock()
-        cached = self._names.get(url)
+        key = (url, fmt["m"])
+        cached = self._names.get(key)
         if cached is not None and now - cached[0] < NAMES_TTL_S:
             return cached[1]
         regex = "|".join(re.escape(n) + ("_bucket" if "seconds" in n else "") for n in _WANTED)
         found = {
             str(r.get("metric", {}).get("__name__"))
-            for r in self._query(url, NAMES_QUERY.format(regex=regex))
+            for r in self._query(url, NAMES_QUERY.format(regex=regex, **fmt))
         }
         names = MetricNames(
             tpot=next((n for n in TPOT_NAMES if f"{n}_bucket" in found), None),
             kv=next((n for n in KV_NAMES if n in found), None),
-            dcgm=DCGM_UTIL in found,
+            dcgm=bool(self._query(url, DCGM_QUERY.format(**fmt))),
             ttft=f"{TTFT}_bucket" in found,
         )
         if names.any_vllm:
-            self._names[url] = (now, names)
+            self._names[key] = (now, names)
         return names
 
     def observe(
@@ -185,19 +192,20 @@ class PrometheusSignals:
         self, url: str, namespace: str, deployment_label: str, selector: str, pod_prefix: str
     ) -> tuple[FleetObservation | None, str | None]:
         now = self.clock()
-        names = self.names(url)
-        if not names.any_vllm:
-            return None, f"Prometheus {url} has no vLLM series"
         fmt = {
             "m": matchers(namespace, deployment_label, selector),
             "w": self.window,
             "ttft": TTFT,
-            "tpot": names.tpot or TPOT_NAMES[0],
-            "kv": names.kv or KV_NAMES[0],
             "dcgm": DCGM_UTIL,
             "ns": _escape(namespace),
-            "pods": re.escape(pod_prefix or deployment_label) + r"-r[0-9]+(-[0-9]+)?",
+            # A PromQL string literal: the regex's backslashes are escaped once more.
+            "pods": _escape(re.escape(pod_prefix or deployment_label) + r"-r[0-9]+(-[0-9]+)?"),
         }
+        names = self.names(url, fmt)
+        if not names.any_vllm:
+            return None, f"no vLLM series for {namespace}/{deployment_label} in Prometheus {url}"
+        fmt["tpot"] = names.tpot or TPOT_NAMES[0]
+        fmt["kv"] = names.kv or KV_NAMES[0]
 
         def scalar(key: str) -> float | None:
             result = self._query(url, QUERIES[key].format(**fmt))
