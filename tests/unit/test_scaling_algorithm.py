@@ -284,3 +284,60 @@ def test_config_validation() -> None:
         ScalingConfig(min_replicas=5, max_replicas=2)
     with pytest.raises(ValueError):
         ScalingConfig(tolerance=1.5)
+
+
+TREND_CFG = replace(
+    CFG,
+    prefill_tokens_per_replica_s=10_000,
+    decode_tokens_per_replica_s=2_000,
+    target_utilization=0.8,
+    cold_start_s=90,
+    max_replicas=30,
+)
+
+
+def _run_trend(prompt: list[float], gen: list[float], current: int = 5) -> Any:
+    """Feed one observation per 15 s; return the last decision."""
+    state = AutoscalerState()
+    d = None
+    for i, (p, g) in enumerate(zip(prompt, gen, strict=True)):
+        t = NOW + 15 * i
+        o = obs(0.5, time=t, prompt_token_rate=p, generation_token_rate=g)
+        d = compute_desired_replicas(TREND_CFG, o, cap(current), state, t)
+        state = d.state
+    return d
+
+
+def test_demand_trend_extrapolates_a_clear_rise_over_the_cold_start() -> None:
+    # Prompt demand rises 1 %/15 s steadily for 2 min: ~6 % over a 90 s cold start.
+    prompt = [20_000.0 * (1 + 0.01 * i) for i in range(9)]
+    d = _run_trend(prompt, [4_000.0] * 9)
+    assert "trend +" in d.message, d.message
+    work = prompt[-1] / 10_000 + 2.0
+    assert d.ratios["load"] * 5 * 0.8 == pytest.approx(work * (1 + 0.06 / 1.08), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt", "gen"),
+    [
+        # Noisy but flat demand: a fitted slope is never exactly zero; it is not significant.
+        ("noise", [20_000.0 * (1 + 0.05 * ((-1) ** i) * (i % 3)) for i in range(9)], [4_000.0] * 9),
+        # Batches filling after a start: generated tokens climb while the demand (prompt tokens) is flat.
+        ("pipeline fill", [20_000.0] * 9, [2_000.0 + 300.0 * i for i in range(9)]),
+        # Falling demand never adds.
+        ("falling", [20_000.0 * (1 - 0.02 * i) for i in range(9)], [4_000.0] * 9),
+        # Less than 75 % of the window seen (fresh start): no extrapolation.
+        ("short history", [20_000.0 * (1 + 0.05 * i) for i in range(6)], [4_000.0] * 6),
+    ],
+)
+def test_demand_trend_ignores(name: str, prompt: list[float], gen: list[float]) -> None:
+    d = _run_trend(prompt, gen)
+    assert "trend +" not in d.message, (name, d.message)
+
+
+def test_state_keeps_old_status_without_demand_history() -> None:
+    """A status written before demandHistory existed still loads (the key is optional)."""
+    old = {"recommendations": [[NOW, 3]], "consecutiveBelow": 1, "loadHistory": [[NOW, 2.5]]}
+    s = AutoscalerState.from_dict(old)
+    assert s.demand_history == () and s.load_history == ((NOW, 2.5),)
+    assert AutoscalerState.from_dict(s.to_dict()) == s

@@ -12,21 +12,19 @@ from tidal.sim.runner import compare
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="measured: tidal 99.998% attainment but 3.11 GPU-h = 1.156x oracle (2.69), just over 1.15x; "
-    "the load-trend extrapolation over-reacts to one gamma burst (8->10 at t=135s). Open work.",
-    strict=False,
-)
 def test_tidal_on_bursty_trace_against_oracle_and_baselines() -> None:
     trace = synthetic("gamma", 150, 1200, seed=1, cv=3.0)  # gamma inter-arrivals, CV 3
     cfg = SimConfig(model=load_step_model("llama-3.1-8b", "h100").model, limits=EngineLimits())
     c = compare(trace, cfg, POLICY_NAMES)
     by = c.by_name()
     tidal, oracle = by["tidal"], by["oracle"]
-    assert tidal.slo_attainment >= 0.99
-    assert tidal.gpu_hours <= 1.15 * oracle.gpu_hours
+    table = "\n".join(str(r.summary()) for r in c.results)
+    # The oracle is a fair lower bound: it meets the SLO itself (with its cold starts).
+    assert oracle.slo_attainment >= 0.99, table
+    assert tidal.slo_attainment >= 0.99, table
+    assert tidal.gpu_hours <= 1.15 * oracle.gpu_hours, table
     for name, r in by.items():
         if name in ("tidal", "oracle"):
             continue
         beats = r.slo_attainment > tidal.slo_attainment and r.gpu_hours < tidal.gpu_hours
-        assert not beats, (name, r.summary(), tidal.summary())
+        assert not beats, (name, table)

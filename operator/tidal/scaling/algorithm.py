@@ -50,22 +50,42 @@ def load_work(config: ScalingConfig, obs: FleetObservation) -> tuple[float, floa
     return served + backlog, backlog
 
 
-def _trend_extra(config: ScalingConfig, history: tuple[tuple[float, float], ...]) -> float:
-    """Growth of the work expected over the cold start, from a least-squares slope (never negative)."""
-    if len(history) < 3 or not config.cold_start_s:
+TREND_MIN_T = 3.0
+"""The demand slope must be this many standard errors above zero to be extrapolated: a fitted slope
+over a window of noisy rate samples is almost never exactly zero, and extrapolating noise over a cold
+start adds replicas for nothing."""
+TREND_MAX_GROWTH = 0.5
+"""At most this fraction of the current work is added for the expected growth."""
+
+
+def demand_growth(config: ScalingConfig, history: tuple[tuple[float, float], ...]) -> float:
+    """Relative growth of the demand expected over one cold start (0 when there is no clear rise).
+
+    Fitted to the prompt-token rate, not to the work: prompt tokens are counted when requests are
+    prefilled, close to their arrival, while the generated-token rate lags the demand by the length
+    of a generation (it climbs for a while after any start or step while batches fill), so a slope of
+    the work extrapolates the pipeline filling up rather than the traffic."""
+    cold = config.cold_start_s
+    if len(history) < 4 or not cold:
         return 0.0
     if history[-1][0] - history[0][0] < 0.75 * config.trend_window_s:
         return 0.0  # not enough history yet (fresh start): no extrapolation
     if history[0][1] < 0.25 * history[-1][1]:
-        return 0.0  # the window starts from (near) no load: a start-up, not a trend to extrapolate
+        return 0.0  # the window starts from (near) no traffic: a start-up, not a trend to extrapolate
+    n = len(history)
     ts = [t for t, _ in history]
-    ws = [w for _, w in history]
-    mt, mw = sum(ts) / len(ts), sum(ws) / len(ws)
+    ds = [d for _, d in history]
+    mt, md = sum(ts) / n, sum(ds) / n
     var = sum((t - mt) ** 2 for t in ts)
-    if var <= 0:
+    if var <= 0 or md <= 0:
         return 0.0
-    slope = sum((t - mt) * (w - mw) for t, w in zip(ts, ws, strict=True)) / var
-    return max(0.0, min(slope * config.cold_start_s, 0.5 * mw))
+    slope = sum((t - mt) * (d - md) for t, d in zip(ts, ds, strict=True)) / var
+    resid = sum((d - md - slope * (t - mt)) ** 2 for t, d in zip(ts, ds, strict=True))
+    se = math.sqrt(resid / (n - 2) / var)
+    if slope <= 0 or slope < TREND_MIN_T * se:
+        return 0.0
+    level = md + slope * (ts[-1] - mt)  # the fitted demand now
+    return min(TREND_MAX_GROWTH, slope * cold / max(level, _EPS))
 
 
 def signal_ratios(
@@ -156,14 +176,19 @@ def compute_desired_replicas(
 
     # 3. Signals.
     history = state.load_history
+    demand = state.demand_history
+    trend_extra = 0.0
     if (
         config.prefill_tokens_per_replica_s
         and config.decode_tokens_per_replica_s
         and healthy_obs.prompt_token_rate is not None
     ):
         work_now, _ = load_work(config, healthy_obs)
-        history = (*((t, w) for t, w in history if now - t <= config.trend_window_s), (now, work_now))
-    ratios, text = signal_ratios(config, healthy_obs, ready, _trend_extra(config, history))
+        keep = config.trend_window_s
+        history = (*((t, w) for t, w in history if now - t <= keep), (now, work_now))
+        demand = (*((t, d) for t, d in demand if now - t <= keep), (now, healthy_obs.prompt_token_rate))
+        trend_extra = work_now * demand_growth(config, demand)
+    ratios, text = signal_ratios(config, healthy_obs, ready, trend_extra)
     recs = state.recommendations or ((now, _bound(config, current)[0]),)  # a fresh start holds a full window
     if not ratios:
         held, _ = _bound(config, current)
@@ -338,6 +363,7 @@ def compute_desired_replicas(
         last_scale_up_time=now if desired > current else state.last_scale_up_time,
         panic_until=panic_until if in_panic else None,
         load_history=history,
+        demand_history=demand,
     )
     return ScalingDecision(
         desired=desired,

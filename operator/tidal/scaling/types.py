@@ -60,7 +60,8 @@ class ScalingConfig:
     backlog_drain_s: float = 60.0
     """The ``load`` signal counts waiting requests as work to finish within this many seconds."""
     trend_window_s: float = 120.0
-    """The ``load`` signal adds its growth over the cold start, from a slope fitted over this window."""
+    """The ``load`` signal adds the growth of the demand (prompt tokens/s) expected over one cold start,
+    from a slope fitted over this window; only a statistically clear rise counts."""
     tolerance: float = 0.1
     """No change while the worst ratio is within 1 ± tolerance."""
     panic_threshold: float = 2.0
@@ -199,7 +200,10 @@ class AutoscalerState:
     last_scale_up_time: float | None = None
     panic_until: float | None = None
     load_history: tuple[tuple[float, float], ...] = ()
-    """(time, replicas of work) samples inside ``trend_window_s`` for the load trend."""
+    """(time, replicas of work) samples inside ``trend_window_s``: the numbers behind the ``load``
+    ratio, kept for the status (the trend no longer reads them, see ``demand_history``)."""
+    demand_history: tuple[tuple[float, float], ...] = ()
+    """(time, prompt tokens/s) samples inside ``trend_window_s``: the demand the load trend is fitted to."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict for the CRD status."""
@@ -211,6 +215,7 @@ class AutoscalerState:
             "lastScaleUpTime": self.last_scale_up_time,
             "panicUntil": self.panic_until,
             "loadHistory": [[t, round(w, 4)] for t, w in self.load_history],
+            "demandHistory": [[t, round(d, 2)] for t, d in self.demand_history],
         }
 
     @classmethod
@@ -227,6 +232,7 @@ class AutoscalerState:
             last_scale_up_time=_opt_float(data.get("lastScaleUpTime")),
             panic_until=_opt_float(data.get("panicUntil")),
             load_history=tuple((float(t), float(w)) for t, w in data.get("loadHistory") or ()),
+            demand_history=tuple((float(t), float(d)) for t, d in data.get("demandHistory") or ()),
         )
 
     def evolve(self, **changes: Any) -> AutoscalerState:

@@ -98,6 +98,7 @@ class Sample:
 
     time: float
     request_rate: float
+    """Arrivals per second over the window (the offered load, for plots)."""
     ready: int
     total: int
     ttft_p95: float | None
@@ -196,7 +197,7 @@ def simulate(
     ttft_obs: deque[tuple[float, float, int]] = deque()
     tpot_obs: deque[tuple[float, float, int]] = deque()
     queue_obs: deque[tuple[float, float]] = deque()
-    counters: deque[tuple[float, float, float, float, float]] = deque()
+    counters: deque[tuple[float, float, float, float, float, float]] = deque()
     arrived = 0
     latest_obs: FleetObservation | None = None
     timeline: list[Sample] = []
@@ -229,10 +230,10 @@ def simulate(
         prompt_total = sum(r.engine.prompt_tokens_total for r in replicas)
         gen_total = sum(r.engine.generation_tokens_total for r in replicas)
         pre_total = sum(r.engine.preemptions_total for r in replicas)
-        counters.append((now, prompt_total, gen_total, pre_total, float(arrived)))
+        counters.append((now, prompt_total, gen_total, pre_total, float(arrived), float(finished_reqs)))
         while len(counters) > 1 and counters[0][0] < now - w - 1e-9:
             counters.popleft()
-        t0, p0, g0, e0, a0 = counters[0]
+        t0, p0, g0, e0, a0, f0 = counters[0]
         span = now - t0
 
         def rate(x0: float, x1: float) -> float:
@@ -264,7 +265,7 @@ def simulate(
             running=float(sum(len(r.engine.running) for r in live)),
             kv_cache_usage=(sum(s.kv_cache_usage or 0.0 for s in stats) / len(stats)) if stats else None,
             preemption_rate=rate(e0, pre_total),
-            request_rate=rate(a0, arrived),
+            request_rate=rate(f0, finished_reqs),  # rate(vllm:request_success_total), as the operator reads
             prompt_token_rate=rate(p0, prompt_total),
             generation_token_rate=rate(g0, gen_total),
             gpu_util=None,
@@ -272,9 +273,7 @@ def simulate(
         )
         active = [r for r in replicas if r.state in (READY, STARTING)]
         timeline.append(
-            Sample(
-                now, obs.request_rate or 0.0, sum(r.state == READY for r in active), len(active), obs.ttft_p95
-            )
+            Sample(now, rate(a0, arrived), sum(r.state == READY for r in active), len(active), obs.ttft_p95)
         )
         return obs
 
