@@ -95,8 +95,10 @@ def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
 
 def test_helm_install_creates_the_chart_objects(installed: Installed) -> None:
     cp = installed.cp
-    assert installed.release["name"] == RELEASE and installed.release["info"]["status"] == "deployed"
-    assert release_status(cp.kubeconfig, RELEASE, NAMESPACE)["info"]["status"] == "deployed"
+    assert installed.release["name"] == RELEASE and installed.release["status"] == "deployed"
+    assert f'kopf peering "{PEERING}"' in installed.release["notes"]
+    status = release_status(cp.kubeconfig, RELEASE, NAMESPACE)
+    assert (status["status"], status["revision"], status["chart_name"]) == ("deployed", 1, "tidal")
     ext = client.ApiextensionsV1Api(cp.api_client)
     for name in CRDS:
         conditions = ext.read_custom_resource_definition(name).status.conditions or []
@@ -118,7 +120,7 @@ def test_helm_install_creates_the_chart_objects(installed: Installed) -> None:
     container = pod_spec.containers[0]
     assert container.security_context.read_only_root_filesystem is True
     assert container.args[0] == "run" and f"--peering={PEERING}" in container.args
-    assert cp.core.read_namespaced_service(RELEASE, NAMESPACE).spec.ports[0].port == 9090
+    assert cp.core.read_namespaced_service(f"{RELEASE}-metrics", NAMESPACE).spec.ports[0].port == 9090
     assert client.PolicyV1Api(cp.api_client).read_namespaced_pod_disruption_budget(RELEASE, NAMESPACE)
     peering = client.CustomObjectsApi(cp.api_client).get_cluster_custom_object(
         "kopf.dev", "v1", "clusterkopfpeerings", PEERING
