@@ -1,0 +1,116 @@
+"""``tidal simulate``: --json fields per policy, --plot writes a PNG, clear errors on bad input, and an
+Azure-format CSV trace with --time-scale. Small traces, so the whole module runs in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidal.cli import main
+
+FIELDS = {
+    "gpu_hours",
+    "slo_attainment",
+    "p95_ttft_seconds",
+    "p95_tpot_seconds",
+    "scale_events",
+    "flaps_per_hour",
+}
+SMALL = ["simulate", "--synthetic", "step", "--rate", "8", "--duration", "180", "--no-progress"]
+
+
+def _json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, dict[str, Any]]:
+    assert main([*SMALL, "--json", *extra]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out, dict)
+    return out
+
+
+def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "oracle")
+    assert list(out) == ["tidal", "static-peak", "oracle"]
+    for name, row in out.items():
+        assert set(row) == FIELDS | {"policy"}, name
+        assert row["policy"] == name
+        assert row["gpu_hours"] > 0
+        assert 0 <= row["slo_attainment"] <= 1
+        assert row["p95_ttft_seconds"] > 0 and row["p95_tpot_seconds"] > 0
+        assert isinstance(row["scale_events"], int) and row["scale_events"] >= 0
+        assert row["flaps_per_hour"] >= 0
+    assert out["static-peak"]["scale_events"] == 0  # a fixed count never scales
+    # Same seed, same numbers; another seed, another trace.
+    again = _json(capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "oracle")
+    assert again == out
+    other = _json(capsys, "--seed", "4", "--policy", "tidal")
+    assert other["tidal"] != out["tidal"]
+
+
+def test_default_is_every_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, "--duration", "60")
+    assert set(out) == {"tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "enova", "oracle"}
+
+
+def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "sim.png"
+    assert main([*SMALL, "--policy", "tidal", "--policy", "oracle", "--plot", str(png)]) == 0
+    captured = capsys.readouterr()
+    assert "tidal" in captured.out and "oracle" in captured.out  # the table
+    assert f"wrote {png}" in captured.err
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["--synthetic", "sawtooth"], "invalid choice: 'sawtooth'"),
+        (["--rate", "fast"], "invalid float value: 'fast'"),
+        (["--trace", "x.csv", "--synthetic", "gamma"], "not allowed with argument"),
+    ],
+)
+def test_bad_flags_fail_clearly(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "error:" in err and "usage: tidal" in err
+
+
+def test_unknown_policy_is_rejected_before_simulating(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*SMALL, "--policy", "tidal", "--policy", "magic"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown policy ['magic']" in captured.err and "queue-threshold" in captured.err
+    assert captured.out == ""
+
+
+def test_missing_trace_file_fails(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        main(["simulate", "--trace", str(tmp_path / "absent.csv"), "--no-progress"])
+
+
+def _azure_csv(path: Path, rows: int, span_s: float) -> None:
+    """Rows in the public Azure LLM inference trace format, 7 fractional digits like the real files."""
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for i in range(rows):
+        t = 46.6805900 + span_s * i / (rows - 1)
+        minute, sec = divmod(t, 60)
+        lines.append(f"2023-11-16 18:{15 + int(minute):02d}:{sec:010.7f},{300 + 7 * (i % 50)},{40 + i % 90}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_azure_csv_with_time_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "AzureLLMInferenceTrace_conv.csv"
+    _azure_csv(csv_path, rows=600, span_s=400.0)  # 1.5 req/s over 400 s
+    assert "2023-11-16 18:15:46.6805900," in csv_path.read_text()
+    base = ["simulate", "--trace", str(csv_path), "--no-progress", "--policy", "tidal", "--policy", "oracle"]
+    assert main(base) == 0
+    assert "600 requests over 400s" in capsys.readouterr().out
+    assert main([*base, "--time-scale", "4"]) == 0  # 4x faster: the same requests in 100 s
+    assert "600 requests over 100s" in capsys.readouterr().out
+    assert main([*base, "--time-scale", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"tidal", "oracle"} and out["tidal"]["slo_attainment"] > 0.9
