@@ -319,6 +319,14 @@ def test_engine_change_rolls_without_dropping_ready(env_factory: Any) -> None:
 # ------------------------------------------------------------------------------------------- must-show 4
 
 
+def _request_lines(op: OperatorProcess, namespace: str) -> list[str]:
+    return [
+        line
+        for line in op.metrics_text().splitlines()
+        if line.startswith("tidal_kube_requests_total{") and f'namespace="{namespace}"' in line
+    ]
+
+
 def test_insufficient_gpu_condition_event_and_no_hot_loop(
     env_factory: Any,
     operator_process: OperatorProcess,  # noqa: F811
@@ -335,10 +343,14 @@ def test_insufficient_gpu_condition_event_and_no_hot_loop(
     # No hot loop: over 20 s the operator makes (almost) no API calls for this stuck deployment.
     time.sleep(2)
     before = operator_process.api_requests(env.ns)
+    lines_before = _request_lines(operator_process, env.ns)
     version = env.get(name)["metadata"]["resourceVersion"]
     time.sleep(20)
     after = operator_process.api_requests(env.ns)
-    assert after - before == 0, f"{after - before} API requests in 20 s while stuck"
+    assert after - before == 0, (
+        f"{after - before} API requests in 20 s while stuck: before {lines_before}, "
+        f"after {_request_lines(operator_process, env.ns)}\n{operator_process.logs(40)}"
+    )
     assert env.get(name)["metadata"]["resourceVersion"] == version, "no status rewrites while stuck"
     assert operator_process.metric("tidal_reconcile_total") > 0
 
