@@ -40,7 +40,6 @@ from kubernetes import client, watch  # noqa: E402
 from tests.support.operator import install_crds  # noqa: E402
 
 from tidal.devcluster import ClusterConfig, DevCluster, GPUNodeSpec  # noqa: E402
-from tidal.devcluster import cluster as devcluster_module  # noqa: E402
 
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
 NOOP_OPERATOR = """
@@ -162,8 +161,6 @@ def main() -> int:
     args = p.parse_args()
     nodes = args.nodes or math.ceil(args.count / 8)
     work = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
-    # One ClusterIP Service per LLMDeployment: the dev cluster's default /24 service range holds ~250.
-    devcluster_module.SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
     cluster = DevCluster(ClusterConfig(work_dir=work / "cluster", gpu_nodes=0))
     cluster.start()
     try:

@@ -30,7 +30,8 @@ from tidal.devcluster.nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, GPUNo
 from tidal.devcluster.pki import CertPair, ClusterPKI, generate_pki
 from tidal.devcluster.process import Component, start_component, stop_component, tail
 
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+"""Room for ~65,000 ClusterIPs: each LLMDeployment has Services (the 1,000-deployment bench needs them)."""
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
