@@ -52,11 +52,19 @@ def p95_in_bucket(value: float, buckets: tuple[float, ...]) -> float:
 
 
 class RegistryExporter:
-    """A /metrics endpoint on a free loopback port serving ``registry`` in the classic text format."""
+    """A /metrics endpoint on a free loopback port serving ``registry`` in the classic text format.
+    While ``online`` is false it answers 503 (a pod that does not exist: Prometheus marks the target down
+    and its series stale)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.online = True
+        exporter = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if not exporter.online:
+                    self.send_error(503, "offline")
+                    return
                 body = generate_latest(registry)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
@@ -137,6 +145,15 @@ class FakeVLLM:
     def address(self) -> str:
         """``host:port`` to scrape."""
         return self.exporter.address
+
+    @property
+    def online(self) -> bool:
+        """Whether /metrics answers (see :class:`RegistryExporter`)."""
+        return self.exporter.online
+
+    @online.setter
+    def online(self, value: bool) -> None:
+        self.exporter.online = value
 
     def set(self, **changes: Any) -> None:
         """Change what the engine reports (fields of :class:`Load`)."""

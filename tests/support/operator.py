@@ -123,6 +123,8 @@ class OperatorProcess:
     kubeconfig: Path
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the operator (e.g. ``TIDAL_AUTOSCALER_INTERVAL_SECONDS``)."""
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     health_port: int = 0
@@ -145,7 +147,7 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         log.write(f"\n=== start {self.starts}: {' '.join(argv)}\n".encode())
         log.flush()
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env = {**{k: v for k, v in os.environ.items() if k != "KUBECONFIG"}, **self.env}
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
