@@ -31,6 +31,10 @@ cluster-up: install controlplane ## Start a local control plane with 2 fake GPU 
 cluster-down: ## Stop the control plane started by cluster-up
 	$(PY) -m tidal.devcluster down --state-dir .tidal
 
+.PHONY: demo
+demo: install controlplane system ## Autoscaling live: control plane, fake GPUs, Prometheus, operator, simulated vLLM (~5 min)
+	$(PY) -m tidal.demo $(DEMO_ARGS)
+
 .PHONY: manifests
 manifests: install ## Regenerate crds/ from the typed API models
 	$(PY) -m tidal.api.crdgen > crds/llmdeployments.tidal.dev.yaml

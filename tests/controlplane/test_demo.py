@@ -114,9 +114,12 @@ def test_histograms_are_cumulative_and_consistent(model: ReplicaModel) -> None:
     assert s.itl.count == pytest.approx(s.requests * (model.output_tokens - 1))
 
 
-def test_split_load_over_ready_pods() -> None:
-    assert split_load(9.0, ["a", "b", "c"]) == {"a": 3.0, "b": 3.0, "c": 3.0}
-    assert split_load(9.0, []) == {}
+def test_router_splits_load_and_spares_backlogged_replicas() -> None:
+    assert split_load(9.0, {"a": 0.0, "b": 0.0, "c": 0.0}) == {"a": 3.0, "b": 3.0, "c": 3.0}
+    assert split_load(9.0, {}) == {}
+    shares = split_load(30.0, {"old": 40.0, "new": 0.0})
+    assert sum(shares.values()) == pytest.approx(30.0)
+    assert shares["old"] == pytest.approx(5.0) and shares["new"] == pytest.approx(25.0)
 
 
 def test_demo_deployment_is_the_example_with_demo_windows() -> None:
@@ -145,6 +148,7 @@ def test_display_table_events_and_summary() -> None:
     assert display.header().split()[:3] == ["TIME", "PHASE", "LOAD"]
     s = display.Summary()
     assert not s.ok
+    s.record(display.EventLine(1, "Normal", "ScaledUp", "replicas 0 -> 1 (initial)"))
     s.record(display.EventLine(40, "Normal", "ScaledUp", "1 -> 3"))
     s.record(display.EventLine(44, "Normal", "ReplicaCreated", "r1"))
     assert not s.ok

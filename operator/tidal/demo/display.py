@@ -14,7 +14,7 @@ RESET = "\033[0m"
 COLORS = {"up": "\033[32m", "down": "\033[33m", "warn": "\033[31m", "dim": "\033[2m", "bold": "\033[1m"}
 
 COLUMNS = (("TIME", 6), ("PHASE", 8), ("LOAD", 10), ("SERVED", 10), ("WAITING", 8), ("DESIRED", 8),
-           ("READY", 6), ("SIGNAL", 30), ("LAST-SCALE", 18))  # fmt: skip
+           ("READY", 6), ("SIGNAL", 34), ("LAST-SCALE", 18))  # fmt: skip
 
 
 @dataclass
@@ -98,6 +98,8 @@ class EventLine:
 
 SCALE_UP = "ScaledUp"
 SCALE_DOWN = "ScaledDown"
+INITIAL = "(initial)"
+"""In the message of the ScaledUp Event of a new deployment's first replicas."""
 
 
 def event(e: EventLine, palette: Palette) -> str:
@@ -123,6 +125,8 @@ class Summary:
 
     def record(self, e: EventLine) -> None:
         self.events.append(e)
+        if e.reason == SCALE_UP and INITIAL in e.message:
+            return  # creating the first replicas is not the autoscaler reacting to load
         if e.reason == SCALE_UP:
             self.scale_ups += 1
         elif e.reason == SCALE_DOWN:
@@ -134,7 +138,7 @@ class Summary:
         return self.scale_ups >= 1 and self.scale_downs >= 1
 
     def first(self, reason: str) -> float | None:
-        return next((e.t for e in self.events if e.reason == reason), None)
+        return next((e.t for e in self.events if e.reason == reason and INITIAL not in e.message), None)
 
 
 def summary(s: Summary, palette: Palette) -> list[str]:

@@ -290,23 +290,12 @@ class SimulatedFleet:
         dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
         self._last_t = t
         self.offered_rps = self.profile.level(t) * self.model.capacity_rps
-        shares = split_load(self.offered_rps, self.ready_pods())
+        ready = {ep.pod.name: ep.state.waiting for ep in self.endpoints.values() if ep.pod.ready}
+        shares = split_load(self.offered_rps, ready)
         for ep in self.endpoints.values():
             with ep.lock:
                 self.model.advance(ep.state, shares.get(ep.pod.name, 0.0), dt)
-        self._balance_backlog(set(shares))
         return self.offered_rps
-
-    def _balance_backlog(self, ready: set[str]) -> None:
-        """The router sends new requests to the replica with the fewest outstanding ones, so a backlog
-        spreads over the ready replicas instead of staying where it built up."""
-        eps = [ep for ep in self.endpoints.values() if ep.pod.name in ready]
-        if len(eps) < 2:
-            return
-        total = sum(ep.state.waiting for ep in eps)
-        for ep in eps:
-            with ep.lock:
-                ep.state.waiting = total / len(eps)
 
     def totals(self) -> dict[str, float]:
         """Fleet sums for the demo's table: waiting, running, served requests/s."""

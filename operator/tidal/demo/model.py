@@ -10,6 +10,8 @@ Prometheus sees is what a replica of that model on that GPU would roughly report
   capacity ``mu``: low, a ramp up, high, a ramp down, low again (fractions of the run's duration).
 * **Capacity**: :class:`ReplicaModel` holds ``mu`` (requests/s within the TPOT target), the batch at that
   rate, the prefill time of one prompt and the step-time model.
+* **Routing** (:func:`split_load`): the offered rate goes to the Ready replicas, less to those with a
+  backlog (least outstanding requests); a replica's queue stays on it.
 * **One replica** (:meth:`ReplicaModel.advance`): offered ``lambda`` requests/s, utilisation
   ``rho = lambda / mu``. Below capacity the waiting queue sits at ``rho^4 / (1 - rho)`` (continuous
   batching keeps it near zero until the batch is nearly full); at or above capacity it grows by
@@ -25,7 +27,7 @@ Nothing here does I/O; ``tidal.demo.exporter`` turns :class:`ReplicaState` into 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidal.sim.oracle import modelled_capacity
@@ -46,6 +48,8 @@ REQUEST_LATENCY_BUCKETS: tuple[float, ...] = (
 
 MAX_WAITING = 5000.0
 """A replica's queue stops growing here (vLLM would start refusing long before)."""
+ROUTER_BACKLOG_SCALE = 10.0
+"""Waiting requests at which the router sends a replica half the share of an idle one."""
 
 
 @dataclass(frozen=True)
@@ -265,9 +269,13 @@ class ReplicaModel:
         )
 
 
-def split_load(total_rps: float, ready: Sequence[str]) -> dict[str, float]:
-    """The load balancer: the offered rate split evenly over the ready replicas."""
-    if not ready:
+def split_load(total_rps: float, waiting: Mapping[str, float]) -> dict[str, float]:
+    """The router: the offered rate over the ready replicas (keys of ``waiting``), fewer new requests to
+    those with a backlog (weight ``1 / (1 + waiting / ROUTER_BACKLOG_SCALE)``), as a least-outstanding-
+    requests balancer does. Requests already queued on a replica stay there (vLLM's queue is per engine),
+    so a backlog drains where it built up while new replicas take the new load."""
+    if not waiting:
         return {}
-    share = total_rps / len(ready)
-    return {name: share for name in ready}
+    weights = {name: 1.0 / (1.0 + max(0.0, q) / ROUTER_BACKLOG_SCALE) for name, q in waiting.items()}
+    norm = sum(weights.values())
+    return {name: total_rps * w / norm for name, w in weights.items()}

@@ -146,7 +146,7 @@ class Demo:
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _raise_interrupted)
         began = time.monotonic()
-        interrupted = False
+        interrupted = failed = False
         try:
             self.setup()
             self.watch()
@@ -154,6 +154,10 @@ class Demo:
             interrupted = True
             self.say()
             self.say(self.palette.paint("interrupted: cleaning up", "warn"))
+        except Exception as exc:
+            failed = True
+            log.exception("demo failed")
+            self.say(self.palette.paint(f"demo failed: {type(exc).__name__}: {exc}", "warn"))
         finally:
             if self._started:
                 self.summary.duration_s = time.monotonic() - self._started
@@ -166,6 +170,8 @@ class Demo:
             finally:
                 signal.signal(signal.SIGTERM, previous)
         log.info("demo finished after %.1f s (interrupted=%s)", time.monotonic() - began, interrupted)
+        if failed:
+            return 2
         return 0 if self.summary.ok else 1
 
     def setup(self) -> None:
@@ -344,7 +350,8 @@ class Demo:
     def _start_operator(self, metrics_port: int, health_port: int) -> None:
         kubeconfig = self._operator_kubeconfig()
         argv = [
-            sys.executable, "-m", "tidal.cli", "run", "--standalone", "--all-namespaces",
+            sys.executable, "-c", "import sys; from tidal.cli import main; sys.exit(main())",
+            "run", "--standalone", "--all-namespaces",
             f"--kubeconfig={kubeconfig}", f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1",
             f"--liveness=http://127.0.0.1:{health_port}/healthz",
         ]  # fmt: skip
