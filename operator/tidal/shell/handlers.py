@@ -38,7 +38,7 @@ from tidal.builders.gpus import GPU_RESOURCE
 from tidal.builders.names import DEPLOYMENT_LABEL, NAME_LABEL, WORKER_APP, label_value
 from tidal.builders.pods import BuilderConfig
 from tidal.plan import NodeInfo, ObjectRef, Observed, Plan, make_target, plan_reconcile, rfc3339
-from tidal.plan.autoscale import disabled_conditions
+from tidal.plan.autoscale import disabled_conditions, without_nulls
 from tidal.shell import metrics
 from tidal.shell.autoscale import (
     PassResult,
@@ -229,9 +229,14 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     if meta.get("deletionTimestamp"):
         return None
     state = RUNTIME.states.setdefault(key, _KeyState())
+    seen = body.get("status") or {}
     if state.last_status is not None:
-        # The watch may not have shown our last status write yet: plan from what we know we wrote.
-        body = {**body, "status": {**(body.get("status") or {}), **state.last_status}}
+        if all(without_nulls(seen.get(k)) == without_nulls(v) for k, v in state.last_status.items()):
+            state.last_status = None  # the watch has shown our last write
+        else:
+            # The watch has not shown our last status write yet: plan from what we know we wrote (else a
+            # pass's conditions could be dropped by a reconcile planned from the older status).
+            body = {**body, "status": {**seen, **state.last_status}}
     try:
         try:
             deployment = LLMDeployment.model_validate(body)
@@ -287,9 +292,7 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     await asyncio.gather(*(asyncio.to_thread(kube.delete, ref) for ref in plan.delete))
     await asyncio.gather(*(asyncio.to_thread(kube.apply, obj) for obj in plan.apply))
     wrote = False
-    if plan.status is None:
-        state.last_status = None
-    elif plan.status != state.last_status:
+    if plan.status is not None and plan.status != state.last_status:
         await asyncio.to_thread(kube.patch_status, ns, name, plan.status)
         state.last_status = plan.status
         wrote = True
