@@ -390,6 +390,42 @@ def test_demo_end_to_end_scales_up_and_down(tmp_path: Path) -> None:
     print(f"\ndemo: {elapsed:.0f}s, {ups} scale-ups, {downs} scale-downs, peak {peak}\n{out[-1500:]}")
 
 
+@pytest.mark.timeout(240)
+def test_demo_sigterm_cleans_up(tmp_path: Path) -> None:
+    """SIGTERM mid-run: summary printed, exit 1 (no scale-down seen), every process and scratch dir gone."""
+    state = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidal.demo", "--duration=600", "--no-color", f"--state-dir={state}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # until the first table row: everything is up
+            lines.append(line)
+            if re.match(r"0:0\d\s+low\s", line):
+                break
+        assert any(line.startswith("TIME") for line in lines), "".join(lines)
+        assert _processes_mentioning(str(state)), "nothing running before SIGTERM?"
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines) + rest
+    assert proc.returncode == 1, out
+    assert "interrupted: cleaning up" in out and "Summary" in out and "no ScaledDown" in out, out
+    assert _processes_mentioning(str(state)) == []
+    assert not (state / "prometheus").exists() and not (state / "devcluster" / "etcd-data").exists()
+    assert (state / "logs" / "operator.log").exists()
+
+
 def _number(pattern: str, text: str) -> int:
     found = re.search(pattern, text)
     assert found is not None, f"{pattern!r} not in the demo's output"
