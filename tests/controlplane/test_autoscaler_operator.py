@@ -237,7 +237,7 @@ def test_prometheus_stopped_holds_replicas_and_says_so(rig: Rig) -> None:
         lambda: rig.condition(name, "MetricsAvailable").get("status") == "True", timeout=60, what="metrics"
     )
     prom = rig.prom
-    argv = list(prom.process.args)  # type: ignore[arg-type]
+    argv = [str(a) for a in prom.process.args]  # type: ignore[union-attr]
     prom.process.terminate()
     prom.process.wait(timeout=30)
     try:

@@ -152,7 +152,7 @@ def test_real_workers_scale_up_on_ttft_and_down_after_the_window(
         tmp_path / "operator.log",
         env={"TIDAL_AUTOSCALER_INTERVAL_SECONDS": "2", "TIDAL_AUTOSCALER_RATE_WINDOW": "10s"},
     )
-    custom = client.CustomObjectsApi(cp.api_client)
+    custom: Any = client.CustomObjectsApi(cp.api_client)
     load = Load(urls, CONCURRENCY)
     prom: PrometheusServer
     try:

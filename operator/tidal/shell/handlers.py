@@ -479,6 +479,9 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
     state = RUNTIME.states.pop(key, None)
     if state is not None and state.requeue is not None:
         state.requeue.cancel()
-    for gauge in (metrics.DESIRED_REPLICAS, metrics.READY_REPLICAS):
+    for gauge in (metrics.DESIRED_REPLICAS, metrics.READY_REPLICAS, metrics.DEGRADED_REPLICAS):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    for signal in ("ttft", "tpot", "queue", "kv", "load"):
+        with contextlib.suppress(KeyError):
+            metrics.SIGNAL_RATIO.remove(namespace, name, signal)
