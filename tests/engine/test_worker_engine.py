@@ -20,7 +20,7 @@ from tests.support.engine import WorkerHandle, http_status, tiny_model_dir, tiny
 __all__ = ["tiny_model_dir", "tiny_worker"]
 
 STREAMS = 20
-STREAM_TOKENS = 384
+STREAM_TOKENS = 960  # near TIDAL_MAX_MODEL_LEN (1024): streams must outlast the drain checks on a busy CPU
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
@@ -155,9 +155,9 @@ async def _drain_scenario(handle: WorkerHandle, grace: float) -> dict[str, Any]:
                 url + "/v1/completions", json={"model": "tiny", "prompt": "new", "max_tokens": 4}
             ) as r:
                 refused_status, refused_body = r.status, await r.json()
+            in_flight_at_refusal = sum(not t.done() for t in tasks)
             async with fresh.get(url + "/metrics") as r:
                 metrics_during_drain = await r.text()
-        in_flight_at_refusal = sum(not t.done() for t in tasks)
         results = await asyncio.gather(*tasks)
         streams_done = time.monotonic() - t_sigterm
         while handle.proc.poll() is None and time.monotonic() - t_sigterm < grace + 30:
