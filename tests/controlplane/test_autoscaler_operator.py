@@ -276,7 +276,18 @@ def test_operator_restart_inside_the_window_does_not_scale_down_early(rig: Rig) 
     before = rig.get(name)["status"]["autoscaler"]
     assert before["recommendations"], before
     rig.operator.kill(signal.SIGKILL)
+    killed_at = time.time()
     rig.operator.start()
+    # The restarted operator continues the windows it finds in the status: its first passes extend the
+    # recommendations recorded before the kill (a fresh state would start a new window at the restart).
+    after = wait_for(
+        lambda: (a := rig.get(name)["status"]["autoscaler"])["gpuHoursAt"] > killed_at and a,
+        timeout=30,
+        what="a pass of the restarted operator",
+    )
+    oldest = min(t for t, _ in after["recommendations"])
+    assert oldest < killed_at - 1, (before, after)
+    assert [t for t, _ in before["recommendations"]][-1] in [t for t, _ in after["recommendations"]]
     _stays(
         lambda: rig.replicas(name) == 2,
         max(0.0, WINDOW_S - 3 - (time.monotonic() - low)),
