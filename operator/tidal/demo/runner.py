@@ -413,8 +413,9 @@ class Demo:
             t = time.monotonic() - self._started
             if t >= self.o.duration_s:
                 break
-            pods = core.list_namespaced_pod(self.o.namespace, label_selector=selector).items
-            self.fleet.sync([p for p in (PodInfo.from_pod(pod) for pod in pods) if p is not None])
+            pods = _get_or_none(lambda: core.list_namespaced_pod(self.o.namespace, label_selector=selector))
+            if pods is not None:  # a failed list keeps the last known pods
+                self.fleet.sync([p for p in (PodInfo.from_pod(pod) for pod in pods.items) if p is not None])
             offered = self.fleet.tick(t)
             obj = _get_or_none(
                 lambda: custom.get_namespaced_custom_object(
@@ -434,6 +435,7 @@ class Demo:
                 self._last_row, self._last_row_t = r.key(), t
             next_tick += 1.0
             time.sleep(max(0.0, next_tick - time.monotonic()))
+        self._events(core, time.monotonic() - self._started)  # whatever arrived during the last second
 
     def _events(self, core: Any, t: float) -> None:
         answer = _get_or_none(
