@@ -231,8 +231,8 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     state = RUNTIME.states.setdefault(key, _KeyState())
     seen = body.get("status") or {}
     if state.last_status is not None:
-        if all(without_nulls(seen.get(k)) == without_nulls(v) for k, v in state.last_status.items()):
-            state.last_status = None  # the watch has shown our last write
+        if _contains_status(seen, state.last_status):
+            state.last_status = None  # the watch has shown our writes
         else:
             # The watch has not shown our last status write yet: plan from what we know we wrote (else a
             # pass's conditions could be dropped by a reconcile planned from the older status).
@@ -292,9 +292,10 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     await asyncio.gather(*(asyncio.to_thread(kube.delete, ref) for ref in plan.delete))
     await asyncio.gather(*(asyncio.to_thread(kube.apply, obj) for obj in plan.apply))
     wrote = False
-    if plan.status is not None and plan.status != state.last_status:
+    if plan.status is not None and not _contains_status(state.last_status, plan.status):
         await asyncio.to_thread(kube.patch_status, ns, name, plan.status)
-        state.last_status = plan.status
+        # Everything written that the watch may not have shown yet (several writes can be in flight).
+        state.last_status = {**(state.last_status or {}), **plan.status}
         wrote = True
     if plan.events and (wrote or plan.apply or plan.delete):
         # Events are informational: posted off the reconcile's critical path.
@@ -307,6 +308,13 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         log.info("%s", plan.summary)
     _export_metrics(ns, name, plan, deployment)
     return plan
+
+
+def _contains_status(written: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
+    """``status`` was already written (every key with the same value)."""
+    return written is not None and all(
+        without_nulls(written.get(k)) == without_nulls(v) for k, v in status.items()
+    )
 
 
 async def _autoscale(
@@ -363,6 +371,7 @@ async def reconcile(key: Key, indexes: Mapping[str, Any]) -> None:
                 plan = await _run_once(key, indexes)
             except Exception as exc:
                 state.errors += 1
+                state.next_autoscale = 0.0  # a pass whose status was not written is done again
                 metrics.RECONCILES.labels("Error").inc()
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                 _requeue(
