@@ -4,28 +4,38 @@ Run from the repository root:  .venv/bin/python worker/benchmarks/overhead.py [-
 
 - Time to ready: each round starts a bare ``python -m vllm.entrypoints.openai.api_server`` with exactly
   the argv the worker would build (engine_args.build_vllm_argv), and the worker (``python -m tidal_worker``)
-  with the same contract, one at a time (2 cores), alternating which goes first. Ready = the bare server lists
-  the model on /v1/models, or the worker's /ready answers 200; both polled every 0.1 s from outside.
-- Steady-state latency: on one running worker, requests alternate between the worker's public port (proxy) and
-  the vLLM child's loopback port (bare vLLM, the very same engine), so machine noise hits both equally:
-  median/p90 of sequential completions (1 and 16 tokens, ignore_eos) and of bursts of 8 concurrent requests.
+  with the same contract, one at a time (2 cores), alternating which goes first. One uncounted worker start
+  comes first (``--warmup``): the very first start of a run reads torch and vLLM from a cold page cache and
+  would penalise whichever kind goes first. Ready = the bare server lists the model on /v1/models, or the
+  worker's /ready answers 200; both polled every 0.1 s from outside.
+- Steady-state latency: on one running worker, requests rotate between the worker's public port (proxy), the
+  vLLM child's loopback port (bare vLLM, the very same engine) and a raw TCP relay in front of that port
+  (tcp_relay.py: the floor of any extra userspace hop, no HTTP parsing), the order rotating every round, so
+  machine noise hits all three equally: median/p90 of sequential completions (1 and 16 tokens, ignore_eos)
+  and of bursts of 8 concurrent requests. Same client (the standard library's http.client) for every path,
+  in two connection modes: ``close`` (a new TCP connection per request, as urllib does) and ``keepalive``
+  (one persistent connection per path and client thread, as a gateway or load balancer holds them).
 
-It prints the worker/bare ratios; the target is an overhead of at most 5 %. A script, not a test: timings on
-shared machines are noisy, so compare ratios measured in one run.
+It prints, per mode, bare / relay / worker, the worker/bare ratio and the milliseconds the worker adds; the
+target is an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the load
+average is printed), so compare figures measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,18 +60,46 @@ def _get_ok(url: str, predicate: str | None = None) -> bool:
         return False
 
 
-def _complete(base: str, tokens: int) -> float:
-    body = json.dumps(
+BODIES = {
+    tokens: json.dumps(
         {"model": "tiny", "prompt": "The tide comes in", "max_tokens": tokens, "ignore_eos": True}
-    )
-    req = urllib.request.Request(
-        base + "/v1/completions", data=body.encode(), headers={"Content-Type": "application/json"}
-    )
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        out = json.loads(resp.read())
-    assert out["usage"]["completion_tokens"] == tokens
-    return time.perf_counter() - t0
+    ).encode()
+    for tokens in (1, 16)
+}
+_local = threading.local()
+
+
+def _post(port: int, tokens: int, keepalive: bool) -> float:
+    """One completion of `tokens` tokens through `port`; its latency in seconds."""
+    headers = {"Content-Type": "application/json"}
+    if not keepalive:
+        headers["Connection"] = "close"
+    conns: dict[int, http.client.HTTPConnection] = _local.__dict__.setdefault("conns", {})
+    for attempt in (0, 1):
+        conn = conns.get(port) if keepalive else None
+        fresh = conn is None
+        if conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/v1/completions", body=BODIES[tokens], headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            conn.close()
+            conns.pop(port, None)
+            if fresh or attempt:  # a kept-alive connection the server had just closed: retry once
+                raise
+            continue
+        elapsed = time.perf_counter() - t0
+        if keepalive:
+            conns[port] = conn
+        else:
+            conn.close()
+        out = json.loads(raw)
+        assert resp.status == 200 and out["usage"]["completion_tokens"] == tokens, raw[:200]
+        return elapsed
+    raise AssertionError("unreachable")
 
 
 def _start(kind: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], float, int, int]:
@@ -102,45 +140,102 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     time.sleep(2)  # let the engine's processes go before the next start
 
 
-def _latency(proxy: str, bare: str, requests: int) -> list[tuple[str, float, float]]:
-    """Interleaved latency on one engine: (metric, bare ms, worker ms)."""
-    for _ in range(5):
-        _complete(bare, 16)
-        _complete(proxy, 16)
-    rows: list[tuple[str, float, float]] = []
+PATHS = ("bare", "relay", "worker")
+Row = tuple[str, dict[str, float]]
+
+
+def _rotations(i: int) -> tuple[str, ...]:
+    k = i % len(PATHS)
+    return PATHS[k:] + PATHS[:k]
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.9 * (len(ordered) - 1))]
+
+
+def _latency(ports: dict[str, int], requests: int, keepalive: bool) -> list[Row]:
+    """Rotated latency on one engine: rows of (metric, {path: ms})."""
+    call: Callable[[str, int], float] = lambda path, tokens: _post(ports[path], tokens, keepalive)  # noqa: E731
+    for i in range(5):
+        for path in _rotations(i):
+            call(path, 16)
+    rows: list[Row] = []
     for tokens in (1, 16):
-        b: list[float] = []
-        w: list[float] = []
-        for _ in range(requests):
-            b.append(_complete(bare, tokens))
-            w.append(_complete(proxy, tokens))
-        b.sort()
-        w.sort()
-        p90 = int(0.9 * (requests - 1))
-        rows.append((f"p50 {tokens:2d} tok (ms)", 1000 * statistics.median(b), 1000 * statistics.median(w)))
-        rows.append((f"p90 {tokens:2d} tok (ms)", 1000 * b[p90], 1000 * w[p90]))
-    bb: list[float] = []
-    wb: list[float] = []
+        samples: dict[str, list[float]] = {p: [] for p in PATHS}
+        for i in range(requests):
+            for path in _rotations(i):
+                samples[path].append(1000 * call(path, tokens))
+        rows.append((f"p50 {tokens:2d} tok (ms)", {p: statistics.median(v) for p, v in samples.items()}))
+        rows.append((f"p90 {tokens:2d} tok (ms)", {p: _p90(v) for p, v in samples.items()}))
+    bursts: dict[str, list[float]] = {p: [] for p in PATHS}
     with ThreadPoolExecutor(8) as pool:
-        for _ in range(max(requests // 4, 5)):
-            for base, out in ((bare, bb), (proxy, wb)):
+        for i in range(max(requests // 4, 5)):
+            for path in _rotations(i):
                 t0 = time.perf_counter()
-                list(pool.map(_complete, [base] * 8, [16] * 8))
-                out.append(time.perf_counter() - t0)
-    rows.append(("burst 8x16 tok (ms)", 1000 * statistics.median(bb), 1000 * statistics.median(wb)))
+                list(pool.map(call, [path] * 8, [16] * 8))
+                bursts[path].append(1000 * (time.perf_counter() - t0))
+    rows.append(("p50 burst 8x16 (ms)", {p: statistics.median(v) for p, v in bursts.items()}))
+    rows.append(("p90 burst 8x16 (ms)", {p: _p90(v) for p, v in bursts.items()}))
     return rows
 
 
+def _print_table(title: str, rows: list[Row]) -> float:
+    """Print one table; return the worst worker/bare ratio over time to ready, the p50s and the burst p50."""
+    print(f"\n{title}")
+    print(
+        f"{'metric':22s} {'bare vLLM':>10s} {'tcp relay':>10s} {'worker':>10s} {'ratio':>7s}"
+        f" {'worker +':>9s} {'relay +':>9s}"
+    )
+    worst = 0.0
+    for name, v in rows:
+        ratio = v["worker"] / v["bare"]
+        if not name.startswith("p90"):
+            worst = max(worst, ratio)
+        relay = f"{v['relay']:10.2f}" if "relay" in v else f"{'-':>10s}"
+        relay_added = f"{v['relay'] - v['bare']:+9.2f}" if "relay" in v else f"{'-':>9s}"
+        print(
+            f"{name:22s} {v['bare']:10.2f} {relay} {v['worker']:10.2f} {ratio:7.3f}"
+            f" {v['worker'] - v['bare']:+9.2f} {relay_added}"
+        )
+    verdict = "within" if worst <= 1.05 else "ABOVE"
+    print(f"worst overhead (ready, p50, burst p50): {100 * (worst - 1):+.1f} % -> {verdict} the 5 % target")
+    return worst
+
+
+def _start_relay(engine_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    relay = Path(__file__).with_name("tcp_relay.py")
+    proc = subprocess.Popen([sys.executable, str(relay), str(port), str(engine_port)])
+    deadline = time.monotonic() + 30
+    while not _get_ok(f"http://127.0.0.1:{port}/v1/models", '"tiny"'):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the TCP relay did not come up")
+        time.sleep(0.1)
+    return proc, port
+
+
 def main() -> int:
-    """Run the comparison and print the table."""
+    """Run the comparison and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted worker starts before the rounds")
+    parser.add_argument("--modes", default="close,keepalive", help="connection modes: close, keepalive")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tidal-bench"))
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not set(modes) <= {"close", "keepalive"}:
+        parser.error(f"unknown mode in --modes {args.modes!r}")
     args.log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    for _ in range(args.warmup):
+        proc, seconds, _, _ = _start("worker", args.log_dir)
+        print(f"warm-up (not counted): worker ready after {seconds:.2f} s", flush=True)
+        _stop(proc)
     ready: dict[str, list[float]] = {"bare": [], "worker": []}
-    rows: list[tuple[str, float, float]] = []
+    tables: dict[str, list[Row]] = {}
     for r in range(args.rounds):
         order = ("bare", "worker") if r % 2 == 0 else ("worker", "bare")
         for kind in order:
@@ -149,23 +244,23 @@ def main() -> int:
             print(f"round {r + 1}: {kind} ready after {seconds:.2f} s", flush=True)
             try:
                 if kind == "worker" and r == args.rounds - 1:
-                    rows = _latency(
-                        f"http://127.0.0.1:{port}", f"http://127.0.0.1:{engine_port}", args.requests
-                    )
+                    relay, relay_port = _start_relay(engine_port)
+                    ports = {"bare": engine_port, "relay": relay_port, "worker": port}
+                    try:
+                        for mode in modes:
+                            tables[mode] = _latency(ports, args.requests, keepalive=mode == "keepalive")
+                            print(f"latency, {mode}: load average {os.getloadavg()[0]:.1f}", flush=True)
+                    finally:
+                        relay.terminate()
+                        relay.wait()
             finally:
                 _stop(proc)
-    rows.insert(
-        0, ("time to ready (s)", statistics.median(ready["bare"]), statistics.median(ready["worker"]))
+    ready_row: Row = (
+        "time to ready (s)",
+        {"bare": statistics.median(ready["bare"]), "worker": statistics.median(ready["worker"])},
     )
-    print(f"\n{'metric':22s} {'bare vLLM':>10s} {'worker':>10s} {'ratio':>7s}")
-    worst = 0.0
-    for name, bare, work in rows:
-        ratio = work / bare
-        if not name.startswith("p90"):
-            worst = max(worst, ratio)
-        print(f"{name:22s} {bare:10.2f} {work:10.2f} {ratio:7.3f}")
-    verdict = "within" if worst <= 1.05 else "ABOVE"
-    print(f"worst overhead (ready, p50, burst): {100 * (worst - 1):+.1f} % -> {verdict} the 5 % target")
+    for mode, rows in tables.items():
+        _print_table(f"connection mode: {mode} (worker + / relay +: added vs bare)", [ready_row, *rows])
     return 0
 
 

@@ -32,7 +32,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from .drain import DrainController, Phase
 from .process import ChildProcess
@@ -42,6 +44,7 @@ log = logging.getLogger("tidal_worker")
 EXIT_OK = 0
 EXIT_ENGINE_FAILED = 5
 EXIT_STARTUP_TIMEOUT = 7
+UPSTREAM_KEEPALIVE_SECONDS = 4.0
 
 HOP_BY_HOP = frozenset(
     {
@@ -130,32 +133,46 @@ def _worker_metrics(ctl: DrainController) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    """End-to-end headers of a message: hop-by-hop ones (and those its Connection header names) dropped."""
+    connection = headers.get("Connection")
+    drop = HOP_BY_HOP | {t.strip().lower() for t in connection.split(",")} if connection else HOP_BY_HOP
+    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
+
+
 async def _proxy(request: web.Request) -> web.StreamResponse:
+    """Forward one request byte for byte: no JSON parsing, one pooled keep-alive connection per request."""
     ctl, state = request.app[CTL_KEY], request.app[STATE_KEY]
-    if not ctl.ready or state.session is None:
+    session = state.session
+    if not ctl.ready or session is None:
         ctl.reject()
         body = DRAINING_BODY if ctl.draining else STARTING_BODY
         return web.json_response(
             body, status=503, headers={"Retry-After": "1", "Connection": "close"} if ctl.draining else None
         )
     with ctl.track():
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         data = await request.read() if request.body_exists else None
+        target = request.raw_path  # as the client encoded it: no re-quoting
+        if not target.startswith("/"):  # absolute-form request target
+            target = request.rel_url.raw_path_qs
         try:
-            async with state.session.request(
+            async with session.request(
                 request.method,
-                state.upstream + request.rel_url.path_qs,
-                headers=headers,
+                URL(state.upstream + target, encoded=True),
+                headers=_forward_headers(request.headers),
                 data=data,
                 allow_redirects=False,
             ) as up:
-                out_headers = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP}
+                out_headers = _forward_headers(up.headers)
                 if up.headers.get("Content-Length") is not None:
-                    return web.Response(status=up.status, headers=out_headers, body=await up.read())
-                resp = web.StreamResponse(status=up.status, headers=out_headers)
+                    payload = await up.read()
+                    return web.Response(status=up.status, reason=up.reason, headers=out_headers, body=payload)
+                resp = web.StreamResponse(status=up.status, reason=up.reason, headers=out_headers)
                 await resp.prepare(request)
                 try:
-                    async for chunk in up.content.iter_any():
+                    # readany(): whatever the engine has sent so far, so every SSE event leaves at once.
+                    content = up.content
+                    while chunk := await content.readany():
                         await resp.write(chunk)
                     await resp.write_eof()
                 except (ConnectionResetError, ClientError) as exc:
@@ -186,6 +203,25 @@ async def _engine_answers(session: ClientSession, upstream: str, model_name: str
         return False
     data = payload.get("data") if isinstance(payload, dict) else None
     return isinstance(data, list) and any(isinstance(m, dict) and m.get("id") == model_name for m in data)
+
+
+def upstream_session() -> ClientSession:
+    """The one client session to the engine, shared by every forwarded request, probe and scrape.
+
+    - Unlimited pooled keep-alive connections (``limit=0``), closed after ``UPSTREAM_KEEPALIVE_SECONDS`` idle:
+      below vLLM's own ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` (5 s), so the proxy never reuses a connection the
+      engine is closing at that very moment.
+    - Bytes pass through untouched: no decompression, no cookie jar (a Set-Cookie from the engine must reach
+      its client, not be replayed to other clients), no default ``Accept``/``Accept-Encoding``/``User-Agent``
+      added to a client's request that did not carry them.
+    """
+    return ClientSession(
+        connector=TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS),
+        timeout=ClientTimeout(total=None, sock_connect=10),
+        auto_decompress=False,
+        cookie_jar=DummyCookieJar(),
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
+    )
 
 
 class StartupTimeoutError(RuntimeError):
@@ -222,7 +258,7 @@ async def _watch_engine(
             raise StartupTimeoutError(
                 f"engine not ready within TIDAL_STARTUP_TIMEOUT_SECONDS={startup_timeout:g}"
             )
-        await asyncio.sleep(0.2 if ctl.phase is Phase.STARTING else 2.0)
+        await asyncio.sleep(0.1 if ctl.phase is Phase.STARTING else 2.0)
 
 
 @dataclass
@@ -263,11 +299,7 @@ async def serve(
         if port is not None:
             await web.TCPSite(runner, cfg.host, port).start()
     log.info("front door listening on %s:%d (engine on 127.0.0.1:%d)", cfg.host, cfg.port, cfg.engine_port)
-    state.session = ClientSession(
-        connector=TCPConnector(limit=0),
-        timeout=ClientTimeout(total=None, sock_connect=10),
-        auto_decompress=False,
-    )
+    state.session = upstream_session()
     engine: ChildProcess | None = None
     code = EXIT_OK
     try:
