@@ -78,6 +78,8 @@ class SimConfig:
     macro_horizon_s: float = 0.05
     drain_tail_s: float = 900.0
     record_steps: bool = False
+    record_requests: bool = False
+    """Keep every request's (arrival, TTFT, TPOT, finish, output tokens) in ``PolicyResult.request_log``."""
 
 
 @dataclass
@@ -123,6 +125,8 @@ class PolicyResult:
     events: list[tuple[float, int, int, str]]
     """(time, from, to, reason) of every change."""
     steps: list[tuple[int, int, int, int, float]] | None = None
+    request_log: list[tuple[float, float, float, float, int]] | None = None
+    """(arrival, TTFT, TPOT, finish, output tokens) of each finished request, with ``record_requests``."""
 
     def summary(self) -> dict[str, float | int | str]:
         return {
@@ -411,4 +415,9 @@ def simulate(
         timeline=timeline,
         events=decision_events,
         steps=steps,
+        request_log=(
+            [(r.arrival, r.ttft, r.tpot, r.finish, r.output) for r in done_reqs]
+            if cfg.record_requests
+            else None
+        ),
     )

@@ -37,7 +37,8 @@ class EngineLimits:
 
 @dataclass(frozen=True)
 class LinearStepModel:
-    """``step = fixed + per_seq·B + kv_tokens·kv_bytes/eff_bw + prefill·per_prefill_token``, never below
+    """``step = fixed + per_seq·B + kv_tokens·kv_bytes/eff_bw + prefill·per_prefill_token``
+    (+ ``prefill_step`` when the step prefills), never below
     ``max((weights + kv bytes)/peak_bw, FLOPs/peak_flops)``. Defaults: Llama-3.1-8B bf16 on one H100
     (fit to the measured steps: B=1 6.6 ms, B=128 at 2k context 19 ms, 8k-token prefill 242 ms)."""
 
@@ -50,6 +51,9 @@ class LinearStepModel:
     params: float = 7.5e9
     peak_bw: float = 3.35e12
     peak_flops: float = 989e12
+    prefill_step_s: float = 0.0
+    """Extra fixed time of a step that carries prompt tokens (a second attention path, sampling of the
+    first token); 0 for the GPU fit, measured for calibrated CPU models (bench/sim_validation.py)."""
 
     def physical_floor_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
         mem = (self.weight_bytes + kv_tokens * self.kv_bytes_per_token) / self.peak_bw
@@ -62,6 +66,7 @@ class LinearStepModel:
             + self.per_seq_s * decode_seqs
             + kv_tokens * self.kv_bytes_per_token / self.effective_bw
             + prefill_tokens * self.per_prefill_token_s
+            + (self.prefill_step_s if prefill_tokens else 0.0)
         )
         return max(t, self.physical_floor_seconds(prefill_tokens, decode_seqs, kv_tokens))
 
