@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import sys
+from typing import cast
 
 
 class _Side(asyncio.Protocol):
@@ -28,8 +29,7 @@ class _Side(asyncio.Protocol):
         self.dialing: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
