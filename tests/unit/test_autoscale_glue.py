@@ -391,6 +391,15 @@ def test_max_replicas_blocked_is_scale_blocked() -> None:
     patch = autoscaler_patch(decision, CONFIG, o, {}, NOW, STAMP, gpus_in_use=4)
     assert [e.reason for e in patch.events] == ["ScaleBlocked"]
     assert "maxReplicas" in patch.events[0].message
+    # A worse breach later is the same blocked situation: no second Event.
+    worse = compute_desired_replicas(
+        CONFIG, obs(6.0), CapacityView(current=4, ready=4), AutoscalerState(), NOW + 15
+    )
+    assert worse.reason is Reason.MAX_REPLICAS_REACHED and worse.proposed > decision.proposed
+    again = autoscaler_patch(
+        worse, CONFIG, obs(6.0), {"autoscaler": patch.fields["autoscaler"]}, NOW + 15, STAMP, 4
+    )
+    assert not again.events
 
 
 def test_a_held_pass_with_nothing_new_writes_nothing_not_even_gpu_hours() -> None:

@@ -262,10 +262,12 @@ def _scale_entry(stamp: str, frm: int, to: int, reason: str, message: str) -> di
 
 def _blocked(decision: ScalingDecision) -> tuple[str, str] | None:
     """(Event reason, key) when a wanted scale-up was cut short by free GPUs or maxReplicas."""
+    # The key names the situation (what blocks, at which count), not the proposal, which moves with the
+    # signal: one Event per blocked situation, not one per pass.
     if decision.reason is Reason.INSUFFICIENT_GPU:
-        return "InsufficientGPU", f"InsufficientGPU:{decision.current}:{decision.desired}:{decision.proposed}"
+        return "InsufficientGPU", f"InsufficientGPU:{decision.current}:{decision.desired}"
     if decision.reason is Reason.MAX_REPLICAS_REACHED and decision.proposed > decision.current:
-        return SCALE_BLOCKED, f"MaxReplicasReached:{decision.current}:{decision.proposed}"
+        return SCALE_BLOCKED, f"MaxReplicasReached:{decision.current}"
     return None
 
 
