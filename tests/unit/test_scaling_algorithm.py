@@ -296,13 +296,13 @@ TREND_CFG = replace(
 )
 
 
-def _run_trend(prompt: list[float], gen: list[float], current: int = 5) -> Any:
+def _run_trend(prompt: list[float], gen: list[float], current: int = 5, waiting: float = 0.0) -> Any:
     """Feed one observation per 15 s; return the last decision."""
     state = AutoscalerState()
     d = None
     for i, (p, g) in enumerate(zip(prompt, gen, strict=True)):
         t = NOW + 15 * i
-        o = obs(0.5, time=t, prompt_token_rate=p, generation_token_rate=g)
+        o = obs(0.5, time=t, prompt_token_rate=p, generation_token_rate=g, waiting=waiting)
         d = compute_desired_replicas(TREND_CFG, o, cap(current), state, t)
         state = d.state
     return d
@@ -315,6 +315,21 @@ def test_demand_trend_extrapolates_a_clear_rise_over_the_cold_start() -> None:
     assert "trend +" in d.message, d.message
     work = prompt[-1] / 10_000 + 2.0
     assert d.ratios["load"] * 5 * 0.8 == pytest.approx(work * (1 + 0.06 / 1.08), rel=0.05)
+
+
+def test_demand_trend_is_not_read_while_a_queue_builds() -> None:
+    # The same clear rise as above, but 20 requests wait per replica (queue target 5): the served prompt
+    # rate follows the capacity then (it jumps when replicas arrive), so it is not taken for demand.
+    prompt = [20_000.0 * (1 + 0.01 * i) for i in range(9)]
+    cfg_queue = replace(TREND_CFG, queue_per_replica=5.0)
+    state = AutoscalerState()
+    for i, p in enumerate(prompt):
+        t = NOW + 15 * i
+        o = obs(0.5, time=t, prompt_token_rate=p, generation_token_rate=4_000.0, waiting=100.0)
+        d = compute_desired_replicas(cfg_queue, o, cap(5), state, t)
+        state = d.state
+        assert "trend +" not in d.message, d.message
+    assert d.state.demand_history == ()
 
 
 @pytest.mark.parametrize(
@@ -341,3 +356,33 @@ def test_state_keeps_old_status_without_demand_history() -> None:
     s = AutoscalerState.from_dict(old)
     assert s.demand_history == () and s.load_history == ((NOW, 2.5),)
     assert AutoscalerState.from_dict(s.to_dict()) == s
+
+
+def test_queue_growth_sizes_the_unserved_demand_once() -> None:
+    """Overload while replicas start: the queue grows 60 requests/s, each request is 0.1 replica-seconds
+    of work, so 6 replicas of demand are unserved. The ask is served 3 + 6 = 9 replicas of work at 80 %
+    -> 12, and stays 12 while the same queue keeps growing during the cold start (a stock of waiting
+    requests re-counted every decision would keep adding replicas for work already provided for)."""
+    cfg = replace(
+        TREND_CFG, queue_per_replica=5.0, cold_start_s=120, panic_threshold=100.0, max_scale_up_step=20
+    )
+    state = AutoscalerState()
+    current, desired = 3, []
+    for i in range(8):  # 105 s: the first new replicas are still starting
+        t = NOW + 15 * i
+        o = obs(
+            0.5,
+            time=t,
+            prompt_token_rate=20_000.0,
+            generation_token_rate=2_000.0,
+            request_rate=30.0,
+            waiting=60.0 * 15 * i,
+        )
+        c = cap(current, 3, starting=current - 3, cold_start_s=120)
+        d = compute_desired_replicas(cfg, o, c, state, t)
+        state, current = d.state, d.desired
+        desired.append(current)
+        if i >= 1:  # 3 served + 60/s x 0.1 unserved = 9 replicas of work on 3 ready at 80 %
+            assert d.ratios["load"] == pytest.approx(9 / (3 * 0.8)), d.message
+    assert max(desired) == 12 and desired[-1] == 12, desired
+    assert AutoscalerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state

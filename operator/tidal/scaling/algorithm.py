@@ -38,22 +38,51 @@ PROPORTIONAL = ("load", "kv")
 _EPS = 1e-9
 
 
-def load_work(config: ScalingConfig, obs: FleetObservation) -> tuple[float, float]:
+def load_work(
+    config: ScalingConfig, obs: FleetObservation, waiting_growth: float | None = None
+) -> tuple[float, float]:
     """Replicas' worth of work: served token rates over the modelled per-replica capacity, plus the
-    waiting backlog drained over ``backlog_drain_s`` (served rates saturate under overload; the queue
-    shows the excess). Returns (total, backlog part)."""
+    demand the fleet does not serve. Returns (total, unserved part).
+
+    Served rates saturate under overload; the excess shows in the waiting queue. With ``waiting_growth``
+    (requests/s by which the queue grows, fitted over ``queue_growth_window_s``) the unserved demand is
+    that growth times the work per request: a flow, which stops growing once the fleet (with the
+    replicas it already asked for) matches the demand. Without it (a lone observation) the backlog
+    drained over ``backlog_drain_s`` stands in. The stock of waiting requests is not sized for when the
+    growth is known: requests already queued on a replica stay there (vLLM does not migrate them), so
+    new replicas only take new arrivals, and a stock counted again at every decision while replicas
+    start would ask for more and more of them."""
     pc, dc = config.prefill_tokens_per_replica_s or 1.0, config.decode_tokens_per_replica_s or 1.0
     served = (obs.prompt_token_rate or 0.0) / pc + (obs.generation_token_rate or 0.0) / dc
-    backlog = 0.0
-    if obs.waiting and obs.request_rate:
-        backlog = obs.waiting * (served / obs.request_rate) / config.backlog_drain_s
-    return served + backlog, backlog
+    unserved = 0.0
+    per_request = served / obs.request_rate if obs.request_rate else 0.0
+    if waiting_growth is not None:
+        unserved = max(0.0, waiting_growth) * per_request
+    elif obs.waiting:
+        unserved = obs.waiting * per_request / config.backlog_drain_s
+    return served + unserved, unserved
+
+
+def waiting_growth(history: tuple[tuple[float, float], ...]) -> float:
+    """Least-squares slope of the waiting requests over the samples (requests/s; 0 with fewer than 2)."""
+    if len(history) < 2:
+        return 0.0
+    n = len(history)
+    mt = sum(t for t, _ in history) / n
+    mq = sum(q for _, q in history) / n
+    var = sum((t - mt) ** 2 for t, _ in history)
+    if var <= 0:
+        return 0.0
+    return sum((t - mt) * (q - mq) for t, q in history) / var
 
 
 TREND_MIN_T = 3.0
 """The demand slope must be this many standard errors above zero to be extrapolated: a fitted slope
 over a window of noisy rate samples is almost never exactly zero, and extrapolating noise over a cold
 start adds replicas for nothing."""
+SATURATED_QUEUE = 5.0
+"""Waiting requests per ready replica above which the fleet counts as saturated for the demand trend
+(when ``queue_per_replica`` is not set)."""
 TREND_MAX_GROWTH = 0.5
 """At most this fraction of the current work is added for the expected growth."""
 
@@ -89,7 +118,11 @@ def demand_growth(config: ScalingConfig, history: tuple[tuple[float, float], ...
 
 
 def signal_ratios(
-    config: ScalingConfig, obs: FleetObservation, ready: int, trend_extra: float = 0.0
+    config: ScalingConfig,
+    obs: FleetObservation,
+    ready: int,
+    trend_extra: float = 0.0,
+    waiting_growth: float | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Ratio of each available signal to its target, and a human description of each."""
     n = max(ready, 1)
@@ -114,12 +147,13 @@ def signal_ratios(
         and obs.prompt_token_rate is not None
         and obs.generation_token_rate is not None
     ):
-        work, backlog = load_work(config, obs)
+        work, unserved = load_work(config, obs, waiting_growth)
         trend = f", trend +{trend_extra:.2f}" if trend_extra > 0 else ""
         ratios["load"] = (work + trend_extra) / (n * config.target_utilization)
+        queue = f"queue +{waiting_growth:.1f}/s" if waiting_growth and waiting_growth > 0 else "backlog"
         text["load"] = (
             f"load {work:.2f} replicas of work ({obs.prompt_token_rate:.0f} prompt + "
-            f"{obs.generation_token_rate:.0f} generated tok/s, backlog {backlog:.2f}{trend}) "
+            f"{obs.generation_token_rate:.0f} generated tok/s, {queue} {unserved:.2f}{trend}) "
             f"on {ready} ready at target utilisation {config.target_utilization:.0%}"
         )
     return ratios, text
@@ -177,18 +211,29 @@ def compute_desired_replicas(
     # 3. Signals.
     history = state.load_history
     demand = state.demand_history
+    queue = state.queue_history
     trend_extra = 0.0
+    growth: float | None = None
     if (
         config.prefill_tokens_per_replica_s
         and config.decode_tokens_per_replica_s
         and healthy_obs.prompt_token_rate is not None
     ):
-        work_now, _ = load_work(config, healthy_obs)
+        if healthy_obs.waiting is not None:
+            qw = config.queue_growth_window_s
+            queue = (*((t, q) for t, q in queue if now - t <= qw + _EPS), (now, healthy_obs.waiting))
+        growth = waiting_growth(queue)
+        work_now, _ = load_work(config, healthy_obs, growth)
         keep = config.trend_window_s
         history = (*((t, w) for t, w in history if now - t <= keep), (now, work_now))
-        demand = (*((t, d) for t, d in demand if now - t <= keep), (now, healthy_obs.prompt_token_rate))
+        if (healthy_obs.waiting or 0.0) > max(ready, 1) * (config.queue_per_replica or SATURATED_QUEUE):
+            # A queue is building: the served prompt rate follows the capacity, not the demand (it jumps
+            # when new replicas arrive). Start the demand history afresh once the fleet keeps up.
+            demand = ()
+        else:
+            demand = (*((t, d) for t, d in demand if now - t <= keep), (now, healthy_obs.prompt_token_rate))
         trend_extra = work_now * demand_growth(config, demand)
-    ratios, text = signal_ratios(config, healthy_obs, ready, trend_extra)
+    ratios, text = signal_ratios(config, healthy_obs, ready, trend_extra, growth)
     recs = state.recommendations or ((now, _bound(config, current)[0]),)  # a fresh start holds a full window
     if not ratios:
         held, _ = _bound(config, current)
@@ -364,6 +409,7 @@ def compute_desired_replicas(
         panic_until=panic_until if in_panic else None,
         load_history=history,
         demand_history=demand,
+        queue_history=queue,
     )
     return ScalingDecision(
         desired=desired,

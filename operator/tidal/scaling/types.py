@@ -58,7 +58,11 @@ class ScalingConfig:
     target_utilization: float = 0.85
     """Fraction of the modelled per-replica capacity the ``load`` signal aims at (headroom for bursts)."""
     backlog_drain_s: float = 60.0
-    """The ``load`` signal counts waiting requests as work to finish within this many seconds."""
+    """Without a queue history (a lone observation), the ``load`` signal counts waiting requests as work
+    to finish within this many seconds."""
+    queue_growth_window_s: float = 30.0
+    """The ``load`` signal adds the growth of the waiting queue, a slope fitted over this window, as
+    demand the fleet does not serve."""
     trend_window_s: float = 120.0
     """The ``load`` signal adds the growth of the demand (prompt tokens/s) expected over one cold start,
     from a slope fitted over this window; only a statistically clear rise counts."""
@@ -204,6 +208,8 @@ class AutoscalerState:
     ratio, kept for the status (the trend no longer reads them, see ``demand_history``)."""
     demand_history: tuple[tuple[float, float], ...] = ()
     """(time, prompt tokens/s) samples inside ``trend_window_s``: the demand the load trend is fitted to."""
+    queue_history: tuple[tuple[float, float], ...] = ()
+    """(time, waiting requests) samples inside ``queue_growth_window_s``: the queue's growth."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict for the CRD status."""
@@ -216,6 +222,7 @@ class AutoscalerState:
             "panicUntil": self.panic_until,
             "loadHistory": [[t, round(w, 4)] for t, w in self.load_history],
             "demandHistory": [[t, round(d, 2)] for t, d in self.demand_history],
+            "queueHistory": [[t, q] for t, q in self.queue_history],
         }
 
     @classmethod
@@ -233,6 +240,7 @@ class AutoscalerState:
             panic_until=_opt_float(data.get("panicUntil")),
             load_history=tuple((float(t), float(w)) for t, w in data.get("loadHistory") or ()),
             demand_history=tuple((float(t), float(d)) for t, d in data.get("demandHistory") or ()),
+            queue_history=tuple((float(t), float(q)) for t, q in data.get("queueHistory") or ()),
         )
 
     def evolve(self, **changes: Any) -> AutoscalerState:
