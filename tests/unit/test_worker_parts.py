@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from tidal_worker.contract import WorkerContract
 from tidal_worker.drain import DrainController, Phase
 from tidal_worker.engine_args import build_vllm_argv
 from tidal_worker.preflight import BUILTIN_QUANTIZATIONS, installed_quantizations, preflight_problems
 from tidal_worker.ray_bootstrap import group_status, ray_address, ray_start_argv
+from tidal_worker.server import forward_headers, upstream_keepalive_seconds
 from tidal_worker.sources import (
     HfSource,
     LocalSource,
@@ -267,3 +269,35 @@ def test_ray_start_argv() -> None:
     assert ray_address(worker) == "h.svc:6379"
     with pytest.raises(ValueError):
         ray_start_argv(_c())
+
+
+def test_upstream_keepalive_is_below_the_engines() -> None:
+    assert upstream_keepalive_seconds({}) == 4.0  # vLLM's default is 5 s
+    assert upstream_keepalive_seconds({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "30"}) == 29.0
+    assert upstream_keepalive_seconds({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "1"}) == 0.5
+    assert upstream_keepalive_seconds({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "soon"}) == 4.0
+
+
+def test_forward_headers_drops_hop_by_hop_keeps_repeats() -> None:
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Content-Type", "application/json"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "12"),
+                ("Host", "worker:8000"),
+                ("x-hop", "1"),
+                ("Set-Cookie", "a=1"),
+                ("Set-Cookie", "b=2"),
+                ("Authorization", "Bearer t"),
+            ]
+        )
+    )
+    assert forward_headers(headers) == [
+        ("Content-Type", "application/json"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+        ("Authorization", "Bearer t"),
+    ]

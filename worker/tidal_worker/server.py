@@ -27,9 +27,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, web
@@ -44,7 +45,7 @@ log = logging.getLogger("tidal_worker")
 EXIT_OK = 0
 EXIT_ENGINE_FAILED = 5
 EXIT_STARTUP_TIMEOUT = 7
-UPSTREAM_KEEPALIVE_SECONDS = 4.0
+ENGINE_KEEPALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"  # vLLM's idle keep-alive timeout, 5 s by default
 
 HOP_BY_HOP = frozenset(
     {
@@ -133,7 +134,7 @@ def _worker_metrics(ctl: DrainController) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+def forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
     """End-to-end headers of a message: hop-by-hop ones (and those its Connection header names) dropped."""
     connection = headers.get("Connection")
     drop = HOP_BY_HOP | {t.strip().lower() for t in connection.split(",")} if connection else HOP_BY_HOP
@@ -159,11 +160,11 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             async with session.request(
                 request.method,
                 URL(state.upstream + target, encoded=True),
-                headers=_forward_headers(request.headers),
+                headers=forward_headers(request.headers),
                 data=data,
                 allow_redirects=False,
             ) as up:
-                out_headers = _forward_headers(up.headers)
+                out_headers = forward_headers(up.headers)
                 if up.headers.get("Content-Length") is not None:
                     payload = await up.read()
                     return web.Response(status=up.status, reason=up.reason, headers=out_headers, body=payload)
@@ -205,18 +206,30 @@ async def _engine_answers(session: ClientSession, upstream: str, model_name: str
     return isinstance(data, list) and any(isinstance(m, dict) and m.get("id") == model_name for m in data)
 
 
-def upstream_session() -> ClientSession:
+def upstream_keepalive_seconds(env: Mapping[str, str]) -> float:
+    """How long an idle pooled connection to the engine is kept: 1 s less than the engine keeps it.
+
+    The engine inherits the worker's environment, so both read the same ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``.
+    Closing first means the proxy never sends a request on a connection the engine is closing at that moment.
+    """
+    try:
+        engine_seconds = float(env.get(ENGINE_KEEPALIVE_ENV) or 5)
+    except ValueError:
+        engine_seconds = 5.0
+    return max(engine_seconds - 1.0, 0.5)
+
+
+def upstream_session(env: Mapping[str, str] = os.environ) -> ClientSession:
     """The one client session to the engine, shared by every forwarded request, probe and scrape.
 
-    - Unlimited pooled keep-alive connections (``limit=0``), closed after ``UPSTREAM_KEEPALIVE_SECONDS`` idle:
-      below vLLM's own ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` (5 s), so the proxy never reuses a connection the
-      engine is closing at that very moment.
+    - Unlimited pooled keep-alive connections (``limit=0``), dropped when idle a little before the engine
+      would drop them (`upstream_keepalive_seconds`).
     - Bytes pass through untouched: no decompression, no cookie jar (a Set-Cookie from the engine must reach
       its client, not be replayed to other clients), no default ``Accept``/``Accept-Encoding``/``User-Agent``
       added to a client's request that did not carry them.
     """
     return ClientSession(
-        connector=TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECONDS),
+        connector=TCPConnector(limit=0, keepalive_timeout=upstream_keepalive_seconds(env)),
         timeout=ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
         cookie_jar=DummyCookieJar(),
