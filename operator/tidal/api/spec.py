@@ -30,8 +30,8 @@ from tidal.api.base import (
 
 DEFAULT_ENGINE_IMAGE = "ghcr.io/tidal-dev/tidal-worker:0.1.0"
 """The worker image used when ``spec.engine.image`` is not set: ``worker/Dockerfile`` (the official
-``vllm/vllm-openai:v0.32.0`` image plus the ``tidal_worker`` entrypoint the pods run). A plain vLLM image lacks
-``tidal_worker``; build your own from ``worker/Dockerfile`` for another vLLM version."""
+``vllm/vllm-openai:v0.32.0`` image plus the ``tidal_worker`` entrypoint the pods run). A plain vLLM
+image lacks ``tidal_worker``; build your own from ``worker/Dockerfile`` for another vLLM version."""
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 """The in-cluster Prometheus (the Service the Prometheus Operator creates in ``monitoring``)."""
 
@@ -220,7 +220,8 @@ class Engine(ApiModel):
     to vLLM's defaults (``Advise`` mode); explicit values always win."""
 
     image: str = Field(default=DEFAULT_ENGINE_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$")
-    """Container image of the GPU worker: vLLM's OpenAI server plus the Tidal worker (``worker/Dockerfile``)."""
+    """Container image of the GPU worker: vLLM's OpenAI server plus the Tidal worker
+    (``worker/Dockerfile``)."""
     tensor_parallel_size: IntOrAuto = AUTO
     """GPUs one pipeline stage is sharded over (``--tensor-parallel-size``), or ``"auto"``. Must divide
     ``resources.gpusPerNode``."""
