@@ -1,3 +1,4 @@
+# ruff: noqa: RUF002, E741  (math notation: greek coefficients, and I for the MLP width)
 """Measure real transformer decode and prefill step times on a GPU, for the recommender's latency model.
 
 There is no GPU in CI, so the recommender's decode model (step ≈ α + β·batch, never faster than
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 SHAPES: dict[str, dict[str, int]] = {
-    "llama-3.1-8b": dict(layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, inter=14336, vocab=128256),
+    "llama-3.1-8b": dict(
+        layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, inter=14336, vocab=128256
+    ),
 }
 
 
@@ -39,25 +42,37 @@ def main() -> int:
     dev = torch.device("cuda")
     dt = torch.bfloat16
     torch.manual_seed(0)
-    L, H, NH, KVH, D, I, V = (s[k] for k in ("layers", "hidden", "heads", "kv_heads", "head_dim", "inter", "vocab"))
+    L, H, NH, KVH, D, I, V = (
+        s[k] for k in ("layers", "hidden", "heads", "kv_heads", "head_dim", "inter", "vocab")
+    )
     qkv_out = (NH + 2 * KVH) * D
 
     def w(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=dev, dtype=dt) * 0.02
 
     layers = [
-        dict(qkv=w(qkv_out, H), o=w(H, NH * D), gu=w(2 * I, H), down=w(H, I), n1=torch.ones(H, device=dev, dtype=dt),
-             n2=torch.ones(H, device=dev, dtype=dt))
+        dict(
+            qkv=w(qkv_out, H),
+            o=w(H, NH * D),
+            gu=w(2 * I, H),
+            down=w(H, I),
+            n1=torch.ones(H, device=dev, dtype=dt),
+            n2=torch.ones(H, device=dev, dtype=dt),
+        )
         for _ in range(L)
     ]
     lm_head = w(V, H)
-    weight_bytes = sum(t.numel() * t.element_size() for lay in layers for t in lay.values()) + lm_head.numel() * 2
+    weight_bytes = (
+        sum(t.numel() * t.element_size() for lay in layers for t in lay.values()) + lm_head.numel() * 2
+    )
     params = weight_bytes // 2
 
     def rms(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * g
 
-    def forward(x: torch.Tensor, kcache: list[torch.Tensor], vcache: list[torch.Tensor], causal: bool) -> torch.Tensor:
+    def forward(
+        x: torch.Tensor, kcache: list[torch.Tensor], vcache: list[torch.Tensor], causal: bool
+    ) -> torch.Tensor:
         # x: (B, T, H); caches: (B, KVH, ctx, D) per layer, already holding the context.
         B, T, _ = x.shape
         for i, lay in enumerate(layers):
@@ -96,8 +111,14 @@ def main() -> int:
         return samples[len(samples) // 2]
 
     props = torch.cuda.get_device_properties(0)
-    out: dict[str, Any] = {"device": props.name, "model": args.model, "weight_bytes": weight_bytes, "params": params,
-                           "decode": [], "prefill": []}
+    out: dict[str, Any] = {
+        "device": props.name,
+        "model": args.model,
+        "weight_bytes": weight_bytes,
+        "params": params,
+        "decode": [],
+        "prefill": [],
+    }
     kv_bytes_per_token = 2 * L * KVH * D * 2
     with torch.inference_mode():
         for ctx in [int(c) for c in args.contexts.split(",")]:
@@ -108,16 +129,22 @@ def main() -> int:
                 vc = [torch.randn(b, KVH, ctx, D, device=dev, dtype=dt) for _ in range(L)]
                 x = torch.randn(b, 1, H, device=dev, dtype=dt)
                 sec = timed(lambda x=x, kc=kc, vc=vc: forward(x, kc, vc, causal=False))
-                out["decode"].append({"batch": b, "context": ctx, "seconds": sec,
-                                      "bytes": weight_bytes + b * ctx * kv_bytes_per_token})
-                print(f"decode b={b} ctx={ctx}: {sec*1e3:.2f} ms", file=sys.stderr)
+                out["decode"].append(
+                    {
+                        "batch": b,
+                        "context": ctx,
+                        "seconds": sec,
+                        "bytes": weight_bytes + b * ctx * kv_bytes_per_token,
+                    }
+                )
+                print(f"decode b={b} ctx={ctx}: {sec * 1e3:.2f} ms", file=sys.stderr)
                 del kc, vc
                 torch.cuda.empty_cache()
         for t in [int(c) for c in args.prompts.split(",")]:
             x = torch.randn(1, t, H, device=dev, dtype=dt)
             sec = timed(lambda x=x: forward(x, [], [], causal=True))
             out["prefill"].append({"tokens": t, "seconds": sec, "flops": 2 * params * t})
-            print(f"prefill t={t}: {sec*1e3:.2f} ms", file=sys.stderr)
+            print(f"prefill t={t}: {sec * 1e3:.2f} ms", file=sys.stderr)
     json.dump(out, sys.stdout, indent=1)
     return 0
 
