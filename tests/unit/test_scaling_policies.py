@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tidal.scaling import CapacityView, FleetObservation, Reason, ScalingConfig
@@ -22,7 +24,7 @@ def cap(n: int, **kw: int) -> CapacityView:
     return CapacityView(current=n, ready=kw.pop("ready", n), **kw)
 
 
-def o(t: float, **kw: float) -> FleetObservation:
+def o(t: float, **kw: Any) -> FleetObservation:
     return FleetObservation(time=t, **kw)
 
 
@@ -60,6 +62,14 @@ def test_hpa_tolerance_scale_up_and_down_stabilisation() -> None:
     # Load drops: the 300 s window keeps 8.
     assert hpa.decide(o(30, running=100), cap(8), 30).desired == 8
     assert hpa.decide(o(330, running=100), cap(8), 330).desired == 2
+
+
+def test_hpa_starts_its_window_at_the_current_count() -> None:
+    # As the HPA controller does for a new autoscaler: no immediate scale-in on the first low reading.
+    hpa = HpaPolicy(50, max_replicas=20)
+    assert hpa.decide(o(0, running=0), cap(7), 0).desired == 7
+    assert hpa.decide(o(15, running=0), cap(7), 15).desired == 7
+    assert hpa.decide(o(301, running=0), cap(7), 301).desired == 1
 
 
 def test_kpa_panics_on_a_burst_and_does_not_scale_down_while_panicking() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tidal.scaling.policies import SchedulePolicy, StaticPolicy
+from tidal.scaling.policies import KpaPolicy, SchedulePolicy, StaticPolicy
 from tidal.sim import (
     EngineLimits,
     LinearStepModel,
@@ -90,6 +90,17 @@ def test_cold_start_delays_capacity() -> None:
     assert warm.gpu_hours == pytest.approx(4 * warm.duration_s / 3600)
     assert res.gpu_hours == pytest.approx(4 * res.duration_s / 3600)
     assert res.duration_s > warm.duration_s  # the cold-start backlog finishes later
+
+
+def test_metric_driven_policies_start_after_one_metrics_window() -> None:
+    # The simulated fleet starts idle; a decision on the t=0 scrape (no traffic seen yet) would scale
+    # every metric-driven policy in to its minimum. Schedules act from t=0.
+    tr = synthetic("poisson", 60, 120, seed=5)
+    cfg = replace(CFG, initial_replicas=4)
+    kpa = simulate(tr, KpaPolicy(50.0), cfg)
+    assert kpa.events and min(t for t, *_ in kpa.events) >= cfg.window_s
+    oracle = simulate(tr, SchedulePolicy([(0.0, 2)]), cfg)
+    assert oracle.events[0][:3] == (0.0, 4, 2)
 
 
 def test_gpu_hours_do_not_depend_on_the_sync_period() -> None:

@@ -7,7 +7,8 @@ operator runs :class:`TidalPolicy`; the simulator runs all of them on the same t
 Baselines (parameters are the published defaults; docs/autoscaling.md cites them):
 
 * ``hpa`` — Kubernetes HPA: 15 s sync, ``ceil(ready x value/target)`` outside a 10 % tolerance, scale-down
-  to the highest recommendation of the last 300 s, scale-up limited to max(+100 %, +4 pods) per sync.
+  to the highest recommendation of the last 300 s (a new window starts with the current count, as the
+  controller initialises it), scale-up limited to max(+100 %, +4 pods) per sync.
   Metric: running requests per replica (a utilisation-like metric: running / max_num_seqs vs a target).
 * ``kpa`` — Knative KPA: concurrency averaged over a 60 s stable window and a 6 s panic window; panic
   when the panic-window demand is ≥ 2x the ready pods; no scale-down while panicking (60 s).
@@ -152,6 +153,8 @@ class HpaPolicy:
         value = (obs.running or 0.0) / ready
         ratio = value / self.target
         cur = capacity.current
+        if not self.recs:
+            self.recs.append((now, cur))  # as the HPA controller: a new window starts at the current count
         rec = cur if abs(ratio - 1) <= self.tolerance else math.ceil(ready * ratio - 1e-9)
         rec = min(max(rec, self.lo), self.hi)
         self.recs.append((now, rec))
@@ -362,6 +365,8 @@ class EnovaPolicy:
 class StaticPolicy:
     """A fixed replica count (``static-peak``: the count that serves the trace's peak)."""
 
+    reads_metrics = False
+
     def __init__(self, replicas: int, name: str = "static-peak", sync_period_s: float = 60.0):
         self.replicas = replicas
         self.name = name
@@ -375,6 +380,8 @@ class StaticPolicy:
 
 class SchedulePolicy:
     """Follows a precomputed ``[(time, replicas), ...]`` schedule (the simulator's ``oracle``)."""
+
+    reads_metrics = False
 
     def __init__(
         self, schedule: Sequence[tuple[float, int]], name: str = "oracle", sync_period_s: float = 1.0

@@ -3,12 +3,13 @@
 Event loop over: trace arrivals (routed by a least-outstanding-requests load balancer to ready,
 non-draining replicas; held at the gateway when none is ready), engine step ends, replicas becoming
 ready after the cold start, metric scrapes (every ``scrape_interval_s``) and the policy's decisions
-(every ``policy.sync_period_s``). A scrape produces the same :class:`FleetObservation` the operator
-builds from Prometheus: gauges now, rates over ``window_s``, and p95s computed the way
-``histogram_quantile`` does from vLLM's histogram buckets, per fleet and per replica. The policy's
-decision is applied at once: scale-up creates replicas that become ready after ``cold_start_s``;
-scale-down cancels starting replicas first, then drains the least-loaded ready ones (no new requests,
-in-flight ones finish, then the GPUs are released). GPU time is charged from creation to release.
+(every ``policy.sync_period_s``, from the end of the first metrics window). A scrape produces the same
+:class:`FleetObservation` the operator builds from Prometheus: gauges now, rates over ``window_s``, and
+p95s computed the way ``histogram_quantile`` does from vLLM's histogram buckets, per fleet and per
+replica. The policy's decision is applied at once: scale-up creates replicas that become ready after
+``cold_start_s``; scale-down cancels starting replicas first, then drains the least-loaded ready ones
+(no new requests, in-flight ones finish, then the GPUs are released). GPU time is charged from
+creation to release.
 """
 
 from __future__ import annotations
@@ -326,7 +327,10 @@ def simulate(
         )
 
     push(0.0, SCRAPE)
-    push(0.0, DECIDE)
+    # Policies start deciding once one metrics window has been scraped: the simulated fleet starts idle at
+    # t=0, and a rate or gauge read before any traffic would tell every policy to scale in to its minimum.
+    # Schedules (the oracle, static counts) read no metrics and act from t=0.
+    push(cfg.window_s if getattr(policy, "reads_metrics", True) else 0.0, DECIDE)
     i = 0
     horizon_end = trace.duration + cfg.drain_tail_s
     last_progress = -1.0
