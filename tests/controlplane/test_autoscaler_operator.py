@@ -196,8 +196,8 @@ def _scale_up(rig: Rig, name: str) -> None:
     assert len(ups) == 1, [e.message for e in ups]
     assert "scaling up 1 -> 2" in ups[0].message
     assert "ttft_p95" in ups[0].message and "target 1.00s" in ups[0].message, ups[0].message
-    last = rig.get(name)["status"]["lastScale"]
-    assert (last["from"], last["to"], last["reason"]) == (1, 2, "ScaledUp")
+    history = rig.get(name)["status"]["scalingHistory"]  # lastScale may already be a later ScaleBlocked
+    assert [(h["from"], h["to"]) for h in history if h["reason"] == "ScaledUp"][-1] == (1, 2), history
     wait_for(lambda: rig.ready_pods(name) == 2, timeout=60, what="2 ready replicas")
 
 
