@@ -3,8 +3,10 @@
 Why a proxy rather than probing vLLM directly: on SIGTERM vLLM's own server either aborts in-flight requests
 (the default) or, with ``--shutdown-timeout``, drains the engine while its HTTP server still answers
 ``/health`` 200 and still accepts new requests; it cannot turn "not ready" first. So the worker owns the
-public port and runs vLLM on a loopback port (TIDAL_ENGINE_PORT); the cost is one local hop (measured by
-worker/benchmarks/overhead.py: about 1-2 ms per request on a 2-core CPU box):
+public port and runs vLLM on a loopback port (TIDAL_ENGINE_PORT); the cost is one local hop, kept lean (bytes
+passed through, pooled keep-alive connections to the engine) and measured by worker/benchmarks/overhead.py
+and proxy_hop.py: about 0.4-0.6 ms per request on an idle CPU, 1-2 ms on a loaded 2-core box (figures in
+docs/worker-contract.md):
 
 - ``GET /live``: 200 while the worker runs (liveness; a dead engine makes the worker exit instead).
 - ``GET /ready`` (alias ``/health``): 200 only when the engine answers ``/health`` AND ``/v1/models`` lists
