@@ -180,12 +180,14 @@ def _latency(ports: dict[str, int], requests: int, keepalive: bool) -> list[Row]
     return rows
 
 
-def _print_table(title: str, rows: list[Row], bare: str = "bare vLLM", verdict: bool = True) -> float:
+def _print_table(
+    title: str, rows: list[Row], bare: str = "bare vLLM", third: str = "tcp relay", verdict: bool = True
+) -> float:
     """Print one table; return the worst worker/bare ratio over time to ready, the p50s and the burst p50."""
     print(f"\n{title}")
     print(
-        f"{'metric':22s} {bare:>10s} {'tcp relay':>10s} {'worker':>10s} {'ratio':>7s}"
-        f" {'worker +':>9s} {'relay +':>9s}"
+        f"{'metric':22s} {bare:>10s} {third:>10s} {'worker':>10s} {'ratio':>7s}"
+        f" {'worker +':>9s} {third.split()[0] + ' +':>9s}"
     )
     worst = 0.0
     for name, v in rows:
@@ -206,9 +208,13 @@ def _print_table(title: str, rows: list[Row], bare: str = "bare vLLM", verdict: 
     return worst
 
 
-def _start_relay(engine_port: int) -> tuple[subprocess.Popen[bytes], int]:
+THIRD = {"tcp": ("tcp_relay.py", "tcp relay"), "lean": ("lean_forwarder.py", "lean fwd")}
+
+
+def _start_relay(engine_port: int, third: str = "tcp") -> tuple[subprocess.Popen[bytes], int]:
+    """Start the comparison path in front of `engine_port`: the TCP relay or the lean forwarder prototype."""
     port = free_port()
-    relay = Path(__file__).with_name("tcp_relay.py")
+    relay = Path(__file__).with_name(THIRD[third][0])
     proc = subprocess.Popen([sys.executable, str(relay), str(port), str(engine_port)])
     deadline = time.monotonic() + 30
     while not _get_ok(f"http://127.0.0.1:{port}/v1/models", '"tiny"'):
@@ -226,6 +232,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=1, help="uncounted worker starts before the rounds")
     parser.add_argument("--modes", default="close,keepalive", help="connection modes: close, keepalive")
+    parser.add_argument(
+        "--third",
+        choices=sorted(THIRD),
+        default="tcp",
+        help="third path: TCP relay or lean prototype",
+    )
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tidal-bench"))
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -247,7 +259,7 @@ def main() -> int:
             print(f"round {r + 1}: {kind} ready after {seconds:.2f} s", flush=True)
             try:
                 if kind == "worker" and r == args.rounds - 1:
-                    relay, relay_port = _start_relay(engine_port)
+                    relay, relay_port = _start_relay(engine_port, args.third)
                     ports = {"bare": engine_port, "relay": relay_port, "worker": port}
                     try:
                         for mode in modes:
@@ -263,7 +275,8 @@ def main() -> int:
         {"bare": statistics.median(ready["bare"]), "worker": statistics.median(ready["worker"])},
     )
     for mode, rows in tables.items():
-        _print_table(f"connection mode: {mode} (worker + / relay +: added vs bare)", [ready_row, *rows])
+        title = f"connection mode: {mode} (worker + / {args.third} +: added vs bare)"
+        _print_table(title, [ready_row, *rows], third=THIRD[args.third][1])
     return 0
 
 

@@ -96,6 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--modes", default="close,keepalive")
+    parser.add_argument("--third", choices=sorted(overhead.THIRD), default="tcp")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "ENGINE_PORT", "STUB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -117,16 +118,12 @@ def main() -> int:
                 if worker.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the worker in front of the stub engine did not become ready")
                 time.sleep(0.1)
-            relay, relay_port = overhead._start_relay(engine_port)
+            relay, relay_port = overhead._start_relay(engine_port, args.third)
             ports = {"bare": engine_port, "relay": relay_port, "worker": port}
             for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
                 rows = overhead._latency(ports, args.requests, keepalive=mode == "keepalive")
-                overhead._print_table(
-                    f"stub engine, connection mode: {mode} (ms added to the stub)",
-                    rows,
-                    "stub",
-                    verdict=False,
-                )
+                title = f"stub engine, connection mode: {mode} (ms added to the stub)"
+                overhead._print_table(title, rows, "stub", overhead.THIRD[args.third][1], verdict=False)
             print(f"load average at end: {os.getloadavg()[0]:.1f}")
         finally:
             if relay is not None:
