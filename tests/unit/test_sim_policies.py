@@ -14,7 +14,10 @@ from tidal.sim.runner import compare
 @pytest.mark.slow
 def test_tidal_on_bursty_trace_against_oracle_and_baselines() -> None:
     trace = synthetic("gamma", 150, 1200, seed=1, cv=3.0)  # gamma inter-arrivals, CV 3
-    cfg = SimConfig(model=load_step_model("llama-3.1-8b", "h100").model, limits=EngineLimits())
+    # The recommender's performance model and engine limits, as `tidal simulate` uses them.
+    loaded = load_step_model("llama-3.1-8b", "h100")
+    assert "recommender" in loaded.source and loaded.limits != EngineLimits()
+    cfg = SimConfig(model=loaded.model, limits=loaded.limits)
     c = compare(trace, cfg, POLICY_NAMES)
     by = c.by_name()
     tidal, oracle = by["tidal"], by["oracle"]

@@ -95,7 +95,7 @@ def load_step_model(model: str, gpu: str, tp: int = 1) -> LoadedModel:
     pm = perf.performance_model(profile, g, tp=tp)
     limits = EngineLimits()
     try:
-        rec_mod: Any = importlib.import_module("tidal.recommender")
+        rec_mod: Any = importlib.import_module("tidal.recommender.recommend")
         rec = _recommend(rec_mod, profile, g, tp)
         if rec is not None:
             limits = EngineLimits(
