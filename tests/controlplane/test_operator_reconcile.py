@@ -336,7 +336,8 @@ def test_insufficient_gpu_condition_event_and_no_hot_loop(
     wait_for(
         lambda: env.condition(name, "Progressing").get("reason") == "InsufficientGPU", what="InsufficientGPU"
     )
-    assert env.condition(name, "Ready")["status"] == "True"  # 2 of 3 run; the minimum (1) is ready
+    # 2 of 3 run; the minimum (1) is ready (the first status write, before any pod ran, said False).
+    wait_for(lambda: env.condition(name, "Ready").get("status") == "True", what="Ready")
     ev = [e for e in env.events(name) if e.reason == "InsufficientGPU"]
     assert ev and ev[0].type == "Warning"
     assert len([p for p in env.pods(name) if p.status.phase == "Pending"]) == 1
