@@ -4,7 +4,8 @@ The proxy forwards bytes without parsing them and reuses pooled keep-alive conne
 server.py and worker/benchmarks/overhead.py). These checks pin what that pass-through must keep: the request
 target as the client encoded it, end-to-end headers only (hop-by-hop ones and those named by Connection
 dropped, nothing added: no Accept-Encoding, User-Agent or cookies of its own), repeated response headers,
-status and reason, compressed bodies byte for byte, and streams that leave event by event. The engine is a
+status and reason, compressed bodies byte for byte, streams that leave event by event, HEAD answers (no body
+to wait for), chunked request bodies, and pipelined requests answered in order. The engine is a
 stand-in child process (a small aiohttp server, real process, real HTTP) that echoes what it received: the
 real vLLM cannot echo headers. Everything else is the production path: `serve()`, its readiness watcher, the
 drain on SIGTERM.
@@ -18,6 +19,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import sys
 import textwrap
 import time
@@ -93,6 +95,42 @@ def _raw_request(
         conn.close()
 
 
+def _head_then_get(port: int) -> tuple[int, bytes, dict[str, Any]]:
+    """HEAD, then a GET on the same kept-alive connection (a HEAD answer has no body to wait for)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("HEAD", "/echo/head")
+        head = conn.getresponse()
+        head_body = head.read()
+        conn.request("GET", "/echo/after-head")
+        after = conn.getresponse()
+        return head.status, head_body, json.loads(after.read())
+    finally:
+        conn.close()
+
+
+def _chunked_post(port: int) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/echo/chunked", body=iter([b'{"a": ', b"1}"]), encode_chunked=True)
+        return dict(json.loads(conn.getresponse().read()))
+    finally:
+        conn.close()
+
+
+def _pipelined(port: int) -> bytes:
+    """Two requests written at once on one connection; everything the worker answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /echo/first HTTP/1.1\r\nHost: w\r\n\r\n"
+            b"GET /echo/second HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n"
+        )
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
 def _stream_times(port: int) -> tuple[list[bytes], list[float]]:
     """Read the stub's stream line by line; the arrival time of every event."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -163,6 +201,9 @@ def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
             _raw_request, port, "GET", "/zipped", [("Accept-Encoding", "gzip")]
         )
         out["stream"] = await asyncio.to_thread(_stream_times, port)
+        out["head"] = await asyncio.to_thread(_head_then_get, port)
+        out["chunked"] = await asyncio.to_thread(_chunked_post, port)
+        out["pipelined"] = await asyncio.to_thread(_pipelined, port)
         os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it (loop handler)
         out["code"] = await asyncio.wait_for(server, timeout=20)
         return out
@@ -197,3 +238,13 @@ def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
     assert events == [f"data: {i}".encode() for i in range(20)] + [b"data: [DONE]"]
     # 20 events 0.05 s apart: had the proxy buffered the stream, they would all arrive at once.
     assert times[-1] - times[0] > 0.5, f"stream events arrived together: {times[-1] - times[0]:.3f} s"
+
+    head_status, head_body, after_head = out["head"]
+    assert head_status == 201 and head_body == b""
+    assert after_head["raw_path"] == "/echo/after-head", "the connection must stay usable after a HEAD"
+
+    assert out["chunked"]["body"] == '{"a": 1}', "a chunked request body arrives whole"
+
+    pipelined: bytes = out["pipelined"]
+    assert pipelined.count(b"HTTP/1.1 201 Created Here") == 2, pipelined[:400]
+    assert pipelined.index(b'"/echo/first"') < pipelined.index(b'"/echo/second"'), "answers in request order"

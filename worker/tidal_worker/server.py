@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .drain import DrainController, Phase
+from .frontdoor import FrontDoor, Upstream
 from .process import ChildProcess
 
 log = logging.getLogger("tidal_worker")
@@ -47,6 +49,7 @@ log = logging.getLogger("tidal_worker")
 EXIT_OK = 0
 EXIT_ENGINE_FAILED = 5
 EXIT_STARTUP_TIMEOUT = 7
+INTERNAL_KEEPALIVE_SECONDS = 60.0  # pooled connections to the internal application (aiohttp keeps them 75 s)
 ENGINE_KEEPALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"  # vLLM's idle keep-alive timeout, 5 s by default
 
 HOP_BY_HOP = frozenset(
@@ -310,9 +313,19 @@ async def serve(
 
     runner = web.AppRunner(build_app(ctl, state), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    for port in (cfg.port, cfg.metrics_port):
-        if port is not None:
-            await web.TCPSite(runner, cfg.host, port).start()
+    # The aiohttp application listens on an internal loopback port; the public port is the lean forwarder
+    # (frontdoor.py), which hands it everything but API requests while ready. The metrics port is its own.
+    internal = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    internal.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, internal).start()
+    if cfg.metrics_port is not None:
+        await web.TCPSite(runner, cfg.host, cfg.metrics_port).start()
+    door = FrontDoor(
+        ctl,
+        engine=Upstream(cfg.engine_port, upstream_keepalive_seconds(os.environ)),
+        app=Upstream(internal.getsockname()[1], INTERNAL_KEEPALIVE_SECONDS),
+    )
+    front = await loop.create_server(door.protocol, cfg.host, cfg.port, reuse_address=True)
     log.info("front door listening on %s:%d (engine on 127.0.0.1:%d)", cfg.host, cfg.port, cfg.engine_port)
     state.session = upstream_session()
     engine: ChildProcess | None = None
@@ -366,6 +379,8 @@ async def serve(
         ctl.mark_stopped()
         if on_stop is not None:
             await on_stop()
+        front.close()
+        door.close()
         await state.session.close()
         await runner.cleanup()
         for sig in (signal.SIGTERM, signal.SIGINT):
