@@ -1,15 +1,9 @@
-"""PROTOTYPE, for measurement only: an HTTP/1.1 forwarder that parses only what it must (httptools).
+"""PROTOTYPE, for measurement only: the bare forwarder that worker/tidal_worker/frontdoor.py grew from.
 
-Why it exists: the worker's aiohttp proxy adds about 0.4-0.6 ms of Python work per request even on an idle
-CPU, while a raw TCP relay (tcp_relay.py) adds 0.04 ms. This prototype shows what an HTTP-aware forwarder
-built at the protocol level costs: it parses the request head (to drop hop-by-hop headers and pick a pooled
-keep-alive connection to the engine) and the response framing (to know when the exchange ends), and relays
-the engine's response bytes untouched as they arrive. overhead.py and proxy_hop.py can put it in the
-comparison column (``--third lean``).
-
-NOT the worker's front door and not deployed: no readiness, no drain, no /metrics, no HEAD, no
-``Expect: 100-continue``, no pipelining, no backpressure, no idle eviction of pooled connections. What
-production would need before using this design is listed in docs/worker-contract.md.
+Why it is kept: it is the cheapest HTTP-aware hop (httptools parses the request head and the response framing,
+the engine's response bytes are relayed untouched, engine connections are pooled), without the worker's
+readiness routing and drain tracking, so `overhead.py --third lean` and `proxy_hop.py --third lean` can show
+how much those add on top. Not deployed: no readiness, no drain, no HEAD, no pipelining, no backpressure.
 
 Run:  python lean_forwarder.py LISTEN_PORT UPSTREAM_PORT
 """

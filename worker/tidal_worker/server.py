@@ -1,19 +1,21 @@
-"""The worker's front door: a small drain-aware aiohttp reverse proxy in front of the vLLM child process.
+"""The worker's front door: a drain-aware reverse proxy in front of the vLLM child process, and its lifecycle.
 
 Why a proxy rather than probing vLLM directly: on SIGTERM vLLM's own server either aborts in-flight requests
 (the default) or, with ``--shutdown-timeout``, drains the engine while its HTTP server still answers
 ``/health`` 200 and still accepts new requests; it cannot turn "not ready" first. So the worker owns the
-public port and runs vLLM on a loopback port (TIDAL_ENGINE_PORT); the cost is one local hop, kept lean (bytes
-passed through, pooled keep-alive connections to the engine) and measured by worker/benchmarks/overhead.py
-and proxy_hop.py: about 0.4-0.6 ms per request on an idle CPU, 1-2 ms on a loaded 2-core box (figures in
-docs/worker-contract.md):
+public port and runs vLLM on a loopback port (TIDAL_ENGINE_PORT). The public port is served by
+frontdoor.py, a lean forwarder that sends API requests straight to pooled connections to vLLM while ready
+(about 0.1 ms per request; worker/benchmarks/, figures in docs/worker-contract.md) and hands everything else
+to the aiohttp application of this module, listening on an internal loopback port (and on
+TIDAL_METRICS_PORT when set), which answers:
 
 - ``GET /live``: 200 while the worker runs (liveness; a dead engine makes the worker exit instead).
 - ``GET /ready`` (alias ``/health``): 200 only when the engine answers ``/health`` AND ``/v1/models`` lists
   the served model; 503 with ``{"phase": ...}`` while starting or draining.
 - ``GET /metrics``: vLLM's Prometheus metrics, passed through, plus a few ``tidal_worker_*`` lines (phase,
   in-flight, refused). Served during drain too, so the last scrape sees the drain.
-- anything else: forwarded byte for byte (streaming responses chunk by chunk) while ready.
+- anything else: forwarded byte for byte (streaming responses chunk by chunk) while ready (the requests the
+  front door does not send directly: HEAD, ``Expect: 100-continue``, the metrics port's), ``503`` otherwise.
 
 On SIGTERM (or SIGINT) the worker turns not-ready at once; new requests get ``503`` with a JSON error body
 (OpenAI error shape, ``Retry-After: 1``, ``Connection: close``); in-flight requests, streams included, run to
