@@ -10,7 +10,12 @@ reconcile latency (create acknowledged -> status seen), API requests/s (the API 
 ratios Tidal / no-op. The no-op operator is kopf with one create handler that only writes
 ``status.observedGeneration`` - kopf's own cost, the floor for any kopf operator.
 
-Usage: .venv/bin/python bench/reconcile_scale.py [--count 1000] [--nodes 125]
+For Tidal it also prints when every deployment's API Service existed (``all_services_seconds``): the API
+server allocates ClusterIPs one at a time (about 2 per second on the 2-core development machine), so Tidal
+writes the status first and the Services trail at the API server's pace.
+
+Usage: .venv/bin/python bench/reconcile_scale.py [--count 1000] [--nodes 125] [--profile FILE]
+(``--profile``: cProfile of Tidal's event loop thread, written to FILE when it stops; ``TIDAL_PROFILE``.)
 Not a test: it prints numbers; the targets are all reconciled within 60 s, p99 within 1 s, RSS <= 2x no-op.
 """
 
@@ -20,6 +25,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import ssl
 import statistics
 import subprocess
@@ -93,33 +99,48 @@ def document(ns: str, i: int) -> dict[str, Any]:
 
 
 def run_phase(
-    label: str, argv: list[str], cluster: DevCluster, ns: str, count: int, work: Path
+    label: str,
+    argv: list[str],
+    cluster: DevCluster,
+    ns: str,
+    count: int,
+    work: Path,
+    env: dict[str, str] | None = None,
+    services: bool = False,
 ) -> dict[str, float]:
     api = cluster.api_client()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core.create_namespace({"metadata": {"name": ns}})
     core.create_namespaced_secret(ns, {"metadata": {"name": "hf-token"}, "stringData": {"token": "x"}})
     log = (work / f"{label}.log").open("wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+    )
     time.sleep(5)  # let it start and list (empty)
     created: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = threading.Event()
 
     def watcher() -> None:
-        w = watch.Watch()
+        # A fresh watch per round (it starts with the current state): a watch resumed from an old
+        # resourceVersion can fail ("Too large resource version") and must not end the measurement.
         while not done.is_set():
-            for ev in w.stream(
-                custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, timeout_seconds=5
-            ):
-                obj = ev["object"]
-                name = obj["metadata"]["name"]
-                if name not in seen and (obj.get("status") or {}).get("observedGeneration"):
-                    seen[name] = time.monotonic()
-                    if len(seen) >= count:
-                        done.set()
-                        w.stop()
-                        return
+            w = watch.Watch()
+            try:
+                for ev in w.stream(
+                    custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, timeout_seconds=30
+                ):
+                    obj = ev["object"]
+                    name = obj["metadata"]["name"]
+                    if name not in seen and (obj.get("status") or {}).get("observedGeneration"):
+                        seen[name] = time.monotonic()
+                        if len(seen) >= count:
+                            done.set()
+                            w.stop()
+                            return
+            except Exception as exc:  # restart the watch, keep measuring
+                print(f"[{label}] watch restarted: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+                time.sleep(0.5)
 
     t = threading.Thread(target=watcher, daemon=True)
     t.start()
@@ -133,6 +154,14 @@ def run_phase(
     done.wait(timeout=600)
     end = time.monotonic()
     after = apiserver_requests(cluster)
+    services_done = math.nan
+    if services:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if len(core.list_namespaced_service(ns).items) >= count:
+                services_done = time.monotonic() - start
+                break
+            time.sleep(2)
     rss = peak_rss_mib(proc.pid)
     proc.terminate()
     try:
@@ -150,6 +179,8 @@ def run_phase(
         "api_requests_per_s": (after - before) / (end - start),
         "peak_rss_mib": rss,
     }
+    if services:
+        result["all_services_seconds"] = services_done
     print(f"[{label}] " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()), flush=True)
     return result
 
@@ -158,7 +189,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--nodes", type=int, default=0, help="8-GPU KWOK nodes (default: count/8, rounded up)")
+    p.add_argument("--profile", default="", help="write a cProfile of Tidal's event loop to this file")
     args = p.parse_args()
+    # Stop the control plane on SIGTERM too (the default handler would leave its processes running).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     nodes = args.nodes or math.ceil(args.count / 8)
     work = Path(tempfile.mkdtemp(prefix="tidal-bench-"))
     cluster = DevCluster(ClusterConfig(work_dir=work / "cluster", gpu_nodes=0))
@@ -198,6 +232,8 @@ def main() -> int:
             "bench-tidal",
             args.count,
             work,
+            env={"TIDAL_PROFILE": str(Path(args.profile).resolve())} if args.profile else None,
+            services=True,
         )
         print(f"\n{args.count} LLMDeployments, {nodes} KWOK nodes x 8 GPUs (logs {work})")
         print(f"{'metric':<26}{'tidal':>12}{'noop kopf':>12}{'ratio':>10}")
@@ -211,6 +247,7 @@ def main() -> int:
             a, b = tidal_res[key], noop_res[key]
             print(f"{key:<26}{a:>12.3f}{b:>12.3f}{(a / b if b else math.inf):>10.2f}")
         print(f"{'reconciled':<26}{tidal_res['reconciled']:>12.0f}{noop_res['reconciled']:>12.0f}")
+        print(f"{'all_services_seconds':<26}{tidal_res['all_services_seconds']:>12.3f}{'-':>12}")
     finally:
         cluster.stop()
     return 0

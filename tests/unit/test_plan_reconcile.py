@@ -461,3 +461,126 @@ def test_stray_pod_is_deleted() -> None:
     c.pods["stray"] = stray
     plan = c.step()
     assert [r.name for r in plan.delete] == ["stray"]
+
+
+def _bind(c: FakeCluster, node: str = "n1") -> None:
+    """The scheduler's part: every live pod bound to a node (it now holds its GPUs)."""
+    for p in c.live_pods():
+        p.setdefault("spec", {})["nodeName"] = node
+
+
+def test_gpu_hours_accounted_without_autoscaling_and_without_extra_writes() -> None:
+    c = FakeCluster("llama-3.3-70b-fp8-tp2.yaml", replicas=2)
+    c.converge()
+    st = c.doc["status"]
+    assert st["autoscaler"]["gpuHoursAt"] == T0.timestamp() and st["autoscaler"]["gpuHoursGpus"] == 0
+    assert st.get("gpuHours", 0) == 0
+    _bind(c)
+    c.run_all()
+    c.now += timedelta(seconds=60)
+    c.converge()  # Ready: a status write that happens anyway carries the accounting
+    st = c.doc["status"]
+    assert st["gpuHours"] == 0, "the minute before was spent Pending, without GPUs"
+    assert st["autoscaler"]["gpuHoursGpus"] == 4 and st["autoscaler"]["gpuHoursAt"] == T0.timestamp() + 60
+    # Nothing changes: no write until GPU_HOURS_WRITE_SECONDS passed, then one write, then quiet again.
+    c.now += timedelta(seconds=299)
+    assert c.plan().empty
+    c.now += timedelta(seconds=1)
+    plan = c.step()
+    assert plan.status is not None and set(plan.status) >= {"gpuHours", "autoscaler"} and not plan.apply
+    assert c.doc["status"]["gpuHours"] == pytest.approx(4 * 300 / 3600, abs=1e-6)
+    assert c.plan().empty
+    # Scale to one replica: the write it makes anyway accounts the 4 GPUs held until then.
+    c.now += timedelta(seconds=90)
+    c.doc["spec"]["replicas"] = 1
+    c.step()
+    c.finish_terminations()
+    c.converge()
+    assert c.doc["status"]["gpuHours"] == pytest.approx(4 * 390 / 3600, abs=1e-6)
+    assert c.doc["status"]["autoscaler"]["gpuHoursGpus"] == 2
+    c.now += timedelta(seconds=300)
+    c.step()
+    assert c.doc["status"]["gpuHours"] == pytest.approx((4 * 390 + 2 * 300) / 3600, abs=1e-6)
+
+
+def test_gpu_hours_left_to_the_autoscaler_pass_and_idle_deployment_never_written() -> None:
+    from tidal.plan.autoscale import AutoscalerPatch
+
+    c = FakeCluster("llama-3.1-8b.yaml", replicas=0, minReplicas=0)
+    c.converge()
+    c.now += timedelta(hours=2)
+    assert c.plan().empty, "no GPUs held: nothing to account, no write"
+    c.doc["spec"]["replicas"] = 1
+    c.converge()
+    assert c.doc["status"].get("gpuHours", 0) == 0
+    # An autoscaler pass brings its own accounting: the reconcile does not touch it.
+    patch = AutoscalerPatch(1, {"gpuHours": 7.0, "autoscaler": {"gpuHoursAt": 1.0}})
+    plan = c.plan(autoscaler=patch)
+    assert plan.status is not None and plan.status["gpuHours"] == 7.0
+    assert plan.status["autoscaler"] == {"gpuHoursAt": 1.0}
+
+
+def test_worker_gpus_counts_bound_unfinished_pods() -> None:
+    from tidal.plan.reconcile import worker_gpus
+
+    def pod(node: str | None, phase: str, gpus: Any) -> dict[str, Any]:
+        res = {"requests": {"nvidia.com/gpu": gpus}} if gpus is not None else {}
+        return {"spec": {"nodeName": node, "containers": [{"resources": res}]}, "status": {"phase": phase}}
+
+    pods = [
+        pod("n1", "Running", "2"),
+        pod("n1", "Pending", 8),
+        pod(None, "Pending", 4),
+        pod("n2", "Failed", 4),
+        pod("n2", "Running", None),
+    ]
+    assert worker_gpus(pods) == 10
+
+
+def test_refused_write_is_degraded_once_per_distinct_error_and_clears() -> None:
+    from tidal.plan.failures import apply_failure_status, failure_message, is_permanent
+
+    assert [is_permanent(s) for s in (400, 403, 404, 422, 409, 429, 500, 503, None)] == [
+        True, True, True, True, False, False, False, False, False,
+    ]  # fmt: skip
+    c = FakeCluster("llama-3.1-8b.yaml")
+    c.converge()
+    c.run_all()
+    c.converge()
+    before = {t: c.condition(t) for t in ("Ready", "Progressing")}
+    msg = failure_message("Pod", "ns", "llama-3-1-8b-r0", 422, "denied " + "x" * 2000)
+    assert msg.startswith("Pod ns/llama-3-1-8b-r0 refused (422): denied") and len(msg) == 512
+    c.now += timedelta(seconds=10)
+    status, events = apply_failure_status(c.doc["status"], msg, ts(c.now), 1)
+    assert status is not None and [(e.type, e.reason) for e in events] == [("Warning", "ApplyFailed")]
+    c.doc["status"].update(status)
+    deg = c.condition("Degraded")
+    assert (deg["status"], deg["reason"], deg["message"]) == ("True", "ApplyFailed", msg)
+    assert {t: c.condition(t) for t in ("Ready", "Progressing")} == before, "other conditions kept"
+    # The same refusal again: nothing to write or post. Another one: a new Event.
+    assert apply_failure_status(c.doc["status"], msg, ts(c.now), 1) == (None, [])
+    other = failure_message("Service", "ns", "llama-3-1-8b", 403, "forbidden")
+    status, events = apply_failure_status(c.doc["status"], other, ts(c.now), 1)
+    assert status is not None and len(events) == 1 and "forbidden" in events[0].message
+    c.doc["status"].update(status)
+    # A reconcile whose writes succeed plans Degraded from the workers again: cleared, with an Event.
+    c.now += timedelta(seconds=10)
+    plan = c.step()
+    assert plan.status is not None
+    assert (
+        c.condition("Degraded")["status"] == "False" and c.condition("Degraded")["reason"] == "WorkersHealthy"
+    )
+    assert "WorkersHealthy" in [e.reason for e in plan.events]
+    assert c.plan().empty
+
+
+def test_new_deployment_posts_only_its_actions_then_transitions() -> None:
+    c = FakeCluster("llama-3.3-70b-fp8-tp2.yaml", replicas=2)
+    first = c.step()
+    assert [e.reason for e in first.events] == ["ReplicaCreated", "ReplicaCreated"]
+    assert c.doc["status"]["lastScale"]["reason"] == "ScaledUp", "the initial count is still recorded"
+    c.run_all()
+    ready = c.step()
+    assert sorted(e.reason for e in ready.events) == ["AllReplicasReady", "ReplicasUpToDate"]
+    c.doc["spec"]["replicas"] = 3
+    assert "ScaledUp" in [e.reason for e in c.step().events]

@@ -34,6 +34,8 @@ CRASH_LOOP: Final = "CrashLoopBackOff"
 OOM_KILLED: Final = "OOMKilled"
 REPLICA_RESTARTED: Final = "ReplicaRestarted"
 WORKERS_HEALTHY: Final = "WorkersHealthy"
+APPLY_FAILED: Final = "ApplyFailed"
+"""The API server refused one of the reconcile's writes for good (``tidal.plan.failures``)."""
 
 _WARNING_REASONS = frozenset(
     {
@@ -42,6 +44,7 @@ _WARNING_REASONS = frozenset(
         CRASH_LOOP,
         OOM_KILLED,
         REPLICA_RESTARTED,
+        APPLY_FAILED,
         "MetricsStale",
         "ImagePullBackOff",
         "ErrImagePull",
@@ -103,8 +106,13 @@ def merge_conditions(
 
 
 def _notable(cond: Cond) -> bool:
+    """Whether a new object's first value of ``cond`` is news (transitions always are). A new deployment's
+    ``Ready=False``/``WorkersStarting`` and ``Progressing=True``/``WorkersCreated`` are not: its
+    ``ReplicaCreated`` Events say so (three fewer Events per new deployment)."""
     if cond.type == DEGRADED:
         return cond.status
     if cond.type in ("MetricsAvailable", "ScalingActive"):
         return not cond.status  # the autoscaler's first pass is news only when it cannot work
-    return not (cond.type == PROGRESSING and not cond.status and cond.reason == REPLICAS_UP_TO_DATE)
+    if cond.type in (READY, PROGRESSING):
+        return cond.reason in _WARNING_REASONS
+    return True

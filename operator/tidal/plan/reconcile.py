@@ -19,6 +19,9 @@ template labels every pod; replicas with another hash are *old*.
 * Pods Pending with "Insufficient nvidia.com/gpu", or GPU arithmetic over the matching nodes, give
   ``InsufficientGPU`` and a requeue that backs off the longer it lasts (no hot loop).
 * Crash loops, OOM kills and image problems give ``Degraded`` with the container's termination reason.
+* GPU-hours (``status.gpuHours``): outside an autoscaler pass (which accounts its own), the GPUs the worker
+  pods held since the last accounting x the time since, folded into status writes that happen anyway, plus
+  one write at most every :data:`GPU_HOURS_WRITE_SECONDS` while pods hold GPUs.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from typing import Any
 
 from tidal.api import MAX_HISTORY, LLMDeployment, Signal
 from tidal.builders.engine import RecommendationResult, recommend_for_spec, resolve_engine
-from tidal.builders.gpus import GPU_PRODUCT_LABEL, product_labels
+from tidal.builders.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE, product_labels
 from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selector
 from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, compute_spec_hash
 from tidal.builders.services import build_api_service, build_group_service, build_pdb
 from tidal.plan import conditions as C
-from tidal.plan.autoscale import AutoscalerPatch, without_nulls
+from tidal.plan.autoscale import GPU_HOURS_AT, AutoscalerPatch, accumulate_gpu_hours, without_nulls
 from tidal.plan.conditions import Cond, merge_conditions
 from tidal.plan.replicas import ReplicaView, group_replicas, parse_time
 from tidal.plan.types import EventSpec, NodeInfo, ObjectRef, Observed, Plan
@@ -48,6 +51,10 @@ PROGRESS_REQUEUE_SECONDS = 15.0
 DEGRADED_REQUEUE_SECONDS = 60.0
 GPU_BACKOFF_MIN_SECONDS = 10.0
 GPU_BACKOFF_MAX_SECONDS = 300.0
+GPU_HOURS_WRITE_SECONDS = 300.0
+"""At most this long between GPU-hour accountings while worker pods hold GPUs and nothing else is written."""
+GPU_HOURS_GPUS = "gpuHoursGpus"
+"""Key in ``status.autoscaler``: GPUs the worker pods held at the last accounting (counted until the next)."""
 
 
 def rfc3339(now: datetime) -> str:
@@ -317,9 +324,21 @@ def plan_reconcile(
         owned.update(autoscaler.fields)
         events.extend(autoscaler.events)
     scale = owned.get("lastScale")
-    if own_scale and scale is not None and scale != old_status.get("lastScale"):
+    if (
+        own_scale
+        and scale is not None
+        and scale != old_status.get("lastScale")
+        and old_status.get("lastScale")
+    ):
+        # (The first count of a new deployment is in status.lastScale; its ReplicaCreated Events announce it.)
         events.append(EventSpec("Normal", scale["reason"], scale["message"]))
-    if any(without_nulls(old_status.get(k)) != without_nulls(v) for k, v in owned.items()):
+    writing = any(without_nulls(old_status.get(k)) != without_nulls(v) for k, v in owned.items())
+    if autoscaler is None:
+        gpu_fields = account_gpu_hours(old_status, worker_gpus(observed.pods), now.timestamp(), writing)
+        if gpu_fields is not None:
+            owned.update(gpu_fields)
+            writing = True
+    if writing:
         plan.status = owned
     plan.events = events
 
@@ -340,6 +359,45 @@ def plan_reconcile(
         f"+{len(created)} -{len(deleted) + len(restarted)} replicas"
     )
     return plan
+
+
+def worker_gpus(pods: Sequence[Mapping[str, Any]]) -> int:
+    """GPUs the worker pods hold: the requests of pods bound to a node that have not finished."""
+    total = 0
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        if not spec.get("nodeName") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for container in spec.get("containers") or []:
+            res = container.get("resources") or {}
+            value = (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE))
+            try:
+                total += int(value or 0)
+            except (TypeError, ValueError):
+                continue
+    return total
+
+
+def account_gpu_hours(
+    old_status: Mapping[str, Any], gpus: int, now: float, writing: bool
+) -> dict[str, Any] | None:
+    """``gpuHours`` and ``autoscaler`` (with the accounting time and ``gpus``) to add to the status write, or
+    ``None`` when the accounting can wait for a later write. The interval since the last accounting is counted
+    at the GPUs held then (those are the GPUs that were held, unless a change went unwritten; the error is
+    bounded by :data:`GPU_HOURS_WRITE_SECONDS`). Due on its own (one write) only when GPUs were held for
+    :data:`GPU_HOURS_WRITE_SECONDS` or accounting never started."""
+    old_as = old_status.get("autoscaler") or {}
+    since = old_as.get(GPU_HOURS_AT)
+    held_before = old_as.get(GPU_HOURS_GPUS)
+    held = gpus if held_before is None else int(held_before)
+    due = since is None or (held > 0 and now - float(since) >= GPU_HOURS_WRITE_SECONDS)
+    if not (writing or due):
+        return None
+    total, _ = accumulate_gpu_hours(old_status, held, now)
+    return {
+        "gpuHours": round(total, 6),
+        "autoscaler": {**old_as, GPU_HOURS_AT: now, GPU_HOURS_GPUS: gpus},
+    }
 
 
 def _conditions(
@@ -482,9 +540,11 @@ def _owned_status(
 __all__ = [
     "SPEC_HASH_LABEL",
     "Target",
+    "account_gpu_hours",
     "gpu_shortage",
     "make_target",
     "node_matches",
     "plan_reconcile",
     "rfc3339",
+    "worker_gpus",
 ]

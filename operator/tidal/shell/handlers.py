@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from tidal.api import GROUP, PLURAL, VERSION, LLMDeployment, Signal
@@ -39,6 +42,7 @@ from tidal.builders.names import DEPLOYMENT_LABEL, NAME_LABEL, WORKER_APP, label
 from tidal.builders.pods import BuilderConfig
 from tidal.plan import NodeInfo, ObjectRef, Observed, Plan, make_target, plan_reconcile, rfc3339
 from tidal.plan.autoscale import disabled_conditions, without_nulls
+from tidal.plan.failures import apply_failure_status, failure_message, is_permanent
 from tidal.shell import metrics
 from tidal.shell.autoscale import (
     PassResult,
@@ -57,7 +61,15 @@ TIMER_INTERVAL_SECONDS = 30.0
 """Every deployment is reconciled at least this often (from the caches: no API calls when nothing changed)."""
 API_THREADS = 32
 """Concurrent Kubernetes API calls (thread pool of the synchronous client)."""
+CLUSTER_IP_THREADS = 4
+"""Concurrent applies of Services that need a ClusterIP. The API server allocates ClusterIPs one at a time
+(about 2 per second on the 2-core development machine, against hundreds of pod applies): a separate lane keeps
+them from occupying the threads every other write needs."""
 ERROR_BACKOFF_SECONDS = (2.0, 5.0, 15.0, 30.0, 60.0)
+"""Retry delays after a transient error (409, 429, 5xx, no connection), by consecutive failures."""
+REFUSED_BACKOFF_START_SECONDS = 5.0
+"""First retry after the API server refused a write for good; doubles per consecutive failure up to
+``$TIDAL_ERROR_BACKOFF_MAX_SECONDS`` (default 300)."""
 WORKER_SELECTOR = {NAME_LABEL: WORKER_APP}
 
 Key = tuple[str, str]
@@ -72,6 +84,9 @@ class _KeyState:
     running: bool = False
     dirty: bool = False
     errors: int = 0
+    retry_at: float = 0.0
+    """Monotonic time before which only a spec change or the retry timer reconciles again (after an error:
+    pod events and the periodic timer wait, so a refused write is never retried in a hot loop)."""
     requeue: asyncio.TimerHandle | None = None
     last_status: dict[str, Any] | None = None
     next_autoscale: float = 0.0
@@ -90,6 +105,8 @@ class Runtime:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     signals: PrometheusSignals | None = None
     """The Prometheus reader (created at the first autoscaler pass)."""
+    cluster_ip_lane: ThreadPoolExecutor | None = None
+    """Threads for applies of ClusterIP Services (see :data:`CLUSTER_IP_THREADS`)."""
 
 
 RUNTIME = Runtime()
@@ -151,16 +168,19 @@ def _gpu_request(container: Mapping[str, Any]) -> Any:
     return (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE, 0))
 
 
+_LLMD_META = ("name", "namespace", "uid", "generation", "labels", "creationTimestamp", "deletionTimestamp")
+"""The metadata the reconcile reads (not ``managedFields`` or kopf's annotations, which copy the spec)."""
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 def llmd_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
-    """Latest LLMDeployment bodies by key."""
-    return {
-        (namespace or "", label_value(name)): {
-            k: body.get(k)
-            for k in ("apiVersion", "kind", "metadata", "spec", "status")
-            if body.get(k) is not None
-        }
+    """Latest LLMDeployment bodies by key (slim: what the reconcile reads)."""
+    meta = body.get("metadata", {})
+    slim: dict[str, Any] = {
+        k: body.get(k) for k in ("apiVersion", "kind", "spec", "status") if body.get(k) is not None
     }
+    slim["metadata"] = {k: meta.get(k) for k in _LLMD_META if meta.get(k) is not None}
+    return {(namespace or "", label_value(name)): slim}
 
 
 @kopf.index("pods", labels=WORKER_SELECTOR)
@@ -288,9 +308,15 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     if autoscaling:
         due = max(0.5, state.next_autoscale - time.monotonic())
         plan.requeue_after = due if plan.requeue_after is None else min(plan.requeue_after, due)
-    # Deletes first: a rollout's surge replica must not appear before the old one it replaces is gone.
-    await asyncio.gather(*(asyncio.to_thread(kube.delete, ref) for ref in plan.delete))
-    await asyncio.gather(*(asyncio.to_thread(kube.apply, obj) for obj in plan.apply))
+    # ClusterIP Services last, after the status: the API server allocates their IPs slowly, one at a time,
+    # and nothing in the status depends on them (a refusal still turns into Degraded/ApplyFailed).
+    slow = [o for o in plan.apply if _allocates_cluster_ip(o)]
+    try:
+        await _carry_out(kube, plan.delete, [o for o in plan.apply if not _allocates_cluster_ip(o)])
+    except WriteError as exc:
+        if exc.permanent:
+            _report_refusal(kube, state, meta, deployment, exc.message, now)
+        raise
     wrote = False
     if plan.status is not None and not _contains_status(state.last_status, plan.status):
         await asyncio.to_thread(kube.patch_status, ns, name, plan.status)
@@ -306,8 +332,114 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         task.add_done_callback(RUNTIME.tasks.discard)
     if plan.apply or plan.delete or wrote:
         log.info("%s", plan.summary)
+    if slow:
+        try:
+            await _carry_out(kube, [], slow, RUNTIME.cluster_ip_lane)
+        except WriteError as exc:
+            if exc.permanent:
+                _report_refusal(kube, state, meta, deployment, exc.message, now)
+            raise
     _export_metrics(ns, name, plan, deployment)
     return plan
+
+
+class WriteError(Exception):
+    """A delete or apply of the plan failed; ``permanent`` when the API server refused it for good."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+def _describe(exc: BaseException) -> tuple[int | None, str]:
+    """(HTTP status or ``None``, the API server's message) of a failed request."""
+    if not isinstance(exc, ApiException):
+        return None, f"{type(exc).__name__}: {exc}"
+    text = exc.reason or ""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+        text = str(body.get("message") or text)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return exc.status, text
+
+
+def _first_failure(results: list[Any], what: list[tuple[str, str, str]]) -> None:
+    """Raise :class:`WriteError` for the first refused write (a permanent one before transient ones)."""
+    failures: list[tuple[bool, str]] = []
+    for result, (kind, ns, name) in zip(results, what, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # cancellation
+            status, text = _describe(result)
+            failures.append((is_permanent(status), failure_message(kind, ns, name, status, text)))
+    if failures:
+        permanent, message = max(failures, key=lambda f: f[0])
+        raise WriteError(message, permanent)
+
+
+def _allocates_cluster_ip(obj: Mapping[str, Any]) -> bool:
+    return obj.get("kind") == "Service" and (obj.get("spec") or {}).get("clusterIP") != "None"
+
+
+async def _carry_out(
+    kube: Kube,
+    delete: list[ObjectRef],
+    apply: list[dict[str, Any]],
+    executor: ThreadPoolExecutor | None = None,
+) -> None:
+    """Deletes, then applies, each batch concurrently; raises :class:`WriteError` when one failed (the others
+    of its batch are still done). Applies run on ``executor`` (default: the loop's)."""
+    loop = asyncio.get_running_loop()
+    # Deletes first: a rollout's surge replica must not appear before the old one it replaces is gone.
+    results = await asyncio.gather(
+        *(asyncio.to_thread(kube.delete, ref) for ref in delete), return_exceptions=True
+    )
+    _first_failure(list(results), [(r.kind, r.namespace, r.name) for r in delete])
+    applied = await asyncio.gather(
+        *(loop.run_in_executor(executor, kube.apply, obj) for obj in apply), return_exceptions=True
+    )
+    _first_failure(
+        list(applied),
+        [
+            (str(o["kind"]), str(o["metadata"].get("namespace", "")), str(o["metadata"]["name"]))
+            for o in apply
+        ],
+    )
+
+
+def _report_refusal(
+    kube: Kube,
+    state: _KeyState,
+    meta: Mapping[str, Any],
+    deployment: LLMDeployment,
+    message: str,
+    now: datetime,
+) -> None:
+    """``Degraded=True``/``ApplyFailed`` and a Warning Event, once per distinct refusal (off the loop, in the
+    background: the reconcile raises at once and backs off)."""
+    status, events = apply_failure_status(
+        deployment.status.to_dict(), message, rfc3339(now), deployment.metadata.generation
+    )
+    log.warning("%s/%s: %s", meta.get("namespace"), meta.get("name"), message)
+    if status is None or _contains_status(state.last_status, status):
+        return
+    state.last_status = {**(state.last_status or {}), **status}
+    ns, name = str(meta["namespace"]), str(meta["name"])
+
+    def write() -> None:
+        try:
+            kube.patch_status(ns, name, status)
+        except Exception as exc:  # the next refusal tries again
+            state.last_status = None
+            log.warning("%s/%s: could not write the ApplyFailed condition: %s", ns, name, exc)
+            return
+        post_events(kube, meta, events, now)
+
+    task = asyncio.get_running_loop().create_task(asyncio.to_thread(write))
+    RUNTIME.tasks.add(task)
+    task.add_done_callback(RUNTIME.tasks.discard)
 
 
 def _contains_status(written: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
@@ -356,11 +488,25 @@ def _export_metrics(ns: str, name: str, plan: Plan, deployment: LLMDeployment) -
     metrics.CONDITION.labels(ns, name, "InsufficientGPU").set(1 if insufficient else 0)
 
 
-async def reconcile(key: Key, indexes: Mapping[str, Any]) -> None:
-    """Reconcile one deployment, coalescing triggers that arrive while it runs. Raises what failed."""
+def backoff_seconds(errors: int, permanent: bool) -> float:
+    """Delay before retry number ``errors`` (>= 1): exponential for refused writes, the transient table
+    otherwise; both capped at ``$TIDAL_ERROR_BACKOFF_MAX_SECONDS`` (default 300)."""
+    cap = float(os.environ.get("TIDAL_ERROR_BACKOFF_MAX_SECONDS", "300"))
+    if permanent:
+        delay = REFUSED_BACKOFF_START_SECONDS * 2.0 ** min(max(errors - 1, 0), 16)
+    else:
+        delay = ERROR_BACKOFF_SECONDS[min(max(errors, 1), len(ERROR_BACKOFF_SECONDS)) - 1]
+    return min(cap, delay)
+
+
+async def reconcile(key: Key, indexes: Mapping[str, Any], force: bool = False) -> None:
+    """Reconcile one deployment, coalescing triggers that arrive while it runs. Raises what failed. After a
+    failure only ``force`` (a spec change, the retry timer) reconciles before the backoff is over."""
     state = RUNTIME.states.setdefault(key, _KeyState())
     if state.running:
         state.dirty = True
+        return
+    if not force and time.monotonic() < state.retry_at:
         return
     state.running = True
     try:
@@ -373,14 +519,16 @@ async def reconcile(key: Key, indexes: Mapping[str, Any]) -> None:
                 state.errors += 1
                 state.next_autoscale = 0.0  # a pass whose status was not written is done again
                 metrics.RECONCILES.labels("Error").inc()
-                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-                _requeue(
-                    key, indexes, ERROR_BACKOFF_SECONDS[min(state.errors, len(ERROR_BACKOFF_SECONDS)) - 1]
-                )
+                permanent = isinstance(exc, WriteError) and exc.permanent
+                metrics.RECONCILE_ERRORS.labels("ApplyFailed" if permanent else type(exc).__name__).inc()
+                delay = backoff_seconds(state.errors, permanent)
+                state.retry_at = time.monotonic() + delay
+                _requeue(key, indexes, delay)
                 raise
             finally:
                 metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
             state.errors = 0
+            state.retry_at = 0.0
             requeue = plan.requeue_after if plan is not None else None
             metrics.RECONCILES.labels("Requeue" if requeue else "Success").inc()
             if requeue is not None and requeue < TIMER_INTERVAL_SECONDS:
@@ -399,16 +547,20 @@ def _requeue(key: Key, indexes: Mapping[str, Any], delay: float) -> None:
 
     def fire() -> None:
         state.requeue = None
-        task = loop.create_task(_quiet(key, indexes))
+        task = loop.create_task(_quiet(key, indexes, force=True))
         RUNTIME.tasks.add(task)
         task.add_done_callback(RUNTIME.tasks.discard)
 
     state.requeue = loop.call_later(delay, fire)
 
 
-async def _quiet(key: Key, indexes: Mapping[str, Any]) -> None:
+async def _quiet(key: Key, indexes: Mapping[str, Any], force: bool = False) -> None:
+    """Reconcile; a failure is logged (the reconcile has already scheduled its retry)."""
     try:
-        await reconcile(key, indexes)
+        await reconcile(key, indexes, force)
+    except WriteError as exc:
+        errors = RUNTIME.states.get(key, _KeyState()).errors
+        log.warning("reconcile of %s/%s failed (%d in a row): %s; retrying", *key, errors, exc.message)
     except Exception:
         log.exception("reconcile of %s/%s failed; retrying", *key)
 
@@ -429,23 +581,44 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
+    # kopf logs every handler run at INFO (thousands of lines a minute with many deployments); the
+    # reconcile logs what it changes, and kopf's warnings and errors still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # The Kubernetes client is synchronous: give its calls enough threads (and connections, see kube.py).
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=API_THREADS))
+    RUNTIME.cluster_ip_lane = ThreadPoolExecutor(
+        max_workers=CLUSTER_IP_THREADS, thread_name_prefix="tidal-cluster-ip"
+    )
+    _start_profile()
+
+
+def _start_profile() -> None:
+    """``$TIDAL_PROFILE=FILE``: profile the operator's event loop thread (cProfile; handlers, planner, kopf)
+    and write the stats to FILE at exit (the benchmark's ``--profile``)."""
+    path = os.environ.get("TIDAL_PROFILE")
+    if not path:
+        return
+    import atexit
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def dump() -> None:
+        profiler.disable()
+        profiler.dump_stats(path)
+
+    profiler.enable()
+    atexit.register(dump)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 async def on_change(namespace: str | None, name: str, **kwargs: Any) -> None:
-    """Spec changed (or the operator started): reconcile now."""
-    key = (namespace or "", label_value(name))
-    try:
-        await reconcile(key, _indexes(kwargs))
-    except Exception as exc:
-        errors = RUNTIME.states.get(key, _KeyState()).errors
-        raise kopf.TemporaryError(
-            f"reconcile failed: {exc}", delay=ERROR_BACKOFF_SECONDS[min(errors, 5) - 1]
-        ) from exc
+    """Spec changed (or the operator started): reconcile now, even during a backoff (the change may be the
+    fix). A failure is retried by the reconcile's own backoff timer, not by kopf (whose retries would patch
+    the object's progress annotations on every attempt)."""
+    await _quiet((namespace or "", label_value(name)), _indexes(kwargs), force=True)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, idle=TIMER_INTERVAL_SECONDS / 2)
