@@ -471,49 +471,58 @@ def _bind(c: FakeCluster, node: str = "n1") -> None:
 
 def test_gpu_hours_accounted_without_autoscaling_and_without_extra_writes() -> None:
     c = FakeCluster("llama-3.3-70b-fp8-tp2.yaml", replicas=2)
+    c.doc["spec"]["autoscaling"]["enabled"] = False
     c.converge()
     st = c.doc["status"]
-    assert st["autoscaler"]["gpuHoursAt"] == T0.timestamp() and st["autoscaler"]["gpuHoursGpus"] == 0
-    assert st.get("gpuHours", 0) == 0
+    assert st["autoscaler"] == {"gpuHoursAt": T0.timestamp()} and st.get("gpuHours", 0) == 0
+    c.now += timedelta(hours=1)
+    assert c.plan().empty, "pods Pending, not bound: no GPUs held, nothing to write"
     _bind(c)
     c.run_all()
     c.now += timedelta(seconds=60)
-    c.converge()  # Ready: a status write that happens anyway carries the accounting
+    c.converge()  # Ready: a status write that happens anyway carries the accounting (4 GPUs held now)
     st = c.doc["status"]
-    assert st["gpuHours"] == 0, "the minute before was spent Pending, without GPUs"
-    assert st["autoscaler"]["gpuHoursGpus"] == 4 and st["autoscaler"]["gpuHoursAt"] == T0.timestamp() + 60
+    assert st["gpuHours"] == pytest.approx(4 * 3660 / 3600, abs=1e-6)
+    assert st["autoscaler"]["gpuHoursAt"] == (T0 + timedelta(seconds=3660)).timestamp()
+    base = st["gpuHours"]
     # Nothing changes: no write until GPU_HOURS_WRITE_SECONDS passed, then one write, then quiet again.
     c.now += timedelta(seconds=299)
     assert c.plan().empty
     c.now += timedelta(seconds=1)
     plan = c.step()
     assert plan.status is not None and set(plan.status) >= {"gpuHours", "autoscaler"} and not plan.apply
-    assert c.doc["status"]["gpuHours"] == pytest.approx(4 * 300 / 3600, abs=1e-6)
+    assert c.doc["status"]["gpuHours"] == pytest.approx(base + 4 * 300 / 3600, abs=1e-6)
     assert c.plan().empty
-    # Scale to one replica: the write it makes anyway accounts the 4 GPUs held until then.
+    # Scale to one replica: the write it makes anyway accounts the 4 GPUs held until then (the draining pod
+    # still holds its GPUs).
     c.now += timedelta(seconds=90)
     c.doc["spec"]["replicas"] = 1
     c.step()
     c.finish_terminations()
     c.converge()
-    assert c.doc["status"]["gpuHours"] == pytest.approx(4 * 390 / 3600, abs=1e-6)
-    assert c.doc["status"]["autoscaler"]["gpuHoursGpus"] == 2
+    assert c.doc["status"]["gpuHours"] == pytest.approx(base + 4 * 390 / 3600, abs=1e-6)
     c.now += timedelta(seconds=300)
     c.step()
-    assert c.doc["status"]["gpuHours"] == pytest.approx((4 * 390 + 2 * 300) / 3600, abs=1e-6)
+    assert c.doc["status"]["gpuHours"] == pytest.approx(base + (4 * 390 + 2 * 300) / 3600, abs=1e-6)
 
 
 def test_gpu_hours_left_to_the_autoscaler_pass_and_idle_deployment_never_written() -> None:
     from tidal.plan.autoscale import AutoscalerPatch
 
     c = FakeCluster("llama-3.1-8b.yaml", replicas=0, minReplicas=0)
+    c.doc["spec"]["autoscaling"]["enabled"] = False
     c.converge()
     c.now += timedelta(hours=2)
     assert c.plan().empty, "no GPUs held: nothing to account, no write"
     c.doc["spec"]["replicas"] = 1
     c.converge()
     assert c.doc["status"].get("gpuHours", 0) == 0
-    # An autoscaler pass brings its own accounting: the reconcile does not touch it.
+    # With autoscaling, its passes do the accounting: the reconcile does not touch it, between passes
+    # (never a write of its own) or in a pass.
+    c.doc["spec"]["autoscaling"]["enabled"] = True
+    _bind(c)
+    c.now += timedelta(hours=1)
+    assert c.plan().status is None
     patch = AutoscalerPatch(1, {"gpuHours": 7.0, "autoscaler": {"gpuHoursAt": 1.0}})
     plan = c.plan(autoscaler=patch)
     assert plan.status is not None and plan.status["gpuHours"] == 7.0

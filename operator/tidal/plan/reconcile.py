@@ -19,9 +19,9 @@ template labels every pod; replicas with another hash are *old*.
 * Pods Pending with "Insufficient nvidia.com/gpu", or GPU arithmetic over the matching nodes, give
   ``InsufficientGPU`` and a requeue that backs off the longer it lasts (no hot loop).
 * Crash loops, OOM kills and image problems give ``Degraded`` with the container's termination reason.
-* GPU-hours (``status.gpuHours``): outside an autoscaler pass (which accounts its own), the GPUs the worker
-  pods held since the last accounting x the time since, folded into status writes that happen anyway, plus
-  one write at most every :data:`GPU_HOURS_WRITE_SECONDS` while pods hold GPUs.
+* GPU-hours (``status.gpuHours``) without autoscaling (the autoscaler's passes account their own): the GPUs
+  the worker pods hold x the time since the last accounting, folded into status writes that happen anyway,
+  plus one write at most every :data:`GPU_HOURS_WRITE_SECONDS` while pods hold GPUs.
 """
 
 from __future__ import annotations
@@ -53,8 +53,6 @@ GPU_BACKOFF_MIN_SECONDS = 10.0
 GPU_BACKOFF_MAX_SECONDS = 300.0
 GPU_HOURS_WRITE_SECONDS = 300.0
 """At most this long between GPU-hour accountings while worker pods hold GPUs and nothing else is written."""
-GPU_HOURS_GPUS = "gpuHoursGpus"
-"""Key in ``status.autoscaler``: GPUs the worker pods held at the last accounting (counted until the next)."""
 
 
 def rfc3339(now: datetime) -> str:
@@ -333,7 +331,7 @@ def plan_reconcile(
         # (The first count of a new deployment is in status.lastScale; its ReplicaCreated Events announce it.)
         events.append(EventSpec("Normal", scale["reason"], scale["message"]))
     writing = any(without_nulls(old_status.get(k)) != without_nulls(v) for k, v in owned.items())
-    if autoscaler is None:
+    if autoscaler is None and not deployment.spec.autoscaling.enabled:
         gpu_fields = account_gpu_hours(old_status, worker_gpus(observed.pods), now.timestamp(), writing)
         if gpu_fields is not None:
             owned.update(gpu_fields)
@@ -381,23 +379,19 @@ def worker_gpus(pods: Sequence[Mapping[str, Any]]) -> int:
 def account_gpu_hours(
     old_status: Mapping[str, Any], gpus: int, now: float, writing: bool
 ) -> dict[str, Any] | None:
-    """``gpuHours`` and ``autoscaler`` (with the accounting time and ``gpus``) to add to the status write, or
-    ``None`` when the accounting can wait for a later write. The interval since the last accounting is counted
-    at the GPUs held then (those are the GPUs that were held, unless a change went unwritten; the error is
-    bounded by :data:`GPU_HOURS_WRITE_SECONDS`). Due on its own (one write) only when GPUs were held for
-    :data:`GPU_HOURS_WRITE_SECONDS` or accounting never started."""
+    """``gpuHours`` and ``autoscaler`` (with the accounting time, the key the autoscaler uses too) to add to
+    the status write, or ``None`` when the accounting can wait for a later write. ``gpus`` (held now) x the
+    time since the last accounting: a count changes when pods are created or deleted, which writes the status
+    anyway (pods not yet bound hold none), so the error is the binding or release delay within one interval.
+    Due on its own (one write) when pods held GPUs for :data:`GPU_HOURS_WRITE_SECONDS` since the last
+    accounting, or when accounting never started; never while no pod holds a GPU."""
     old_as = old_status.get("autoscaler") or {}
     since = old_as.get(GPU_HOURS_AT)
-    held_before = old_as.get(GPU_HOURS_GPUS)
-    held = gpus if held_before is None else int(held_before)
-    due = since is None or (held > 0 and now - float(since) >= GPU_HOURS_WRITE_SECONDS)
+    due = since is None or (gpus > 0 and now - float(since) >= GPU_HOURS_WRITE_SECONDS)
     if not (writing or due):
         return None
-    total, _ = accumulate_gpu_hours(old_status, held, now)
-    return {
-        "gpuHours": round(total, 6),
-        "autoscaler": {**old_as, GPU_HOURS_AT: now, GPU_HOURS_GPUS: gpus},
-    }
+    total, _ = accumulate_gpu_hours(old_status, gpus, now)
+    return {"gpuHours": round(total, 6), "autoscaler": {**old_as, GPU_HOURS_AT: now}}
 
 
 def _conditions(
