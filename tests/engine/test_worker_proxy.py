@@ -5,7 +5,8 @@ server.py and worker/benchmarks/overhead.py). These checks pin what that pass-th
 target as the client encoded it, end-to-end headers only (hop-by-hop ones and those named by Connection
 dropped, nothing added: no Accept-Encoding, User-Agent or cookies of its own), repeated response headers,
 status and reason, compressed bodies byte for byte, streams that leave event by event, HEAD answers (no body
-to wait for), chunked request bodies, and pipelined requests answered in order. The engine is a
+to wait for), chunked request bodies, pipelined requests answered in order, and a client hanging up
+mid-stream closing the engine's side too (vLLM then aborts the request). The engine is a
 stand-in child process (a small aiohttp server, real process, real HTTP) that echoes what it received: the
 real vLLM cannot echo headers. Everything else is the production path: `serve()`, its readiness watcher, the
 drain on SIGTERM.
@@ -57,20 +58,31 @@ ECHO_ENGINE = textwrap.dedent(
     async def zipped(request):
         return web.Response(body=gzip.compress(b"tide " * 200), headers={"Content-Encoding": "gzip"})
 
+    STATS = {"streams_done": 0, "streams_aborted": 0}
+
     async def stream(request):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for i in range(20):
-            await resp.write(f"data: {i}\\n\\n".encode())
-            await asyncio.sleep(0.05)
-        await resp.write(b"data: [DONE]\\n\\n")
+        try:
+            for i in range(20):
+                await resp.write(f"data: {i}\\n\\n".encode())
+                await asyncio.sleep(0.05)
+            await resp.write(b"data: [DONE]\\n\\n")
+        except ConnectionError:
+            STATS["streams_aborted"] += 1  # as vLLM aborts a request whose client went away
+            return resp
+        STATS["streams_done"] += 1
         return resp
+
+    async def stats(request):
+        return web.json_response(STATS)
 
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/zipped", zipped)
     app.router.add_post("/v1/stream", stream)
+    app.router.add_get("/stats", stats)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
     """
@@ -129,6 +141,17 @@ def _pipelined(port: int) -> bytes:
         while data := sock.recv(65536):
             chunks.append(data)
         return b"".join(chunks)
+
+
+def _abandon_stream(port: int) -> dict[str, int]:
+    """Start a stream, read two events, hang up; then what the engine says about its streams."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/stream HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\n\r\n{}")
+        seen = b""
+        while seen.count(b"data: ") < 2:
+            seen += sock.recv(65536)
+    time.sleep(0.5)  # the engine notices at its next write (every 0.05 s)
+    return dict(json.loads(_raw_request(port, "GET", "/stats", [])[3]))
 
 
 def _stream_times(port: int) -> tuple[list[bytes], list[float]]:
@@ -204,6 +227,7 @@ def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
         out["head"] = await asyncio.to_thread(_head_then_get, port)
         out["chunked"] = await asyncio.to_thread(_chunked_post, port)
         out["pipelined"] = await asyncio.to_thread(_pipelined, port)
+        out["abandoned"] = await asyncio.to_thread(_abandon_stream, port)
         os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it (loop handler)
         out["code"] = await asyncio.wait_for(server, timeout=20)
         return out
@@ -248,3 +272,5 @@ def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
     pipelined: bytes = out["pipelined"]
     assert pipelined.count(b"HTTP/1.1 201 Created Here") == 2, pipelined[:400]
     assert pipelined.index(b'"/echo/first"') < pipelined.index(b'"/echo/second"'), "answers in request order"
+
+    assert out["abandoned"] == {"streams_done": 1, "streams_aborted": 1}, "a client hanging up must abort"
