@@ -12,17 +12,20 @@ requests and output tokens completed over the span from the first arrival to the
 
 Calibration (:func:`calibrate`, ~15 s on the same worker, engine-side means):
 
-* ``ttft_short`` / ``ttft_long``: TTFT of one request alone with a 16 / 512-token prompt;
+* ``ttft_short``: TTFT of one request alone with a 16-token prompt, and ``prefill_short`` / ``prefill_long``
+  its engine prefill time (``vllm:request_prefill_time_seconds``: scheduled -> first token) with a
+  16 / 512-token prompt;
 * ``tpot_1``: TPOT of one request alone (decode steps of batch 1);
 * ``tpot_b``: TPOT of ``b`` = 8 requests started together (decode steps of batch 8);
 * ``tpot_ctx``: TPOT of one request alone after a 512-token prompt (decode steps reading more KV).
 
 Fed to :class:`tidal.sim.LinearStepModel` as ``per_seq = (tpot_b - tpot_1)/(b - 1)``,
 ``fixed = tpot_1 - per_seq``, ``kv_bytes / effective_bw = (tpot_ctx - tpot_1)/(long - short)`` per KV token,
-``per_prefill_token = (ttft_long - ttft_short)/(long - short)`` and
-``prefill_step = ttft_short - fixed - per_prefill_token x short`` (what a prefill step costs beyond that,
-including the API process's share of a request's first token, which the simulator has no other place
-for). The engine limits are the worker's settings (64 MiB of KV = 65,536 tokens of 1,024 bytes).
+``per_prefill_token = (prefill_long - prefill_short)/(long - short)`` and
+``prefill_step = prefill_short - fixed - per_prefill_token x short``; the rest of a lone request's TTFT,
+``ttft_short - prefill_short`` (the API process, before the engine schedules it), becomes the
+simulator's ``request_overhead_s``: part of every TTFT, not of any engine step. The engine limits are
+the worker's settings (64 MiB of KV = 65,536 tokens of 1,024 bytes).
 
 Usage (starts and stops its own worker; ~2 minutes on 2 cores)::
 
@@ -93,13 +96,24 @@ class Calibration:
     long_prompt: int
     tpot_ctx: float
     """TPOT of one request alone after a ``long_prompt`` prompt: decode steps reading a longer KV."""
+    prefill_short: float = 0.0
+    """Engine prefill time (scheduled -> first token) of one short-prompt request alone."""
+    prefill_long: float = 0.0
+    """Engine prefill time of one long-prompt request alone."""
+
+    @property
+    def request_overhead(self) -> float:
+        """TTFT outside the engine's prefill (arrival at the API process -> scheduled), one request alone."""
+        return max(0.0, self.ttft_short - self.prefill_short)
 
     def step_model(self) -> LinearStepModel:
         per_seq = max(0.0, (self.tpot_b - self.tpot_1) / (self.batch - 1))
         per_kv_token = max(0.0, (self.tpot_ctx - self.tpot_1) / (self.long_prompt - self.short_prompt))
         fixed = max(1e-4, self.tpot_1 - per_seq)
-        per_prefill = max(0.0, (self.ttft_long - self.ttft_short) / (self.long_prompt - self.short_prompt))
-        prefill_step = max(0.0, self.ttft_short - fixed - per_prefill * self.short_prompt)
+        per_prefill = max(
+            0.0, (self.prefill_long - self.prefill_short) / (self.long_prompt - self.short_prompt)
+        )
+        prefill_step = max(0.0, self.prefill_short - fixed - per_prefill * self.short_prompt)
         return LinearStepModel(
             fixed_s=fixed,
             per_seq_s=per_seq,
@@ -195,6 +209,8 @@ class EngineStats:
     requests: float
     ttft_mean: float
     tpot_mean: float
+    prefill_mean: float
+    """Mean ``vllm:request_prefill_time_seconds``: scheduled -> first token, inside the engine."""
     ttft_buckets: tuple[float, ...]
     """Upper bounds of vLLM's TTFT buckets (finite ones)."""
     ttft_bucket_counts: tuple[float, ...]
@@ -221,6 +237,7 @@ def engine_stats(before: dict[str, float], after: dict[str, float]) -> EngineSta
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     ttft, tpot = "vllm:time_to_first_token_seconds", "vllm:request_time_per_output_token_seconds"
+    pre = "vllm:request_prefill_time_seconds"
     n = d(ttft + "_count")
     les = sorted(
         (float(k.split("|")[1]), k) for k in after if k.startswith(ttft + "_bucket|") and "inf" not in k
@@ -231,6 +248,7 @@ def engine_stats(before: dict[str, float], after: dict[str, float]) -> EngineSta
         requests=n,
         ttft_mean=d(ttft + "_sum") / n if n else float("nan"),
         tpot_mean=d(tpot + "_sum") / d(tpot + "_count") if d(tpot + "_count") else float("nan"),
+        prefill_mean=d(pre + "_sum") / d(pre + "_count") if d(pre + "_count") else float("nan"),
         ttft_buckets=tuple(le for le, _ in les),
         ttft_bucket_counts=tuple(counts),
     )
@@ -280,6 +298,8 @@ async def calibrate(
         short_prompt=short,
         long_prompt=long,
         tpot_ctx=ctx.tpot_mean,
+        prefill_short=singles.prefill_mean,
+        prefill_long=longs.prefill_mean,
     )
 
 
@@ -293,6 +313,8 @@ def mean_calibration(cals: Sequence[Calibration]) -> Calibration:
         ttft_short=statistics.fmean(c.ttft_short for c in cals),
         ttft_long=statistics.fmean(c.ttft_long for c in cals),
         tpot_ctx=statistics.fmean(c.tpot_ctx for c in cals),
+        prefill_short=statistics.fmean(c.prefill_short for c in cals),
+        prefill_long=statistics.fmean(c.prefill_long for c in cals),
     )
 
 
@@ -319,6 +341,7 @@ def simulate_trace(trace: Trace, cal: Calibration) -> list[Measured]:
         ),
         cold_start_s=0.0,
         initial_replicas=1,
+        request_overhead_s=cal.request_overhead,
         record_requests=True,
         drain_tail_s=300.0,
     )
@@ -381,7 +404,8 @@ def render(cal: Calibration, table: dict[str, dict[str, float]]) -> str:
         f"step model: fixed {m.fixed_s * 1e3:.2f} ms + {m.per_seq_s * 1e6:.0f} us/seq + "
         f"{m.kv_bytes_per_token / m.effective_bw * 1e6:.2f} us/KV token + "
         f"{m.per_prefill_token_s * 1e6:.1f} us/prompt token + "
-        f"{m.prefill_step_s * 1e3:.2f} ms per prefill step",
+        f"{m.prefill_step_s * 1e3:.2f} ms per prefill step; request overhead before the engine "
+        f"{cal.request_overhead * 1e3:.2f} ms",
         f"{'metric':26s} {'real':>10s} {'sim':>10s} {'sim/real':>9s}",
     ]
     for k, v in table.items():

@@ -79,6 +79,9 @@ class SimConfig:
     macro_horizon_s: float = 0.05
     drain_tail_s: float = 900.0
     record_steps: bool = False
+    request_overhead_s: float = 0.0
+    """Time from a request's arrival until its engine sees it (HTTP, tokenisation, the API process):
+    part of its TTFT, not of any engine step."""
     record_requests: bool = False
     """Keep every request's (arrival, TTFT, TPOT, finish, output tokens) in ``PolicyResult.request_log``."""
 
@@ -336,13 +339,13 @@ def simulate(
     last_progress = -1.0
     now = 0.0
     while True:
-        t_arr = float(arrivals[i]) if i < n_req else math.inf
+        t_arr = float(arrivals[i]) + cfg.request_overhead_s if i < n_req else math.inf
         t_ev = events[0][0] if events else math.inf
         if t_arr <= t_ev:
             if t_arr == math.inf:
                 break
             now = t_arr
-            req = Request(i, now, int(prompts[i]), int(outputs[i]))
+            req = Request(i, float(arrivals[i]), int(prompts[i]), int(outputs[i]))
             requests.append(req)
             arrived += 1
             i += 1
