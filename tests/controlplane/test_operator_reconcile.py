@@ -338,8 +338,11 @@ def test_insufficient_gpu_condition_event_and_no_hot_loop(
     )
     # 2 of 3 run; the minimum (1) is ready (the first status write, before any pod ran, said False).
     wait_for(lambda: env.condition(name, "Ready").get("status") == "True", what="Ready")
-    ev = [e for e in env.events(name) if e.reason == "InsufficientGPU"]
-    assert ev and ev[0].type == "Warning"
+    # Events are posted off the reconcile's critical path: give a loaded API server time to show it.
+    ev = wait_for(
+        lambda: [e for e in env.events(name) if e.reason == "InsufficientGPU"], what="InsufficientGPU Event"
+    )
+    assert ev[0].type == "Warning"
     assert len([p for p in env.pods(name) if p.status.phase == "Pending"]) == 1
     # No hot loop: over 20 s the operator makes (almost) no API calls for this stuck deployment.
     time.sleep(2)
