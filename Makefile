@@ -36,8 +36,10 @@ demo: install controlplane system ## Autoscaling live: control plane, fake GPUs,
 	$(PY) -m tidal.demo $(DEMO_ARGS)
 
 .PHONY: manifests
-manifests: install ## Regenerate crds/ from the typed API models
+manifests: install ## Regenerate crds/, the chart's copy and docs/api.md from the typed API models
 	$(PY) -m tidal.api.crdgen > crds/llmdeployments.tidal.dev.yaml
+	cp crds/llmdeployments.tidal.dev.yaml helm/tidal/crds/llmdeployments.tidal.dev.yaml
+	$(PY) -m tidal.api.docgen
 
 .PHONY: chart-crds
 chart-crds: ## Copy crds/ into the Helm chart (helm/tidal/crds); a unit test fails when they drift
