@@ -8,7 +8,13 @@ pod exists). Short windows and a 1 s autoscaler interval keep it fast.
 (b) Prometheus stopped -> replicas held, MetricsAvailable=False and a MetricsStale Event; back to True when
     it returns;
 (c) the operator killed and restarted inside the scale-down window does not scale down early;
-(d) one replica far slower than its peers at the same load -> ReplicaDegraded Event and advice, no scale-out.
+(d) one replica far slower than its peers at the same load -> ReplicaDegraded Event and advice, a
+    PerformanceDegraded condition naming the pod, no scale-out; cleared when it recovers;
+(e) frequent preemptions: in Apply mode max_num_seqs is lowered (status.engineTuning, EngineTuned Event) and
+    the pods roll to the new engine arguments; the explicit gpuMemoryUtilization is left alone and the Event
+    says so; in Advise mode the same metrics change nothing but the status;
+(f) a pod of another workload holding GPUs on the deployment's node blocks the scale-up (InsufficientGPU);
+    once it is gone the deployment scales up.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ pytestmark = pytest.mark.controlplane
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
-NAMES = ("scale", "stale", "restart", "sick")
+NAMES = ("scale", "stale", "restart", "sick", "tuned", "advised", "foreign")
 MAX_REPLICAS = 4
 WINDOW_S = 20.0
 """Scale-down stabilisation window of the scale tests."""
+WARMUP_S = 3.0
+"""Replicas ready for less than this are not compared with their peers (replicaWarmupSeconds)."""
 
 
 @dataclass
@@ -70,10 +78,13 @@ class Rig:
             "scaleDownConsecutive": 2,
             "scaleDownStabilizationSeconds": WINDOW_S,
             "metricsStaleAfterSeconds": 30,
+            "replicaWarmupSeconds": WARMUP_S,
             "prometheus": {"url": self.prom.url},
         }
         auto.update(spec.pop("autoscaling", {}))
         doc["spec"]["autoscaling"] = auto
+        for key in ("engine", "recommendation", "resources"):
+            doc["spec"][key].update(spec.pop(key, {}))
         doc["spec"].update({"minReplicas": 1, "maxReplicas": MAX_REPLICAS, **spec})
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, doc)
 
@@ -104,6 +115,11 @@ class Rig:
             if p.metadata.deletion_timestamp is None
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         )
+
+    def pods(self, name: str) -> list[Any]:
+        """The deployment's pods that are not terminating."""
+        pods = self.cp.core.list_namespaced_pod(self.ns, label_selector=f"tidal.dev/deployment={name}").items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
 
     def set_all(self, name: str, **load: Any) -> None:
         for f in self.fakes[name]:
@@ -304,10 +320,129 @@ def test_one_slow_replica_is_degraded_not_a_reason_to_scale_out(rig: Rig) -> Non
     wait_for(
         lambda: rig.condition(name, "MetricsAvailable").get("status") == "True", timeout=60, what="metrics"
     )
+    time.sleep(WARMUP_S)  # past the warm-up: a freshly ready replica is not judged against its peers
     rig.fakes[name][2].set(ttft=5.0)  # same load as its peers
     events = wait_for(lambda: rig.events(name, "ReplicaDegraded"), timeout=60, what="ReplicaDegraded Event")
     assert events[0].type == "Warning" and f"{name}-r2" in events[0].message, events[0].message
     assert any(f"{name}-r2" in a for a in rig.get(name)["status"].get("advice", []))
+    cond = rig.condition(name, "PerformanceDegraded")
+    assert (cond["status"], cond["reason"]) == ("True", "ReplicaDegraded"), cond
+    assert f"{name}-r2" in cond["message"] and "ttft_p95" in cond["message"], cond
+    assert rig.condition(name, "Degraded").get("status") != "True"  # the planner's condition is untouched
     _stays(lambda: rig.replicas(name) == 3, 10, "no scale-out for one sick replica")
     assert not [e for e in rig.events(name, "ScaledUp") if "(initial)" not in e.message]
     assert rig.operator.metric("tidal_degraded_replicas", namespace=rig.ns) == 1  # only this one
+    # Back in line with its peers: the condition clears.
+    rig.fakes[name][2].set(ttft=0.2)
+    cond = wait_for(
+        lambda: (c := rig.condition(name, "PerformanceDegraded")).get("status") == "False" and c,
+        timeout=60,
+        what="PerformanceDegraded=False",
+    )
+    assert cond["reason"] == "ReplicasComparable", cond
+
+
+def _env(pod: Any, var: str) -> str | None:
+    for c in pod.spec.containers:
+        for e in c.env or []:
+            if e.name == var:
+                return str(e.value)
+    return None
+
+
+def test_engine_advice_is_applied_in_apply_mode_only(rig: Rig) -> None:
+    # KV cache full at small batches and frequent preemptions, on both: Apply lowers maxNumSeqs (left
+    # "auto" in the example) and leaves the explicit gpuMemoryUtilization "0.9" alone; Advise changes nothing.
+    for name, mode in (("tuned", "Apply"), ("advised", "Advise")):
+        rig.create(name, replicas=1, recommendation={"mode": mode})
+        rig.set_all(name, kv=0.97, running=2, preemptions_per_s=2.0)
+    for name in ("tuned", "advised"):
+        wait_for(lambda n=name: rig.ready_pods(n) == 1, timeout=60, what=f"{name}: 1 ready replica")
+    (before,) = rig.pods("tuned")
+    recommended = int(_env(before, "TIDAL_MAX_NUM_SEQS") or 0)
+    assert recommended > 2, "the example leaves maxNumSeqs auto: Apply mode uses the recommendation"
+    (advised_pod,) = rig.pods("advised")
+    assert _env(advised_pod, "TIDAL_MAX_NUM_SEQS") is None  # Advise: left to vLLM
+    hash_label = "tidal.dev/spec-hash"
+    old_hash = before.metadata.labels[hash_label]
+
+    (event,) = wait_for(lambda: rig.events("tuned", "EngineTuned"), timeout=60, what="EngineTuned Event")
+    halved = -(-recommended // 2)  # 0.8 x 2 running asks for 2; one step halves at most
+    assert f"maxNumSeqs {recommended} -> {halved}" in event.message, event.message
+    assert "preemptions/s" in event.message and "next change not before" in event.message, event.message
+    tuning = rig.get("tuned")["status"]["engineTuning"]
+    assert tuning["overrides"] == {"maxNumSeqs": halved}, tuning
+    assert tuning["lastChange"]["from"] == recommended and tuning["lastChange"]["to"] == halved
+    assert tuning["skipped"].get("gpuMemoryUtilization") == "explicit", tuning
+    skipped = wait_for(
+        lambda: rig.events("tuned", "EngineTuningSkipped"), timeout=20, what="EngineTuningSkipped Event"
+    )
+    assert "spec.engine.gpuMemoryUtilization=0.9 is set explicitly and wins" in skipped[0].message
+
+    # The override rolls out like a spec change: a new pod with the new value, never below 1 ready.
+    def rolled() -> bool:
+        assert rig.ready_pods("tuned") >= 1, "ready replicas dropped below minReplicas during the rollout"
+        pods = rig.pods("tuned")
+        return bool(pods) and all(_env(p, "TIDAL_MAX_NUM_SEQS") == str(halved) for p in pods)
+
+    wait_for(rolled, timeout=90, what="the pods rolled to the tuned maxNumSeqs")
+    (after,) = rig.pods("tuned")
+    assert after.metadata.labels[hash_label] != old_hash
+    # Still preempting: the cool-down holds the next change.
+    _stays(lambda: len(rig.events("tuned", "EngineTuned")) == 1, 6, "one change per cool-down")
+    assert rig.get("tuned")["status"]["engineTuning"]["skipped"].get("maxNumSeqs") == "coolDown"
+
+    # Advise: advice in the status, nothing applied, the pod untouched.
+    st = rig.get("advised")["status"]
+    assert any("preemptions/s" in a and "max_num_seqs" in a for a in st.get("advice", [])), st.get("advice")
+    assert (
+        st["engineTuning"]["overrides"] == {} and st["engineTuning"]["skipped"].get("maxNumSeqs") == "advise"
+    )
+    assert not rig.events("advised", "EngineTuned")
+    (still,) = rig.pods("advised")
+    assert still.metadata.uid == advised_pod.metadata.uid and _env(still, "TIDAL_MAX_NUM_SEQS") is None
+
+
+def test_gpus_held_by_other_workloads_block_the_scale_up(rig: Rig) -> None:
+    name = "foreign"
+    label = {"tidal-test": f"{rig.tag}-f"}
+    (node,) = rig.cp.create_gpu_nodes(1, GPUNodeSpec(gpus=2), prefix="asf", labels=label)
+    other = {
+        "metadata": {"name": "training-job", "labels": {"app": "training"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "train",
+                    "image": "trainer",
+                    "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+        },
+    }
+    rig.cp.core.create_namespaced_pod(rig.ns, other)
+    try:
+        _blocked_then_scaled(rig, name, label)
+    finally:
+        rig.cp.delete_nodes([node])
+
+
+def _blocked_then_scaled(rig: Rig, name: str, label: dict[str, str]) -> None:
+    try:
+        rig.create(name, replicas=1, maxReplicas=2, resources={"nodeSelector": label})
+        wait_for(lambda: rig.ready_pods(name) == 1, timeout=60, what="1 ready replica")
+        wait_for(
+            lambda: rig.condition(name, "MetricsAvailable").get("status") == "True",
+            timeout=60,
+            what="metrics",
+        )
+        rig.set_all(name, ttft=4.0)  # asks for 2 replicas: the node has 2 GPUs, 1 is the training job's
+        (event,) = wait_for(
+            lambda: rig.events(name, "InsufficientGPU"), timeout=60, what="InsufficientGPU Event"
+        )[:1]
+        assert "only 0 GPU(s) are free" in event.message, event.message
+        _stays(lambda: rig.replicas(name) == 1, 5, "no scale-up into GPUs another workload holds")
+    finally:
+        rig.cp.core.delete_namespaced_pod("training-job", rig.ns, grace_period_seconds=0)
+    wait_for(lambda: rig.replicas(name) == 2, timeout=60, what="scale-up once the GPUs are free")
+    rig.set_all(name, ttft=0.2)

@@ -26,10 +26,14 @@ from tidal.plan.autoscale import (
     free_gpus,
     load_state,
     measured_cold_start,
+    merge_pods,
     pod_gpus,
+    replica_ages,
     scaling_config,
     signal_status,
+    with_replica_ages,
 )
+from tidal.plan.conditions import merge_conditions
 from tidal.scaling import (
     AutoscalerState,
     CapacityView,
@@ -184,16 +188,48 @@ def test_measured_cold_start(ready_afters: list[float | None], expected: float |
     assert measured_cold_start(pods) == expected
 
 
-def test_free_gpus_counts_bound_pods_on_matching_nodes() -> None:
-    nodes = [NodeInfo("a", {}, 8), NodeInfo("b", {}, 8), NodeInfo("c", {}, 8, schedulable=False)]
-    pods = [
-        pod("x", 0, node="a", gpus=4),
-        pod("y", 1, node="b", gpus=2),
-        pod("z", 2, node=None, gpus=8),  # Pending: holds nothing yet
-        pod("w", 3, node="a", gpus=4, phase="Failed"),  # terminal: holds nothing
-        pod("v", 4, node="elsewhere", gpus=8),  # not a matching node
-    ]
-    assert free_gpus(nodes, pods) == 16 - 6
+def foreign(name: str, node: str | None, gpus: int, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """A pod of another workload (no Tidal labels) that requests GPUs."""
+    p = pod(name, 0, node=node, gpus=gpus)
+    p["metadata"]["labels"] = {"app": "training"}
+    p["metadata"]["namespace"] = "other"
+    if selector is not None:
+        p["spec"]["nodeSelector"] = selector
+    return p
+
+
+GPU_NODES = [
+    NodeInfo("a", {"pool": "h100"}, 8),
+    NodeInfo("b", {"pool": "h100"}, 8),
+    NodeInfo("c", {"pool": "h100"}, 8, schedulable=False),
+]
+
+
+@pytest.mark.parametrize(
+    ("pods", "free"),
+    [
+        ([], 16),
+        ([pod("x", 0, node="a", gpus=4), pod("y", 1, node="b", gpus=2)], 10),
+        ([pod("w", 3, node="a", gpus=4, phase="Failed")], 16),  # terminal: holds nothing
+        ([pod("w", 3, node="a", gpus=4, phase="Succeeded")], 16),
+        ([pod("v", 4, node="elsewhere", gpus=8)], 16),  # bound to a node that is not eligible
+        ([pod("z", 2, node=None, gpus=8)], 8),  # pending, no selector: about to take GPUs here
+        ([foreign("train", "a", 3)], 13),  # another workload's pod on an eligible node
+        ([foreign("train", "a", 3), pod("x", 0, node="a", gpus=4)], 9),
+        ([foreign("train", None, 2, {"pool": "h100"})], 14),  # pending for the eligible nodes
+        ([foreign("train", None, 2, {"pool": "a100"})], 16),  # pending for other nodes
+        ([foreign("train", "c", 8)], 16),  # on the cordoned node: not counted in the total either
+        ([foreign("train", "a", 8), foreign("eval", "b", 8), pod("x", 0, node="b", gpus=1)], 0),
+    ],
+)
+def test_free_gpus_subtracts_every_pod_that_holds_or_awaits_eligible_gpus(
+    pods: list[dict[str, Any]], free: int
+) -> None:
+    assert free_gpus(GPU_NODES, pods) == free
+
+
+def test_free_gpus_unknown_without_nodes_and_never_negative() -> None:
+    pods = [pod("x", 0, node="a", gpus=4)]
     assert free_gpus(None, pods) is None
     assert free_gpus([NodeInfo("a", {}, 2)], [pod("x", 0, node="a", gpus=4)]) == 0
 
@@ -311,6 +347,7 @@ def test_scale_up_writes_last_scale_history_and_an_event_quoting_the_numbers() -
     assert [(c.type, c.status, c.reason) for c in patch.conditions] == [
         ("MetricsAvailable", True, "MetricsFresh"),
         ("ScalingActive", True, "SignalsEvaluated"),
+        ("PerformanceDegraded", False, "ReplicasComparable"),
     ]
     assert patch.desired == decision.desired
 
@@ -344,27 +381,71 @@ def test_missing_metrics_hold_and_set_metrics_available_false(
     assert patch.fields["signal"]["name"] == "metrics"
 
 
-def test_degraded_replica_flagged_once_advised_and_not_scaled_out() -> None:
-    reps = (
+def _pass(
+    reps: tuple[ReplicaStats, ...], old: dict[str, Any], at: float
+) -> tuple[Any, dict[str, Any], list[Any]]:
+    """One autoscaler pass over ``reps`` and the status after it, as the planner merges it: (patch, new
+    status, all Events: the patch's and the condition transitions')."""
+    o = obs(max(r.ttft_p95 or 0 for r in reps), reps)
+    decision = compute_desired_replicas(CONFIG, o, CapacityView(current=3, ready=3), AutoscalerState(), at)
+    patch = autoscaler_patch(decision, CONFIG, o, old, at, STAMP, gpus_in_use=3)
+    conds, transitions = merge_conditions(old.get("conditions") or [], patch.conditions, STAMP, 1)
+    return patch, {**old, **patch.fields, "conditions": conds}, [*patch.events, *transitions]
+
+
+def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def test_degraded_replica_condition_names_the_pod_once_and_clears_on_recovery() -> None:
+    healthy = (
         ReplicaStats("w-r0", ttft_p95=0.2, running=2, waiting=0),
         ReplicaStats("w-r1", ttft_p95=0.25, running=2, waiting=0),
-        ReplicaStats("w-r2", ttft_p95=4.0, running=2, waiting=0),
+        ReplicaStats("w-r2", ttft_p95=0.22, running=2, waiting=0),
+        ReplicaStats("w-r3", ttft_p95=0.21, running=2, waiting=0),
     )
-    o = obs(4.0, reps)  # the fleet p95 is dragged up by the one slow replica
-    cap = CapacityView(current=3, ready=3)
-    decision = compute_desired_replicas(CONFIG, o, cap, AutoscalerState(), NOW)
-    assert [s.replica for s in decision.sick_replicas] == ["w-r2"]
-    assert decision.desired <= 3, decision.message
-    patch = autoscaler_patch(decision, CONFIG, o, {}, NOW, STAMP, gpus_in_use=3)
-    degraded = [e for e in patch.events if e.reason == "ReplicaDegraded"]
-    assert len(degraded) == 1 and degraded[0].type == "Warning" and "w-r2" in degraded[0].message
-    assert "ttft_p95 4s" in degraded[0].message and "peers" in degraded[0].message
+    _, status, events = _pass(healthy, {}, NOW)
+    assert _cond(status, "PerformanceDegraded")["status"] == "False"
+    assert not [e for e in events if "PerformanceDegraded" in e.message]  # a first False is not news
+    sick = (*healthy[:2], ReplicaStats("w-r2", ttft_p95=4.0, running=2, waiting=0), healthy[3])
+    patch, status, events = _pass(sick, status, NOW + 15)
+    assert patch.desired <= 3  # the fleet p95 is dragged up by the one slow replica: no scale-out
+    cond = _cond(status, "PerformanceDegraded")
+    assert (cond["status"], cond["reason"]) == ("True", "ReplicaDegraded")
+    assert "w-r2" in cond["message"] and "ttft_p95 4s" in cond["message"] and "peers" in cond["message"]
+    (event,) = [e for e in events if e.reason == "ReplicaDegraded"]  # one Event: the transition
+    assert event.type == "Warning" and "w-r2" in event.message and "ttft_p95 4s" in event.message
     assert any("w-r2" in a for a in patch.fields["advice"])
     # The next pass with the same replica still sick: no second Event.
-    again = autoscaler_patch(
-        decision, CONFIG, o, {"autoscaler": patch.fields["autoscaler"]}, NOW + 15, STAMP, 3
+    _, status, events = _pass(sick, status, NOW + 30)
+    assert not [e for e in events if e.reason == "ReplicaDegraded"]
+    # A second replica turns sick while the condition is True: an Event for it alone.
+    worse = (*sick[:3], ReplicaStats("w-r3", ttft_p95=5.0, running=2, waiting=0))
+    _, status, events = _pass(worse, status, NOW + 45)
+    (event,) = [e for e in events if e.reason == "ReplicaDegraded"]
+    assert "w-r3" in event.message and "w-r2" not in event.message
+    assert "w-r2" in _cond(status, "PerformanceDegraded")["message"]
+    assert "w-r3" in _cond(status, "PerformanceDegraded")["message"]
+    # Recovered: the condition clears with a Normal Event.
+    _, status, events = _pass(healthy, status, NOW + 60)
+    cond = _cond(status, "PerformanceDegraded")
+    assert (cond["status"], cond["reason"]) == ("False", "ReplicasComparable")
+    (event,) = [e for e in events if e.reason == "ReplicasComparable"]
+    assert event.type == "Normal"
+
+
+def test_stale_metrics_leave_the_degraded_verdict_alone() -> None:
+    decision = compute_desired_replicas(
+        CONFIG, None, CapacityView(current=3, ready=3), AutoscalerState(), NOW
     )
-    assert not [e for e in again.events if e.reason == "ReplicaDegraded"]
+    patch = autoscaler_patch(decision, CONFIG, None, {}, NOW, STAMP, gpus_in_use=3)
+    assert "PerformanceDegraded" not in [c.type for c in patch.conditions]
+
+
+def test_disabled_autoscaling_clears_a_degraded_verdict() -> None:
+    old = {"conditions": [{"type": "PerformanceDegraded", "status": "True", "reason": "ReplicaDegraded"}]}
+    (cond,) = disabled_conditions(old)
+    assert (cond.type, cond.status, cond.reason) == ("PerformanceDegraded", False, "AutoscalingDisabled")
 
 
 def test_insufficient_gpu_blocked_event_once() -> None:
@@ -506,3 +587,39 @@ def test_disabling_autoscaling_sets_scaling_active_false_once() -> None:
     assert disabled_conditions({}) == []
     conds = disabled_conditions({"conditions": [{"type": "ScalingActive", "status": "True"}]})
     assert [(c.type, c.status, c.reason) for c in conds] == [("ScalingActive", False, "AutoscalingDisabled")]
+
+
+def test_replica_ages_from_the_ready_condition_reach_detection() -> None:
+    now = T0 + timedelta(seconds=300)
+    pods = [
+        pod("w-r0", 0, created=T0, ready_after=10),  # ready at 10 s: 290 s old
+        pod("w-r1", 1, created=T0 + timedelta(seconds=250), ready_after=20),  # ready at 270 s: 30 s old
+        pod("w-r2", 2, created=T0),  # not ready: no age
+    ]
+    ages = replica_ages(pods, now)
+    assert ages == {"w-r0": 290.0, "w-r1": 30.0}
+    reps = (
+        ReplicaStats("w-r0", ttft_p95=0.2, running=2),
+        ReplicaStats("w-r1", ttft_p95=5.0, running=2),
+        ReplicaStats("w-r2", ttft_p95=0.2, running=2),
+    )
+    o = with_replica_ages(obs(5.0, reps), ages)
+    assert o is not None and [r.age_s for r in o.replicas] == [290.0, 30.0, None]
+    assert with_replica_ages(None, ages) is None
+    config = scaling_config(deployment(autoscaling={"enabled": True, "replicaWarmupSeconds": 45}))
+    assert config.replica_warmup_s == 45
+    decision = compute_desired_replicas(config, o, CapacityView(current=3, ready=3), AutoscalerState(), NOW)
+    assert decision.sick_replicas == ()  # w-r1 is slow but 30 s into its 45 s warm-up
+    older = with_replica_ages(obs(5.0, reps), {**ages, "w-r1": 50.0})
+    decision = compute_desired_replicas(
+        config, older, CapacityView(current=3, ready=3), AutoscalerState(), NOW
+    )
+    assert [s.replica for s in decision.sick_replicas] == ["w-r1"]
+
+
+def test_merge_pods_keeps_each_pod_once() -> None:
+    a, b = pod("x", 0, node="a"), pod("y", 1, node="a")
+    listed = [pod("x", 0, node="b"), pod("z", 2, node="a")]
+    merged = merge_pods([a, b], listed)
+    assert [p["metadata"]["name"] for p in merged] == ["x", "y", "z"]
+    assert merged[0] is a  # the first source's copy wins

@@ -76,3 +76,54 @@ def test_engine_advice() -> None:
     assert advice[0].direction == "decrease" and advice[0].suggested == 160
     calm = FleetObservation(time=NOW, kv_cache_usage=0.4, running=100, preemption_rate=0.0)
     assert engine_advice(CFG, calm, ready=2) == ()
+
+
+def aged(name: str, ttft: float, age: float | None = None, rate: float | None = None) -> ReplicaStats:
+    return ReplicaStats(
+        replica=name, ttft_p95=ttft, tpot_p95=0.03, running=20, waiting=0, age_s=age, request_rate=rate
+    )
+
+
+WARMUP_CASES = [
+    # Right after a panic scale-up: the new replicas are slow on cold caches and few requests.
+    Case("fresh replicas are not judged", (aged("a", 0.5, 600), aged("b", 0.5, 600), aged("c", 6.0, 20)), ()),
+    Case("warm enough is judged", (aged("a", 0.5, 600), aged("b", 0.5, 600), aged("c", 6.0, 60)), ("c",)),
+    Case(
+        "too few requests is not judged",
+        (aged("a", 0.5, rate=2), aged("b", 0.5, rate=2), aged("c", 6.0, rate=0.01)),
+        (),
+    ),
+    Case(
+        "busy enough is judged",
+        (aged("a", 0.5, rate=2), aged("b", 0.5, rate=2), aged("c", 6.0, rate=0.05)),
+        ("c",),
+    ),
+    # Fresh replicas are no peers either: a cold one cannot make a warm one look healthy or sick.
+    Case(
+        "fresh replicas are no peers",
+        (aged("a", 0.5, 600), aged("b", 6.0, 600), aged("c", 9.0, 5), aged("d", 9.0, 5)),
+        ("b",),
+    ),
+    Case("one warm replica has no peers", (aged("a", 6.0, 600), aged("b", 0.5, 5), aged("c", 0.5, 5)), ()),
+    Case("unknown age and rate are judged", (aged("a", 0.5), aged("b", 0.5), aged("c", 6.0)), ("c",)),
+]
+
+
+@pytest.mark.parametrize("case", WARMUP_CASES, ids=[c.name for c in WARMUP_CASES])
+def test_detection_ignores_replicas_still_warming_up(case: Case) -> None:
+    obs = FleetObservation(time=NOW, replicas=case.replicas)
+    assert tuple(s.replica for s in detect_sick_replicas(CFG, obs)) == case.flagged
+
+
+def test_panic_scale_up_does_not_flag_the_new_replicas() -> None:
+    """Two saturated replicas panic the fleet to four; the two new ones are slow on their first requests."""
+    reps = (
+        aged("a", 3.0, 900, 4.0),
+        aged("b", 3.2, 900, 4.0),
+        aged("c", 12.0, 10, 0.2),
+        aged("d", 11.0, 10, 0.2),
+    )
+    obs = FleetObservation(time=NOW - 5, ttft_p95=11.0, tpot_p95=0.03, waiting=0, running=80, replicas=reps)
+    d = compute_desired_replicas(CFG, obs, CapacityView(current=4, ready=4), AutoscalerState(), NOW)
+    assert d.sick_replicas == ()
+    assert "degraded" not in d.message

@@ -354,6 +354,9 @@ class Autoscaling(ApiModel):
     """Metrics older than this count as missing: replicas are held and ``MetricsAvailable`` is False."""
     cold_start_seconds: PositiveFloat | None = None
     """Expected time from a new replica to ready; measured from pod conditions when unset."""
+    replica_warmup_seconds: float = Field(default=60.0, ge=0)
+    """A replica ready for less than this is not compared with its peers for ``ReplicaDegraded`` (cold
+    caches and few requests right after a scale-up)."""
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
     """The Prometheus to query."""
 
@@ -363,7 +366,8 @@ class Recommendation(ApiModel):
 
     mode: RecommendationMode = "Advise"
     """``Advise`` writes the recommendation to ``status.recommendation`` only; ``Apply`` also uses it for the
-    settings left ``"auto"`` (explicit settings always win)."""
+    settings left ``"auto"`` (explicit settings always win), and applies engine advice from live metrics to
+    them (``status.engineTuning``: bounded, one change per cool-down, rolled out like any spec change)."""
     expected_input_tokens: int = Field(default=1024, ge=1)
     """Typical prompt length, in tokens, the recommendation is sized for."""
     expected_output_tokens: int = Field(default=256, ge=1)

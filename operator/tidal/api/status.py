@@ -129,6 +129,48 @@ class Signal(ApiModel):
     """Printable ``name value/target``, e.g. ``ttft_p95 0.8s/2.0s`` (the ``Signal`` printer column)."""
 
 
+class EngineOverrides(ApiModel):
+    """Engine values tuning applied in place of the recommendation (``Apply`` mode, settings left
+    ``"auto"``)."""
+
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    """``--max-num-seqs`` lowered after frequent preemptions."""
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    """``--gpu-memory-utilization`` raised after a KV cache full at small batches."""
+
+
+class EngineTuningChange(ApiModel):
+    """One engine setting changed by tuning."""
+
+    time: Timestamp
+    """When it was applied."""
+    setting: str = Field(min_length=1, max_length=64)
+    """The spec field name (``maxNumSeqs``, ``gpuMemoryUtilization``)."""
+    from_: float = Field(alias="from")
+    """The value before."""
+    to: float
+    """The value after."""
+    message: Message = ""
+    """The observation behind it, with the numbers."""
+
+
+class EngineTuningStatus(ApiModel):
+    """Engine tuning from live metrics: in ``Apply`` mode the overrides the workers run with (explicit spec
+    values still win), at most one change per cool-down; in ``Advise`` mode only why nothing was applied."""
+
+    overrides: EngineOverrides = Field(default_factory=EngineOverrides)
+    """Values in force (they survive operator restarts here)."""
+    last_change: EngineTuningChange | None = None
+    """The most recent applied change."""
+    cool_down_until: Timestamp | None = None
+    """No other change before this time."""
+    skipped: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict, max_length=8)
+    """Setting -> why its advice was not applied (``explicit``, ``coolDown``, ``advise``, ``atBound``,
+    ``unknownCurrent``, ``adviceOnly``)."""
+    message: Message = ""
+    """What the last pass did or did not apply, and why."""
+
+
 class LLMDeploymentStatus(ApiModel):
     """Observed state of an ``LLMDeployment``."""
 
@@ -171,3 +213,5 @@ class LLMDeploymentStatus(ApiModel):
     """The key signal against its target."""
     gpu_hours: float = Field(default=0.0, ge=0)
     """GPU-hours consumed by this deployment's workers so far."""
+    engine_tuning: EngineTuningStatus | None = None
+    """Engine settings tuned from live metrics (``Apply`` mode), or why advice was not applied."""

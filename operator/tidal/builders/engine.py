@@ -1,5 +1,7 @@
 """The effective engine settings of a deployment: the spec's explicit values, plus the recommender's values
-for the settings left ``"auto"`` when ``spec.recommendation.mode`` is ``Apply``.
+for the settings left ``"auto"`` when ``spec.recommendation.mode`` is ``Apply``. In ``Apply`` mode the
+overrides engine tuning recorded in ``status.engineTuning`` (:mod:`tidal.scaling.tuning`) come between the
+two: explicit spec value > tuned override > recommendation.
 
 These settings are what the pod contract carries (and so what the spec hash covers): in ``Apply`` mode a new
 recommendation rolls the pods, in ``Advise`` mode the recommendation is only written to
@@ -19,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from tidal.api import AUTO, LLMDeploymentSpec, ModelSource, RecommendationStatus
-from tidal.api.status import PredictedPerformance, RecommendedValues
+from tidal.api.status import LLMDeploymentStatus, PredictedPerformance, RecommendedValues
 from tidal.recommender.catalog import catalog_profile, resolve_name
 from tidal.recommender.gpus import UnknownGPUError, get_gpu
 from tidal.recommender.models import ModelProfile
@@ -56,6 +58,8 @@ class EffectiveEngine:
     extra_args: tuple[str, ...] = ()
     applied: tuple[str, ...] = ()
     """Fields taken from the recommendation (``Apply`` mode, the spec said ``"auto"``)."""
+    tuned: tuple[str, ...] = ()
+    """Fields taken from ``status.engineTuning.overrides`` (``Apply`` mode, the spec said ``"auto"``)."""
 
     @property
     def world_size(self) -> int:
@@ -292,10 +296,25 @@ def recommend_for_spec(spec: LLMDeploymentSpec, generation: int | None) -> Recom
 # ---------------------------------------------------------------------------------------- effective engine
 
 
-def resolve_engine(spec: LLMDeploymentSpec, recommendation: RecommendationResult | None) -> EffectiveEngine:
-    """The settings the workers run with: explicit values; in ``Apply`` mode the recommended value of a
-    feasible recommendation for each ``"auto"`` setting; otherwise vLLM's default (TP = PP = 1)."""
+def tuned_overrides(status: LLMDeploymentStatus | None) -> dict[str, int | float]:
+    """The tuned overrides in ``status.engineTuning`` by engine field name (empty when there are none)."""
+    tuning = status.engine_tuning if status is not None else None
+    if tuning is None:
+        return {}
+    return {k: v for k, v in tuning.overrides.model_dump(by_alias=False).items() if v is not None}
+
+
+def resolve_engine(
+    spec: LLMDeploymentSpec,
+    recommendation: RecommendationResult | None,
+    overrides: dict[str, int | float] | None = None,
+) -> EffectiveEngine:
+    """The settings the workers run with: explicit values; in ``Apply`` mode a tuned override (``overrides``,
+    by engine field name, see :func:`tuned_overrides`), else the recommended value of a feasible
+    recommendation, for each ``"auto"`` setting; otherwise vLLM's default (TP = PP = 1)."""
     eng = spec.engine
+    apply_mode = spec.recommendation.mode == "Apply"
+    tuned_values = overrides if apply_mode and overrides else {}
     use = (
         recommendation.values
         if recommendation is not None
@@ -305,10 +324,15 @@ def resolve_engine(spec: LLMDeploymentSpec, recommendation: RecommendationResult
     )
     chosen: dict[str, Any] = {}
     applied: list[str] = []
+    tuned: list[str] = []
     for field_name, _, _ in TUNABLE:
         raw = getattr(eng, field_name)
         if raw != AUTO:
             chosen[field_name] = float(raw) if field_name == "gpu_memory_utilization" else int(raw)
+        elif field_name in tuned_values:
+            value = tuned_values[field_name]
+            chosen[field_name] = float(value) if field_name == "gpu_memory_utilization" else int(value)
+            tuned.append(field_name)
         elif field_name in use:
             chosen[field_name] = use[field_name]
             applied.append(field_name)
@@ -338,4 +362,5 @@ def resolve_engine(spec: LLMDeploymentSpec, recommendation: RecommendationResult
         enable_prefix_caching=eng.enable_prefix_caching,
         extra_args=tuple(extra),
         applied=tuple(applied),
+        tuned=tuple(tuned),
     )

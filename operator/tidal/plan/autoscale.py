@@ -5,9 +5,13 @@ The shell observes (pods, nodes, Prometheus) and calls these functions; they tur
 (ready and starting replicas, cold start measured from the pods' conditions, free GPUs), the status into an
 :class:`~tidal.scaling.AutoscalerState` (so an operator restart does not reset the windows), and a
 :class:`~tidal.scaling.ScalingDecision` into what the operator writes: the status fields the autoscaler owns
-(``autoscaler``, ``signal``, ``advice``, ``gpuHours``, ``lastScale``, ``scalingHistory``), the conditions
-``MetricsAvailable`` and ``ScalingActive``, and Events that quote the numbers. The reconcile planner carries
-these through in the same status write (:class:`AutoscalerPatch`), so the two never overwrite each other.
+(``autoscaler``, ``signal``, ``advice``, ``engineTuning``, ``gpuHours``, ``lastScale``, ``scalingHistory``),
+the conditions ``MetricsAvailable``, ``ScalingActive`` and ``PerformanceDegraded``, and Events that quote the
+numbers. Engine advice goes through :func:`tidal.scaling.tuning.plan_engine_tuning`: in ``Apply`` mode an
+applied change is recorded in ``status.engineTuning.overrides``, which the pod builders read
+(:func:`tidal.builders.engine.tuned_overrides`), so the change rolls out like any spec change. The reconcile
+planner carries these through in the same status write (:class:`AutoscalerPatch`), so the two never
+overwrite each other.
 
 No clock, no I/O: ``now`` (Unix seconds) and the RFC 3339 ``stamp`` are passed in.
 """
@@ -17,10 +21,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import replace as dc_replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from tidal.api import MAX_HISTORY, LLMDeployment
+from tidal.api import AUTO, MAX_HISTORY, LLMDeployment
 from tidal.builders.gpus import GPU_RESOURCE
 from tidal.plan.conditions import Cond
 from tidal.plan.replicas import group_replicas, is_pod_ready, parse_time
@@ -33,6 +38,7 @@ from tidal.scaling import (
     ScalingConfig,
     ScalingDecision,
 )
+from tidal.scaling.tuning import COOL_DOWN_S, TUNABLE, TuningDecision, plan_engine_tuning
 
 METRICS_AVAILABLE: Final = "MetricsAvailable"
 SCALING_ACTIVE: Final = "ScalingActive"
@@ -42,7 +48,14 @@ SCALING_HELD: Final = "ScalingHeld"
 AUTOSCALING_DISABLED: Final = "AutoscalingDisabled"
 REPLICA_DEGRADED: Final = "ReplicaDegraded"
 SCALE_BLOCKED: Final = "ScaleBlocked"
-AUTOSCALER_TYPES: Final = (METRICS_AVAILABLE, SCALING_ACTIVE)
+PERFORMANCE_DEGRADED: Final = "PerformanceDegraded"
+"""Condition: True while a replica is flagged degraded (its own type: ``Degraded`` is the planner's, for crash
+loops and refused writes, and the two must not overwrite each other)."""
+REPLICAS_COMPARABLE: Final = "ReplicasComparable"
+"""``PerformanceDegraded=False`` reason: no replica is far slower than its peers."""
+ENGINE_TUNED: Final = "EngineTuned"
+ENGINE_TUNING_SKIPPED: Final = "EngineTuningSkipped"
+AUTOSCALER_TYPES: Final = (METRICS_AVAILABLE, SCALING_ACTIVE, PERFORMANCE_DEGRADED)
 
 GPU_HOURS_AT: Final = "gpuHoursAt"
 """Key in ``status.autoscaler``: Unix time up to which ``status.gpuHours`` is accounted."""
@@ -76,9 +89,14 @@ def without_nulls(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------- spec -> config
 
 
-def scaling_config(deployment: LLMDeployment, max_num_seqs: int | None = None) -> ScalingConfig:
-    """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs`` is
-    the engine's effective value (explicit or recommended), for engine advice."""
+def scaling_config(
+    deployment: LLMDeployment,
+    max_num_seqs: int | None = None,
+    gpu_memory_utilization: float | None = None,
+) -> ScalingConfig:
+    """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs`` and
+    ``gpu_memory_utilization`` are the engine's effective values (explicit, tuned or recommended), for
+    engine advice."""
     spec = deployment.spec
     a = spec.autoscaling
     t = a.targets
@@ -101,6 +119,8 @@ def scaling_config(deployment: LLMDeployment, max_num_seqs: int | None = None) -
         max_replicas=spec.max_replicas,
         cold_start_s=a.cold_start_seconds,
         max_num_seqs=engine_seqs if isinstance(engine_seqs, int) else max_num_seqs,
+        gpu_memory_utilization=spec.engine.gpu_memory_fraction or gpu_memory_utilization,
+        replica_warmup_s=a.replica_warmup_seconds,
     )
 
 
@@ -141,22 +161,75 @@ def measured_cold_start(pods: Sequence[Mapping[str, Any]]) -> float | None:
     return statistics.median(samples) if samples else None
 
 
-def free_gpus(
-    matching_nodes: Sequence[NodeInfo] | None, worker_pods: Sequence[Mapping[str, Any]]
-) -> int | None:
-    """GPUs of the matching schedulable nodes not requested by the worker pods bound to them (terminal pods
-    hold nothing); ``None`` when nodes are not observed. Pods the operator does not watch are not seen."""
+def _terminated(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def free_gpus(matching_nodes: Sequence[NodeInfo] | None, pods: Sequence[Mapping[str, Any]]) -> int | None:
+    """GPUs of the matching schedulable nodes not requested by any pod: ``pods`` are all the cluster's pods
+    that request GPUs (Tidal's and others'; terminated ones hold nothing), counted when bound to a matching
+    node or, still unbound, when their ``nodeSelector`` fits a matching node (they are about to take GPUs
+    there). ``None`` when nodes are not observed."""
     if matching_nodes is None:
         return None
-    names = {n.name for n in matching_nodes if n.schedulable}
-    total = sum(n.allocatable_gpus for n in matching_nodes if n.schedulable)
-    used = sum(
-        pod_gpus(p)
-        for p in worker_pods
-        if (p.get("spec") or {}).get("nodeName") in names
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    )
+    eligible = [n for n in matching_nodes if n.schedulable]
+    names = {n.name for n in eligible}
+    total = sum(n.allocatable_gpus for n in eligible)
+
+    def holds(p: Mapping[str, Any]) -> bool:
+        spec = p.get("spec") or {}
+        node = spec.get("nodeName")
+        if node:
+            return node in names
+        selector = spec.get("nodeSelector") or {}
+        return any(all(n.labels.get(k) == v for k, v in selector.items()) for n in eligible)
+
+    used = sum(pod_gpus(p) for p in pods if not _terminated(p) and holds(p))
     return max(0, total - used)
+
+
+def merge_pods(*groups: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Pods of several sources, each (namespace, name) once (the first source's copy wins)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[Mapping[str, Any]] = []
+    for group in groups:
+        for p in group:
+            meta = p.get("metadata") or {}
+            key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out
+
+
+def replica_ages(pods: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, float]:
+    """Seconds since each ready pod's ``Ready`` condition turned True, by pod name."""
+    out: dict[str, float] = {}
+    for pod in pods:
+        if not is_pod_ready(pod):
+            continue
+        since = next(
+            (
+                parse_time(str(c.get("lastTransitionTime") or ""))
+                for c in pod.get("status", {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        if since is not None:
+            out[str(pod.get("metadata", {}).get("name", ""))] = max(0.0, (now - since).total_seconds())
+    return out
+
+
+def with_replica_ages(obs: FleetObservation | None, ages: Mapping[str, float]) -> FleetObservation | None:
+    """``obs`` with each replica's ``age_s`` (by pod name) filled in from ``ages``."""
+    if obs is None or not obs.replicas:
+        return obs
+    reps = tuple(
+        r if r.age_s is not None or r.replica not in ages else dc_replace(r, age_s=ages[r.replica])
+        for r in obs.replicas
+    )
+    return dc_replace(obs, replicas=reps)
 
 
 def capacity_view(
@@ -212,6 +285,88 @@ def accumulate_gpu_hours(
     elapsed = min(max(0.0, now - float(since)), MAX_GPU_HOURS_GAP_S)
     delta = gpus_in_use * elapsed / 3600.0
     return total + delta, delta
+
+
+# ------------------------------------------------------------------------------------------ engine tuning
+
+_ENGINE_FIELDS: Final = {"maxNumSeqs": "max_num_seqs", "gpuMemoryUtilization": "gpu_memory_utilization"}
+
+
+def engine_tuning(
+    deployment: LLMDeployment, decision: ScalingDecision, status: Mapping[str, Any] | None, now: float
+) -> TuningDecision:
+    """What to do with the decision's engine advice (:func:`tidal.scaling.tuning.plan_engine_tuning`), from
+    the spec (mode, explicit values) and ``status.engineTuning`` (overrides, time of the last change)."""
+    spec = deployment.spec
+    explicit: dict[str, float] = {}
+    for setting in TUNABLE:
+        raw = getattr(spec.engine, _ENGINE_FIELDS[setting])
+        if raw != AUTO:
+            explicit[setting] = float(raw)
+    old = (status or {}).get("engineTuning") or {}
+    overrides = {k: float(v) for k, v in (old.get("overrides") or {}).items() if v is not None}
+    last = parse_time(str((old.get("lastChange") or {}).get("time") or ""))
+    return plan_engine_tuning(
+        decision.advice,
+        apply_mode=spec.recommendation.mode == "Apply",
+        explicit=explicit,
+        overrides=overrides,
+        last_change=None if last is None else last.timestamp(),
+        now=now,
+    )
+
+
+def _stamp_of(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tuning_status(
+    tuning: TuningDecision, old_status: Mapping[str, Any] | None, stamp: str, now: float, cool_down_s: float
+) -> tuple[dict[str, Any] | None, list[EventSpec]]:
+    """``status.engineTuning`` and the Events of one tuning decision: ``EngineTuned`` for an applied change,
+    ``EngineTuningSkipped`` when advice is newly held back for a reason other than the cool-down or
+    ``Advise`` mode (an explicit spec value, a bound, an unknown current value). ``None`` (nothing to
+    record) when there is no override, no advice and no earlier change."""
+    old = (old_status or {}).get("engineTuning") or {}
+    events: list[EventSpec] = []
+    last = old.get("lastChange")
+    until = old.get("coolDownUntil")
+    if tuning.change is not None:
+        c = tuning.change
+        until = _stamp_of(now + cool_down_s)
+        last = {
+            "time": stamp,
+            "setting": c.setting,
+            "from": c.previous,
+            "to": c.value,
+            "message": c.message[:1024],
+        }
+        events.append(
+            EventSpec(
+                "Normal",
+                ENGINE_TUNED,
+                f"{c.message} (Apply mode; rolls out replica by replica; next change not before {until})",
+            )
+        )
+    quiet = ("coolDown", "advise")
+    before = {k: v for k, v in (old.get("skipped") or {}).items() if v not in quiet}
+    now_skipped = {k: v for k, v in tuning.skipped.items() if v not in quiet}
+    if any(before.get(k) != v for k, v in now_skipped.items()):
+        events.append(EventSpec("Normal", ENGINE_TUNING_SKIPPED, tuning.message[:1024]))
+    if not tuning.overrides and not tuning.skipped and last is None:
+        return None, events
+    # A merge patch keeps keys it does not name: removed ones are written as null.
+    overrides: dict[str, Any] = {k: None for k in old.get("overrides") or {}}
+    overrides.update({k: (int(v) if k == "maxNumSeqs" else v) for k, v in tuning.overrides.items()})
+    skipped: dict[str, Any] = {k: None for k in old.get("skipped") or {}}
+    skipped.update(tuning.skipped)
+    return {
+        "overrides": overrides,
+        "lastChange": last,
+        "coolDownUntil": until,
+        "skipped": skipped,
+        "message": tuning.message[:1024],
+    }, events
 
 
 # ------------------------------------------------------------------------------------ decision -> status
@@ -280,8 +435,10 @@ def autoscaler_patch(
     stamp: str,
     gpus_in_use: int,
     metrics_error: str | None = None,
+    tuning: TuningDecision | None = None,
 ) -> AutoscalerPatch:
-    """Turn a decision into status fields, conditions and Events (all quoting the numbers)."""
+    """Turn a decision (and what tuning did with its advice) into status fields, conditions and Events (all
+    quoting the numbers)."""
     old = old_status or {}
     old_as = old.get("autoscaler") or {}
     events: list[EventSpec] = []
@@ -324,11 +481,21 @@ def autoscaler_patch(
     if entry is not None:
         fields["lastScale"] = entry
         fields["scalingHistory"] = [*history, entry][-MAX_HISTORY:]
-    previous = set(old_as.get(DEGRADED_KEY) or [])
-    for s in decision.sick_replicas:
-        if s.replica not in previous:
-            events.append(EventSpec("Warning", REPLICA_DEGRADED, s.message))
+    if tuning is not None:
+        fields["engineTuning"], tuning_events = tuning_status(tuning, old, stamp, now, COOL_DOWN_S)
+        events.extend(tuning_events)
     conditions = autoscaler_conditions(decision, metrics_error)
+    was_degraded = any(
+        c.get("type") == PERFORMANCE_DEGRADED and c.get("status") == "True"
+        for c in old.get("conditions") or []
+    )
+    if was_degraded or not decision.metrics_available:
+        # The condition's flip to True posts the first ReplicaDegraded Event (merge_conditions); a replica
+        # flagged while it is already True gets its own.
+        previous = set(old_as.get(DEGRADED_KEY) or [])
+        for s in decision.sick_replicas:
+            if s.replica not in previous:
+                events.append(EventSpec("Warning", REPLICA_DEGRADED, s.message))
     if not events and not _differs(old, fields, conditions):
         # Nothing else to write: GPU-hours are accounted at the next write (no status write just for them,
         # so a held deployment costs no API calls).
@@ -359,7 +526,8 @@ def _differs(old: Mapping[str, Any], fields: Mapping[str, Any], conditions: Sequ
 
 
 def autoscaler_conditions(decision: ScalingDecision, metrics_error: str | None = None) -> list[Cond]:
-    """``MetricsAvailable`` and ``ScalingActive`` for a decision."""
+    """``MetricsAvailable`` and ``ScalingActive`` for a decision, and ``PerformanceDegraded`` when the metrics
+    could be judged (without metrics the last verdict stands)."""
     if decision.metrics_available:
         ma = Cond(METRICS_AVAILABLE, True, METRICS_FRESH, "the scaling signals are reported")
         sa = Cond(SCALING_ACTIVE, True, SIGNALS_EVALUATED, f"{decision.reason.value}: {decision.message}")
@@ -367,18 +535,41 @@ def autoscaler_conditions(decision: ScalingDecision, metrics_error: str | None =
         why = f"{metrics_error}; " if metrics_error else ""
         ma = Cond(METRICS_AVAILABLE, False, Reason.METRICS_STALE.value, f"{why}{decision.message}")
         sa = Cond(SCALING_ACTIVE, False, SCALING_HELD, f"replicas held: {decision.message}")
-    return [ma, sa]
+        return [ma, sa]
+    return [ma, sa, performance_condition(decision)]
+
+
+def performance_condition(decision: ScalingDecision) -> Cond:
+    """``PerformanceDegraded``: True (reason ``ReplicaDegraded``) naming each flagged pod with its numbers,
+    False once every replica is back in line with its peers."""
+    if decision.sick_replicas:
+        text = "; ".join(s.message for s in decision.sick_replicas)
+        return Cond(PERFORMANCE_DEGRADED, True, REPLICA_DEGRADED, text)
+    return Cond(
+        PERFORMANCE_DEGRADED,
+        False,
+        REPLICAS_COMPARABLE,
+        "no replica is far slower than its peers at similar load",
+    )
 
 
 def disabled_conditions(old_status: Mapping[str, Any] | None) -> list[Cond]:
     """When autoscaling is off: ``ScalingActive=False`` if an earlier pass had set the condition (else
     nothing, so a deployment that never autoscaled carries no autoscaler conditions)."""
     conds = (old_status or {}).get("conditions") or []
+    out: list[Cond] = []
     if any(c.get("type") == SCALING_ACTIVE for c in conds):
-        return [
-            Cond(SCALING_ACTIVE, False, AUTOSCALING_DISABLED, "spec.autoscaling.enabled is false"),
-        ]
-    return []
+        out.append(Cond(SCALING_ACTIVE, False, AUTOSCALING_DISABLED, "spec.autoscaling.enabled is false"))
+    if any(c.get("type") == PERFORMANCE_DEGRADED and c.get("status") == "True" for c in conds):
+        out.append(
+            Cond(
+                PERFORMANCE_DEGRADED,
+                False,
+                AUTOSCALING_DISABLED,
+                "replicas are not compared while autoscaling is off",
+            )
+        )
+    return out
 
 
 __all__ = [
@@ -390,11 +581,17 @@ __all__ = [
     "autoscaler_patch",
     "capacity_view",
     "disabled_conditions",
+    "engine_tuning",
     "free_gpus",
     "load_state",
     "measured_cold_start",
+    "merge_pods",
+    "performance_condition",
     "pod_gpus",
+    "replica_ages",
     "scaling_config",
     "signal_status",
+    "tuning_status",
+    "with_replica_ages",
     "without_nulls",
 ]

@@ -46,6 +46,7 @@ _WARNING_REASONS = frozenset(
         REPLICA_RESTARTED,
         APPLY_FAILED,
         "MetricsStale",
+        "ReplicaDegraded",
         "ImagePullBackOff",
         "ErrImagePull",
         "CreateContainerConfigError",
@@ -109,7 +110,7 @@ def _notable(cond: Cond) -> bool:
     """Whether a new object's first value of ``cond`` is news (transitions always are). A new deployment's
     ``Ready=False``/``WorkersStarting`` and ``Progressing=True``/``WorkersCreated`` are not: its
     ``ReplicaCreated`` Events say so (three fewer Events per new deployment)."""
-    if cond.type == DEGRADED:
+    if cond.type in (DEGRADED, "PerformanceDegraded"):
         return cond.status
     if cond.type in ("MetricsAvailable", "ScalingActive"):
         return not cond.status  # the autoscaler's first pass is news only when it cannot work

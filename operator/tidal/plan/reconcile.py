@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from tidal.api import MAX_HISTORY, LLMDeployment, Signal
-from tidal.builders.engine import RecommendationResult, recommend_for_spec, resolve_engine
+from tidal.builders.engine import RecommendationResult, recommend_for_spec, resolve_engine, tuned_overrides
 from tidal.builders.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE, product_labels
 from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selector
 from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, compute_spec_hash
@@ -75,9 +75,10 @@ class Target:
 
 
 def make_target(deployment: LLMDeployment, replicas: int, config: BuilderConfig = DEFAULT_CONFIG) -> Target:
-    """Resolve the effective engine (recommendation in Apply mode), the pod template hash and the count."""
+    """Resolve the effective engine (recommendation and tuned overrides in Apply mode), the pod template
+    hash and the count."""
     rec = recommend_for_spec(deployment.spec, deployment.metadata.generation)
-    engine = resolve_engine(deployment.spec, rec)
+    engine = resolve_engine(deployment.spec, rec, tuned_overrides(deployment.status))
     inputs = ReplicaInputs(deployment, engine, config)
     return Target(inputs, compute_spec_hash(inputs), replicas, rec)
 

@@ -3,11 +3,16 @@
 A *sick* replica is one whose latency is far worse than its peers' while it carries no more load than
 they do: the fleet is not saturated, that replica is broken (a throttled GPU, a bad node, a noisy
 neighbour). It is flagged (Event ``ReplicaDegraded``: replace it) and removed from the fleet latency
-signal, so one bad pod cannot by itself scale the deployment out.
+signal, so one bad pod cannot by itself scale the deployment out. Only *warm* replicas are judged, and only
+against warm peers: a replica ready for less than ``replica_warmup_s`` (cold prefix cache, first batches)
+or completing fewer than ``min_replica_request_rate`` requests per second (quantiles of a handful of
+samples) is neither judged nor a peer, so the replicas a panic scale-up just added are not flagged.
 
 Engine advice reads saturation patterns that more replicas would not fix: a KV cache that is full
 while batches are small (raise ``gpu_memory_utilization`` or lower ``max_model_len``), and frequent
-preemptions (lower ``max_num_seqs``).
+preemptions (lower ``max_num_seqs``). Each piece of advice names the setting, the engine's current value
+and a concrete, bounded next value (:func:`tidal.scaling.tuning.bounded_value`), so ``Apply`` mode can
+apply it as it stands (:func:`tidal.scaling.tuning.plan_engine_tuning`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,15 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
+from tidal.recommender.recommend import DEFAULT_GPU_MEMORY_UTILIZATION
+from tidal.scaling.tuning import (
+    GPU_MEMORY_CEILING,
+    GPU_MEMORY_STEP,
+    GPU_MEMORY_UTILIZATION,
+    MAX_MODEL_LEN,
+    MAX_NUM_SEQS,
+    bounded_value,
+)
 from tidal.scaling.types import EngineAdvice, FleetObservation, ReplicaStats, ScalingConfig, SickReplica
 
 LOAD_SLACK = 1.25
@@ -32,9 +46,17 @@ def _load(r: ReplicaStats) -> float:
     return (r.running or 0.0) + (r.waiting or 0.0)
 
 
+def is_warm(config: ScalingConfig, r: ReplicaStats) -> bool:
+    """Whether ``r`` has served long and busily enough to be compared with its peers (unknown = yes)."""
+    if r.age_s is not None and r.age_s < config.replica_warmup_s:
+        return False
+    return r.request_rate is None or r.request_rate >= config.min_replica_request_rate
+
+
 def detect_sick_replicas(config: ScalingConfig, obs: FleetObservation) -> tuple[SickReplica, ...]:
-    """Replicas whose TTFT or TPOT is > ``sick_latency_factor`` x the median of the others at no more load."""
-    reps = obs.replicas
+    """Warm replicas whose TTFT or TPOT is > ``sick_latency_factor`` x the median of the other warm ones at
+    no more load."""
+    reps = [r for r in obs.replicas if is_warm(config, r)]
     if len(reps) < 2:
         return ()
     sick: list[SickReplica] = []
@@ -91,37 +113,64 @@ def exclude_sick(obs: FleetObservation, sick: tuple[SickReplica, ...]) -> FleetO
 
 
 def engine_advice(config: ScalingConfig, obs: FleetObservation, ready: int) -> tuple[EngineAdvice, ...]:
-    """Advice on engine settings that more replicas would not fix."""
+    """Advice on engine settings that more replicas would not fix, each with a concrete bounded value."""
     out: list[EngineAdvice] = []
     n = max(ready, 1)
     running_per = (obs.running or 0.0) / n
     kv = obs.kv_cache_usage
     small_batch = config.max_num_seqs is not None and running_per < SMALL_BATCH_FRACTION * config.max_num_seqs
     if kv is not None and kv >= KV_SATURATED and small_batch:
-        out.append(
-            EngineAdvice(
-                setting="gpuMemoryUtilization",
-                direction="increase",
-                suggested=None,
-                message=(
-                    f"KV cache {kv:.0%} full with only {running_per:.0f} running sequences per replica "
-                    f"(max_num_seqs {config.max_num_seqs}): give the KV cache more memory "
-                    "(gpu_memory_utilization) or lower max_model_len"
-                ),
-            )
+        util = config.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+        raised = bounded_value(GPU_MEMORY_UTILIZATION, util, util + GPU_MEMORY_STEP)
+        seen = (
+            f"KV cache {kv:.0%} full with only {running_per:.0f} running sequences per replica "
+            f"(max_num_seqs {config.max_num_seqs})"
         )
+        if raised is not None:
+            out.append(
+                EngineAdvice(
+                    setting=GPU_MEMORY_UTILIZATION,
+                    direction="increase",
+                    suggested=raised,
+                    current=util,
+                    message=(
+                        f"{seen}: give the KV cache more memory, gpu_memory_utilization {util:.2f} -> "
+                        f"{raised:.2f} (ceiling {GPU_MEMORY_CEILING:.2f}), or lower max_model_len"
+                    ),
+                )
+            )
+        else:
+            out.append(
+                EngineAdvice(
+                    setting=MAX_MODEL_LEN,
+                    direction="decrease",
+                    suggested=None,
+                    current=None,
+                    message=(
+                        f"{seen}: gpu_memory_utilization {util:.2f} is at the ceiling "
+                        f"{GPU_MEMORY_CEILING:.2f}; lower max_model_len (advice only: a shorter context "
+                        "refuses longer requests)"
+                    ),
+                )
+            )
     if obs.preemption_rate is not None and obs.preemption_rate / n > PREEMPTIONS_PER_REPLICA_S:
-        suggested = max(1.0, round(running_per * 0.8)) if running_per > 0 else None
+        target = max(1.0, round(running_per * 0.8)) if running_per > 0 else None
+        current = config.max_num_seqs
+        suggested: float | None = target
+        if current is not None:
+            suggested = bounded_value(MAX_NUM_SEQS, current, target if target is not None else current / 2)
         out.append(
             EngineAdvice(
-                setting="maxNumSeqs",
+                setting=MAX_NUM_SEQS,
                 direction="decrease",
                 suggested=suggested,
+                current=None if current is None else float(current),
                 message=(
                     f"{obs.preemption_rate / n:.2f} preemptions/s per replica "
-                    f"(> {PREEMPTIONS_PER_REPLICA_S}): "
-                    f"lower max_num_seqs"
-                    + (f" to about {suggested:.0f}" if suggested else "")
+                    f"(> {PREEMPTIONS_PER_REPLICA_S}) at {running_per:.0f} running sequences per replica: "
+                    "lower max_num_seqs"
+                    + (f" {current} -> {suggested:.0f}" if current is not None and suggested else "")
+                    + (f" to about {suggested:.0f}" if current is None and suggested else "")
                     + " so admitted sequences fit in the KV cache instead of being recomputed"
                 ),
             )

@@ -96,6 +96,14 @@ class ScalingConfig:
     them, is flagged degraded."""
     max_num_seqs: int | None = None
     """The engine's max_num_seqs, for engine advice (batch size relative to the limit)."""
+    gpu_memory_utilization: float | None = None
+    """The engine's effective gpu_memory_utilization (``None``: vLLM's default), for engine advice."""
+    replica_warmup_s: float = 60.0
+    """Replicas ready for less than this are not judged against their peers (cold caches, few requests:
+    a fresh replica after a scale-up is not a sick one)."""
+    min_replica_request_rate: float = 0.05
+    """Replicas completing fewer requests per second than this over the window are not judged either:
+    their latency quantiles rest on a handful of samples."""
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < self.min_replicas:
@@ -120,6 +128,10 @@ class ReplicaStats:
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
+    age_s: float | None = None
+    """Seconds since the replica turned ready (``None``: unknown, judged as warm)."""
+    request_rate: float | None = None
+    """Requests it completed per second over the window (``None``: unknown, judged as busy enough)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,11 @@ class EngineAdvice:
     direction: str
     """"increase" or "decrease"."""
     suggested: float | None
+    """The concrete value to set (already bounded, see :mod:`tidal.scaling.tuning`); ``None`` when the
+    advice names no value (it is then never applied)."""
     message: str
+    current: float | None = None
+    """The engine's effective value the advice starts from (``None``: unknown)."""
 
 
 def _opt_float(v: Any) -> float | None:

@@ -3,15 +3,19 @@
 The handlers run :func:`autoscale_pass` (synchronous: call it through ``asyncio.to_thread``) inside the
 deployment's reconcile, every :func:`interval_seconds` when ``spec.autoscaling.enabled``. The decision is
 the pure algorithm's (:func:`tidal.scaling.compute_desired_replicas`), its inputs and outputs the pure glue's
-(:mod:`tidal.plan.autoscale`); this module only does the I/O: the Prometheus query, the merge patch of
-``spec.replicas`` on the main resource (as the HPA does; the scale subresource stays usable when
+(:mod:`tidal.plan.autoscale`); this module only does the I/O: the Prometheus query, the list of every pod
+that requests GPUs (other workloads share the GPU nodes: free GPUs must subtract them too), the merge patch
+of ``spec.replicas`` on the main resource (as the HPA does; the scale subresource stays usable when
 autoscaling is off), and the operator's reason-labelled metrics.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,9 +29,14 @@ from tidal.plan.autoscale import (
     alive_replicas,
     autoscaler_patch,
     capacity_view,
+    engine_tuning,
     free_gpus,
     load_state,
+    merge_pods,
+    pod_gpus,
+    replica_ages,
     scaling_config,
+    with_replica_ages,
 )
 from tidal.plan.reconcile import Target, node_matches
 from tidal.scaling import FleetObservation, ScalingDecision, compute_desired_replicas
@@ -39,6 +48,9 @@ log = logging.getLogger(__name__)
 
 INTERVAL_ENV: Final = "TIDAL_AUTOSCALER_INTERVAL_SECONDS"
 DEFAULT_INTERVAL_S: Final = 15.0
+GPU_PODS_TTL_S: Final = 5.0
+"""How long one cluster-wide list of GPU pods serves the passes of every deployment."""
+LIVE_PODS: Final = "status.phase!=Succeeded,status.phase!=Failed"
 
 
 def interval_seconds() -> float:
@@ -51,6 +63,53 @@ def interval_seconds() -> float:
     if value <= 0:
         raise ValueError(f"{INTERVAL_ENV} must be > 0, got {value}")
     return value
+
+
+class GpuPods:
+    """Every non-terminated pod in the cluster that requests ``nvidia.com/gpu`` (Tidal's or not), listed at
+    most every :data:`GPU_PODS_TTL_S` from the API server's watch cache (``resourceVersion=0``), slimmed to
+    what the free-GPU arithmetic reads."""
+
+    def __init__(self, ttl: float = GPU_PODS_TTL_S) -> None:
+        self.ttl = ttl
+        self._at = -1e18
+        self._pods: list[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, kube: Kube) -> list[dict[str, Any]] | None:
+        """The GPU pods, or ``None`` when they cannot be listed (the caller falls back to its own pods)."""
+        with self._lock:
+            if time.monotonic() - self._at < self.ttl:
+                return self._pods
+            try:
+                metrics.KUBE_REQUESTS.labels("list", "pods", "").inc()
+                resp: Any = kube.core.list_pod_for_all_namespaces(
+                    field_selector=LIVE_PODS, resource_version="0", _preload_content=False
+                )
+                items = json.loads(resp.data).get("items") or []
+                self._pods = [_slim(p) for p in items if pod_gpus(p) > 0]
+            except Exception as exc:  # API errors, RBAC: free GPUs then count Tidal's pods only
+                log.warning("could not list GPU pods (free GPUs count Tidal's workers only): %s", exc)
+                self._pods = None
+            self._at = time.monotonic()
+            return self._pods
+
+
+def _slim(pod: Mapping[str, Any]) -> dict[str, Any]:
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "nodeSelector": spec.get("nodeSelector"),
+            "containers": [{"resources": c.get("resources") or {}} for c in spec.get("containers") or []],
+        },
+        "status": {"phase": (pod.get("status") or {}).get("phase")},
+    }
+
+
+GPU_PODS = GpuPods()
+"""The operator's one cache of the cluster's GPU pods."""
 
 
 @dataclass(frozen=True)
@@ -73,20 +132,27 @@ def autoscale_pass(
     now: float,
     now_dt: datetime,
     stamp: str,
+    kube: Kube | None = None,
 ) -> PassResult:
-    """Observe Prometheus and decide (blocking I/O: run it in a thread)."""
+    """Observe Prometheus (and, with ``kube``, the cluster's GPU pods) and decide (blocking I/O: run it in a
+    thread)."""
     spec = deployment.spec
     name = deployment.metadata.name or ""
     ns = deployment.metadata.namespace or "default"
     prom = spec.autoscaling.prometheus
     obs, error = reader.observe(prom.url, ns, label_value(name), prom.selector, pod_prefix=name)
-    config = scaling_config(deployment, target.inputs.engine.max_num_seqs)
-    gpr = target.inputs.engine.world_size
+    obs = with_replica_ages(obs, replica_ages(pods, now_dt))
+    engine = target.inputs.engine
+    config = scaling_config(deployment, engine.max_num_seqs, engine.gpu_memory_utilization)
+    gpr = engine.world_size
     matching = None if nodes is None else [n for n in nodes if node_matches(n, deployment)]
-    capacity = capacity_view(spec.replicas, pods, now_dt, gpr, free_gpus(matching, all_worker_pods))
+    gpu_pods = GPU_PODS.get(kube) if kube is not None else None
+    holders = merge_pods(all_worker_pods, gpu_pods or [])
+    capacity = capacity_view(spec.replicas, pods, now_dt, gpr, free_gpus(matching, holders))
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
     gpus_in_use = alive_replicas(pods, now_dt) * gpr
-    patch = autoscaler_patch(decision, config, obs, status, now, stamp, gpus_in_use, error)
+    tuning = engine_tuning(deployment, decision, status, now)
+    patch = autoscaler_patch(decision, config, obs, status, now, stamp, gpus_in_use, error, tuning)
     return PassResult(decision, patch, obs)
 
 
@@ -121,7 +187,9 @@ def export_metrics(namespace: str, name: str, result: PassResult) -> None:
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
+    "GPU_PODS",
     "INTERVAL_ENV",
+    "GpuPods",
     "PassResult",
     "autoscale_pass",
     "export_metrics",

@@ -474,6 +474,7 @@ async def _autoscale(
         time.time(),
         now,
         rfc3339(now),
+        RUNTIME.kube,
     )
 
 

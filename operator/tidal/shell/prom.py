@@ -68,6 +68,7 @@ QUERIES: Final = {
     "replica_waiting": "sum by (tidal_dev_replica, pod) (vllm:num_requests_waiting{{{m}}})",
     "replica_running": "sum by (tidal_dev_replica, pod) (vllm:num_requests_running{{{m}}})",
     "replica_kv": "avg by (tidal_dev_replica, pod) ({kv}{{{m}}})",
+    "replica_request_rate": "sum by (tidal_dev_replica, pod) (rate(vllm:request_success_total{{{m}}}[{w}]))",
 }
 """Every PromQL the autoscaler runs. ``{m}``: the deployment's matchers, ``{w}``: the rate window."""
 
@@ -224,6 +225,7 @@ class PrometheusSignals:
         kv = per_replica("replica_kv") if names.kv else {}
         ttft = per_replica("replica_ttft_p95") if names.ttft else {}
         tpot = per_replica("replica_tpot_p95") if names.tpot else {}
+        requests = per_replica("replica_request_rate")
         ids = sorted(set(waiting) | set(running) | set(kv) | set(ttft) | set(tpot))
         if not ids:
             return None, f"no vLLM series for {namespace}/{deployment_label} in Prometheus {url}"
@@ -235,6 +237,7 @@ class PrometheusSignals:
                 running=running.get(rid),
                 waiting=waiting.get(rid),
                 kv_cache_usage=kv.get(rid),
+                request_rate=requests.get(rid),
             )
             for rid in ids
         )

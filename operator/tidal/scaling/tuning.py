@@ -1,0 +1,169 @@
+"""Engine tuning from live advice: which advised engine setting Tidal may change on its own, by how much, and
+when (``spec.recommendation.mode: Apply`` only).
+
+Detection (:mod:`tidal.scaling.detection`) turns saturation patterns into :class:`EngineAdvice` that names a
+setting and a concrete, bounded value. This module decides whether that value becomes an *override*: the
+value the workers run with in place of the recommendation for a setting left ``"auto"``. It is built to be
+trusted by the SRE on call:
+
+* ``Advise`` mode changes nothing: advice stays advice, and overrides left from an earlier ``Apply`` are
+  dropped (the mode says "hands off").
+* A setting the user wrote explicitly in the spec is never overridden; the decision says so.
+* Changes are bounded (:func:`bounded_value`): ``maxNumSeqs`` never below 1 and at most halved per step;
+  ``gpuMemoryUtilization`` at most :data:`GPU_MEMORY_STEP` up per step and never above
+  :data:`GPU_MEMORY_CEILING`. ``maxModelLen`` is advice only: a shorter context refuses requests that
+  worked before, which is the user's call.
+* At most one change per :data:`COOL_DOWN_S`: the change rolls the replicas (the effective settings are
+  part of the pod template hash), and its effect needs time to show in the metrics before the next one.
+
+Pure: the previous overrides and the time of the last change are passed in (they live in
+``status.engineTuning`` so a restart neither forgets nor repeats a change).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from tidal.scaling.types import EngineAdvice
+
+MAX_NUM_SEQS: Final = "maxNumSeqs"
+GPU_MEMORY_UTILIZATION: Final = "gpuMemoryUtilization"
+MAX_MODEL_LEN: Final = "maxModelLen"
+TUNABLE: Final = (MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION)
+"""Settings an override may change (spec field names)."""
+
+GPU_MEMORY_CEILING: Final = 0.95
+"""Highest ``gpuMemoryUtilization`` tuning ever sets. The recommender stays at vLLM's 0.90 because the rest
+covers CUDA-graph pools, NCCL buffers and allocator fragmentation its profiler does not see; with a KV cache
+measured full at small batches, half of that margin may go to the KV cache, no more."""
+GPU_MEMORY_STEP: Final = 0.02
+"""Most ``gpuMemoryUtilization`` is raised by one change."""
+COOL_DOWN_S: Final = 600.0
+"""At most one applied change per this many seconds."""
+
+
+def bounded_value(setting: str, current: float, suggested: float) -> float | None:
+    """``suggested`` clipped to one bounded step from ``current``; ``None`` when no step is possible (already
+    at the bound) or the setting is not tunable."""
+    if setting == MAX_NUM_SEQS:
+        cur = int(current)
+        floor = max(1, math.ceil(cur / 2))
+        value = min(cur - 1, max(floor, round(suggested)))
+        return float(value) if 1 <= value < cur else None
+    if setting == GPU_MEMORY_UTILIZATION:
+        ceiling = min(GPU_MEMORY_CEILING, current + GPU_MEMORY_STEP)
+        raised = round(min(ceiling, suggested), 4)
+        return raised if raised > current + 1e-9 else None
+    return None
+
+
+@dataclass(frozen=True)
+class TuningChange:
+    """One applied change of an engine setting."""
+
+    setting: str
+    previous: float
+    value: float
+    message: str
+
+
+@dataclass(frozen=True)
+class TuningDecision:
+    """The overrides to keep, the change made now (if any) and why the other advice was not applied."""
+
+    overrides: dict[str, float]
+    """Setting (spec field name) -> value the workers run with instead of the recommendation."""
+    change: TuningChange | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Setting -> why its advice was not applied (a stable key for Events: ``explicit``, ``coolDown``,
+    ``advise``, ``unknownCurrent``, ``atBound``, ``adviceOnly``)."""
+    message: str = ""
+    """One line for ``status.engineTuning.message``."""
+
+
+def plan_engine_tuning(
+    advice: Sequence[EngineAdvice],
+    *,
+    apply_mode: bool,
+    explicit: Mapping[str, float],
+    overrides: Mapping[str, float],
+    last_change: float | None,
+    now: float,
+    cool_down_s: float = COOL_DOWN_S,
+) -> TuningDecision:
+    """What to do with ``advice`` (see the module docstring). ``explicit``: settings the spec sets, with their
+    values; ``overrides``: the ones applied earlier; ``last_change``: when the last one was applied."""
+    if not apply_mode:
+        held = {a.setting: "advise" for a in advice if a.suggested is not None}
+        dropped = f"; earlier overrides {_fmt(overrides)} dropped" if overrides else ""
+        return TuningDecision({}, None, held, f"Advise mode: advice is not applied{dropped}")
+    kept = {k: v for k, v in overrides.items() if k in TUNABLE and k not in explicit}
+    skipped: dict[str, str] = {}
+    notes: list[str] = []
+    change: TuningChange | None = None
+    until = None if last_change is None else last_change + cool_down_s
+    for a in advice:
+        if a.setting not in TUNABLE:
+            skipped[a.setting] = "adviceOnly"
+            notes.append(f"{a.setting}: advice only, never applied automatically")
+            continue
+        if a.suggested is None:
+            continue
+        if a.setting in explicit:
+            skipped[a.setting] = "explicit"
+            notes.append(
+                f"spec.engine.{a.setting}={explicit[a.setting]:g} is set explicitly and wins: not overridden "
+                f"(advice: {a.suggested:g})"
+            )
+            continue
+        if a.current is None:
+            skipped[a.setting] = "unknownCurrent"
+            notes.append(
+                f"{a.setting}: the current value is unknown (no feasible recommendation): not changed"
+            )
+            continue
+        value = bounded_value(a.setting, a.current, a.suggested)
+        if value is None:
+            skipped[a.setting] = "atBound"
+            notes.append(f"{a.setting} {a.current:g} is at its bound: not changed")
+            continue
+        if change is not None or (until is not None and now < until):
+            skipped[a.setting] = "coolDown"
+            notes.append(
+                f"{a.setting} -> {value:g} waits for the cool-down (one change per {cool_down_s:.0f}s)"
+            )
+            continue
+        kept[a.setting] = value
+        change = TuningChange(
+            a.setting,
+            a.current,
+            value,
+            f"{a.setting} {a.current:g} -> {value:g}: {a.message}",
+        )
+    parts = [change.message] if change is not None else []
+    parts += notes
+    if not parts:
+        parts = [f"overrides {_fmt(kept)}" if kept else "no engine advice"]
+    return TuningDecision(kept, change, skipped, "; ".join(parts))
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(values.items())) or "none"
+
+
+__all__ = [
+    "COOL_DOWN_S",
+    "GPU_MEMORY_CEILING",
+    "GPU_MEMORY_STEP",
+    "GPU_MEMORY_UTILIZATION",
+    "MAX_MODEL_LEN",
+    "MAX_NUM_SEQS",
+    "TUNABLE",
+    "TuningChange",
+    "TuningDecision",
+    "bounded_value",
+    "plan_engine_tuning",
+]

@@ -1,0 +1,359 @@
+"""Engine tuning from live advice (tidal.scaling.tuning) and how it reaches the workers: advice carries a
+concrete bounded value; Apply mode applies one change per cool-down and never an explicit spec value; Advise
+mode changes nothing; the override lands in status.engineTuning with an EngineTuned Event, and the pod
+builders run with explicit value > tuned override > recommendation (a new spec hash: a normal rollout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tidal.api import LLMDeployment
+from tidal.builders.engine import recommend_for_spec, resolve_engine, tuned_overrides
+from tidal.builders.pods import build_replica_pods
+from tidal.plan.autoscale import autoscaler_patch, engine_tuning, scaling_config
+from tidal.plan.reconcile import make_target
+from tidal.scaling import (
+    AutoscalerState,
+    CapacityView,
+    EngineAdvice,
+    FleetObservation,
+    ScalingConfig,
+    compute_desired_replicas,
+)
+from tidal.scaling.detection import engine_advice
+from tidal.scaling.tuning import (
+    COOL_DOWN_S,
+    GPU_MEMORY_CEILING,
+    TuningDecision,
+    bounded_value,
+    plan_engine_tuning,
+)
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = 1_000_000.0
+STAMP = "1970-01-12T13:46:40Z"  # NOW as RFC 3339
+
+
+# ------------------------------------------------------------------------------------------------ bounds
+
+
+@pytest.mark.parametrize(
+    ("setting", "current", "suggested", "expected"),
+    [
+        ("maxNumSeqs", 256, 160, 160),
+        ("maxNumSeqs", 256, 10, 128),  # at most halved per step
+        ("maxNumSeqs", 256, 300, 255),  # a decrease is a decrease
+        ("maxNumSeqs", 3, 1, 2),  # ceil(3 / 2)
+        ("maxNumSeqs", 2, 1, 1),
+        ("maxNumSeqs", 1, 1, None),  # never below 1
+        ("gpuMemoryUtilization", 0.90, 0.99, 0.92),  # one step
+        ("gpuMemoryUtilization", 0.94, 0.99, GPU_MEMORY_CEILING),  # never above the ceiling
+        ("gpuMemoryUtilization", GPU_MEMORY_CEILING, 0.99, None),
+        ("gpuMemoryUtilization", 0.97, 0.99, None),  # above the ceiling already (explicit): no raise
+        ("maxModelLen", 8192, 4096, None),  # advice only
+    ],
+)
+def test_bounded_value(setting: str, current: float, suggested: float, expected: float | None) -> None:
+    assert bounded_value(setting, current, suggested) == (
+        None if expected is None else pytest.approx(expected)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ advice
+
+CFG = ScalingConfig(max_num_seqs=256, gpu_memory_utilization=0.9)
+
+
+@pytest.mark.parametrize(
+    ("config", "obs", "expected"),
+    [
+        (CFG, FleetObservation(NOW, kv_cache_usage=0.97, running=30), [("gpuMemoryUtilization", 0.9, 0.92)]),
+        (
+            ScalingConfig(max_num_seqs=256),  # vLLM's default fraction when the engine leaves it unset
+            FleetObservation(NOW, kv_cache_usage=0.97, running=30),
+            [("gpuMemoryUtilization", 0.9, 0.92)],
+        ),
+        (
+            ScalingConfig(max_num_seqs=256, gpu_memory_utilization=GPU_MEMORY_CEILING),
+            FleetObservation(NOW, kv_cache_usage=0.97, running=30),
+            [("maxModelLen", None, None)],
+        ),
+        (CFG, FleetObservation(NOW, running=400, preemption_rate=1.0), [("maxNumSeqs", 256, 160)]),
+        (CFG, FleetObservation(NOW, running=40, preemption_rate=1.0), [("maxNumSeqs", 256, 128)]),
+        (
+            ScalingConfig(max_num_seqs=1),
+            FleetObservation(NOW, running=2, preemption_rate=1.0),
+            [("maxNumSeqs", 1, None)],
+        ),
+        (
+            ScalingConfig(),
+            FleetObservation(NOW, running=400, preemption_rate=1.0),
+            [("maxNumSeqs", None, 160)],
+        ),
+        (CFG, FleetObservation(NOW, kv_cache_usage=0.5, running=400, preemption_rate=0.01), []),
+    ],
+)
+def test_advice_carries_the_current_and_a_bounded_value(
+    config: ScalingConfig, obs: FleetObservation, expected: list[tuple[str, float | None, float | None]]
+) -> None:
+    advice = engine_advice(config, obs, ready=2)
+    assert [(a.setting, a.current, a.suggested) for a in advice] == [
+        (s, c, None if v is None else pytest.approx(v)) for s, c, v in expected
+    ]
+    for a in advice:
+        if a.suggested is not None and a.current is not None:
+            assert (
+                f"{a.suggested:.2f}".rstrip("0").rstrip(".") in a.message or f"{a.suggested:.0f}" in a.message
+            )
+
+
+# ------------------------------------------------------------------------------------------------ tuning
+
+SEQS = EngineAdvice("maxNumSeqs", "decrease", 160.0, "1.20 preemptions/s per replica", current=256.0)
+MEM = EngineAdvice("gpuMemoryUtilization", "increase", 0.92, "KV cache 97% full", current=0.9)
+LEN = EngineAdvice("maxModelLen", "decrease", None, "lower max_model_len", current=None)
+
+
+@dataclass
+class Case:
+    name: str
+    advice: tuple[EngineAdvice, ...]
+    apply: bool = True
+    explicit: dict[str, float] = field(default_factory=dict)
+    overrides: dict[str, float] = field(default_factory=dict)
+    last_change: float | None = None
+    expect_overrides: dict[str, float] = field(default_factory=dict)
+    expect_change: tuple[str, float, float] | None = None
+    expect_skipped: dict[str, str] = field(default_factory=dict)
+    in_message: str = ""
+
+
+CASES = [
+    Case(
+        "apply lowers max_num_seqs",
+        (SEQS,),
+        expect_overrides={"maxNumSeqs": 160},
+        expect_change=("maxNumSeqs", 256, 160),
+    ),
+    Case(
+        "advise changes nothing",
+        (SEQS,),
+        apply=False,
+        expect_skipped={"maxNumSeqs": "advise"},
+        in_message="Advise",
+    ),
+    Case(
+        "advise drops earlier overrides",
+        (),
+        apply=False,
+        overrides={"maxNumSeqs": 160},
+        in_message="maxNumSeqs=160 dropped",
+    ),
+    Case(
+        "explicit value wins",
+        (SEQS,),
+        explicit={"maxNumSeqs": 256},
+        expect_skipped={"maxNumSeqs": "explicit"},
+        in_message="spec.engine.maxNumSeqs=256 is set explicitly and wins",
+    ),
+    Case(
+        "explicit value drops an old override",
+        (),
+        explicit={"maxNumSeqs": 64},
+        overrides={"maxNumSeqs": 160},
+    ),
+    Case(
+        "one change per cool-down",
+        (SEQS,),
+        overrides={"gpuMemoryUtilization": 0.92},
+        last_change=NOW - COOL_DOWN_S + 1,
+        expect_overrides={"gpuMemoryUtilization": 0.92},
+        expect_skipped={"maxNumSeqs": "coolDown"},
+        in_message="cool-down",
+    ),
+    Case(
+        "after the cool-down",
+        (SEQS,),
+        overrides={"gpuMemoryUtilization": 0.92},
+        last_change=NOW - COOL_DOWN_S,
+        expect_overrides={"gpuMemoryUtilization": 0.92, "maxNumSeqs": 160},
+        expect_change=("maxNumSeqs", 256, 160),
+    ),
+    Case(
+        "one change per pass",
+        (MEM, SEQS),
+        expect_overrides={"gpuMemoryUtilization": 0.92},
+        expect_change=("gpuMemoryUtilization", 0.9, 0.92),
+        expect_skipped={"maxNumSeqs": "coolDown"},
+    ),
+    Case(
+        "explicit memory, tunable seqs",
+        (MEM, SEQS),
+        explicit={"gpuMemoryUtilization": 0.9},
+        expect_overrides={"maxNumSeqs": 160},
+        expect_change=("maxNumSeqs", 256, 160),
+        expect_skipped={"gpuMemoryUtilization": "explicit"},
+    ),
+    Case("max_model_len is advice only", (LEN,), expect_skipped={"maxModelLen": "adviceOnly"}),
+    Case(
+        "unknown current value",
+        (EngineAdvice("maxNumSeqs", "decrease", 160.0, "preemptions", current=None),),
+        expect_skipped={"maxNumSeqs": "unknownCurrent"},
+    ),
+    Case(
+        "bounded again",
+        (EngineAdvice("maxNumSeqs", "decrease", 3.0, "preemptions", current=256.0),),
+        expect_overrides={"maxNumSeqs": 128},
+        expect_change=("maxNumSeqs", 256, 128),
+    ),
+    Case(
+        "at the bound",
+        (EngineAdvice("maxNumSeqs", "decrease", 1.0, "preemptions", current=1.0),),
+        expect_skipped={"maxNumSeqs": "atBound"},
+    ),
+    Case(
+        "nothing to do keeps overrides",
+        (),
+        overrides={"maxNumSeqs": 160},
+        expect_overrides={"maxNumSeqs": 160},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_plan_engine_tuning(case: Case) -> None:
+    d = plan_engine_tuning(
+        case.advice,
+        apply_mode=case.apply,
+        explicit=case.explicit,
+        overrides=case.overrides,
+        last_change=case.last_change,
+        now=NOW,
+    )
+    assert d.overrides == pytest.approx(case.expect_overrides)
+    change = None if d.change is None else (d.change.setting, d.change.previous, d.change.value)
+    assert change == (None if case.expect_change is None else pytest.approx(case.expect_change))
+    assert d.skipped == case.expect_skipped
+    assert case.in_message in d.message
+
+
+# ------------------------------------------------------------------------------------- glue and builders
+
+
+def deployment(mode: str = "Apply", status: dict[str, Any] | None = None, **engine: Any) -> LLMDeployment:
+    doc = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
+    doc["metadata"].update(namespace="ns", uid="uid-1", generation=1)
+    doc["spec"]["recommendation"]["mode"] = mode
+    doc["spec"]["engine"].update(engine)
+    if status is not None:
+        doc["status"] = status
+    return LLMDeployment.model_validate(doc)
+
+
+def preempting_pass(d: LLMDeployment, old: dict[str, Any], now: float) -> Any:
+    """One autoscaler pass over a fleet that preempts a lot (the operator's order: target, config, decision,
+    tuning, patch)."""
+    engine = make_target(d, d.spec.replicas).inputs.engine
+    config = scaling_config(d, engine.max_num_seqs, engine.gpu_memory_utilization)
+    obs = FleetObservation(now - 1, ttft_p95=0.5, tpot_p95=0.02, waiting=0, running=60, preemption_rate=2.0)
+    decision = compute_desired_replicas(config, obs, CapacityView(current=1, ready=1), AutoscalerState(), now)
+    tuning = engine_tuning(d, decision, old, now)
+    return autoscaler_patch(decision, config, obs, old, now, STAMP, 1, None, tuning), engine
+
+
+def test_apply_mode_records_the_override_and_the_builders_use_it() -> None:
+    d = deployment()
+    patch, engine = preempting_pass(d, {}, NOW)
+    rec_seqs = engine.max_num_seqs
+    assert rec_seqs is not None and rec_seqs > 2 and "max_num_seqs" in engine.applied
+    tuning = patch.fields["engineTuning"]
+    expected = max(-(-rec_seqs // 2), 48)  # 0.8 x 60 running, at most halved
+    assert tuning["overrides"] == {"maxNumSeqs": expected}
+    assert tuning["lastChange"]["from"] == rec_seqs and tuning["lastChange"]["to"] == expected
+    assert tuning["coolDownUntil"] == "1970-01-12T13:56:40Z"  # NOW + 600 s
+    (event,) = [e for e in patch.events if e.reason == "EngineTuned"]
+    assert event.type == "Normal" and f"maxNumSeqs {rec_seqs} -> {expected}" in event.message
+    assert "preemptions/s" in event.message and "1970-01-12T13:56:40Z" in event.message
+    # The next reconcile plans from the status with the override: the workers run with it, a new hash.
+    tuned = deployment(status={"engineTuning": tuning})
+    assert tuned_overrides(tuned.status) == {"max_num_seqs": expected}
+    t_before, t_after = make_target(d, 1), make_target(tuned, 1)
+    assert t_after.inputs.engine.max_num_seqs == expected and t_after.inputs.engine.tuned == ("max_num_seqs",)
+    assert t_after.spec_hash != t_before.spec_hash
+    assert f"TIDAL_MAX_NUM_SEQS={expected}" in _engine_env(t_after)  # the worker contract
+    assert f"TIDAL_MAX_NUM_SEQS={rec_seqs}" in _engine_env(t_before)
+    # Still preempting inside the cool-down: no second change, no second Event.
+    again, engine2 = preempting_pass(tuned, {"engineTuning": tuning}, NOW + 60)
+    assert engine2.max_num_seqs == expected
+    assert again.fields["engineTuning"]["overrides"] == {"maxNumSeqs": expected}
+    assert again.fields["engineTuning"]["skipped"] == {"maxNumSeqs": "coolDown"}
+    assert not [e for e in again.events if e.reason == "EngineTuned"]
+
+
+def _engine_env(target: Any) -> list[str]:
+    (pod,) = build_replica_pods(target.inputs, 0, target.spec_hash)
+    return [
+        f"{e.get('name')}={e.get('value')}" for c in pod["spec"]["containers"] for e in c.get("env") or []
+    ]
+
+
+def test_advise_mode_changes_nothing_but_status() -> None:
+    d = deployment(mode="Advise")
+    patch, _ = preempting_pass(d, {}, NOW)
+    tuning = patch.fields["engineTuning"]
+    assert tuning["overrides"] == {} and tuning["lastChange"] is None
+    assert tuning["skipped"] == {"maxNumSeqs": "advise"} and "Advise mode" in tuning["message"]
+    assert not [e for e in patch.events if e.reason.startswith("EngineTun")]
+    assert any("preemptions/s" in a for a in patch.fields["advice"])
+    # An override left by an earlier Apply is neither used by the builders nor kept.
+    stale = {"overrides": {"maxNumSeqs": 10}, "message": "x"}
+    held = deployment(mode="Advise", status={"engineTuning": stale})
+    assert make_target(held, 1).spec_hash == make_target(d, 1).spec_hash
+    patch, _ = preempting_pass(held, {"engineTuning": stale}, NOW)
+    assert patch.fields["engineTuning"]["overrides"] == {"maxNumSeqs": None}  # merge patch: removed
+
+
+def test_explicit_setting_is_never_overridden_and_says_so_once() -> None:
+    d = deployment(maxNumSeqs=64)
+    patch, engine = preempting_pass(d, {}, NOW)
+    assert engine.max_num_seqs == 64
+    tuning = patch.fields["engineTuning"]
+    assert tuning["overrides"] == {} and tuning["skipped"] == {"maxNumSeqs": "explicit"}
+    (event,) = [e for e in patch.events if e.reason == "EngineTuningSkipped"]
+    assert "spec.engine.maxNumSeqs=64 is set explicitly and wins" in event.message
+    again, _ = preempting_pass(d, {"engineTuning": tuning}, NOW + 15)
+    assert not [e for e in again.events if e.reason == "EngineTuningSkipped"]
+    # A stale override of a setting that is explicit now does not reach the workers.
+    stale = deployment(maxNumSeqs=64, status={"engineTuning": {"overrides": {"maxNumSeqs": 10}}})
+    assert make_target(stale, 1).inputs.engine.max_num_seqs == 64
+
+
+def test_resolve_engine_order_explicit_then_override_then_recommendation() -> None:
+    d = deployment()
+    rec = recommend_for_spec(d.spec, 1)
+    assert rec is not None
+    plain = resolve_engine(d.spec, rec)
+    tuned = resolve_engine(d.spec, rec, {"max_num_seqs": 7, "gpu_memory_utilization": 0.93})
+    assert tuned.max_num_seqs == 7 and tuned.tuned == ("max_num_seqs",)
+    assert tuned.gpu_memory_utilization == plain.gpu_memory_utilization == 0.9  # explicit in the example
+    advise = deployment(mode="Advise")
+    assert resolve_engine(advise.spec, rec, {"max_num_seqs": 7}).max_num_seqs is None
+
+
+def test_no_advice_no_tuning_status() -> None:
+    d = deployment()
+    engine = make_target(d, 1).inputs.engine
+    config = scaling_config(d, engine.max_num_seqs, engine.gpu_memory_utilization)
+    obs = FleetObservation(NOW - 1, ttft_p95=0.5, tpot_p95=0.02, waiting=0, running=2)
+    decision = compute_desired_replicas(config, obs, CapacityView(current=1, ready=1), AutoscalerState(), NOW)
+    tuning = engine_tuning(d, decision, {}, NOW)
+    assert tuning == TuningDecision({}, None, {}, "no engine advice")
+    patch = autoscaler_patch(decision, config, obs, {}, NOW, STAMP, 1, None, tuning)
+    assert patch.fields["engineTuning"] is None
