@@ -77,7 +77,8 @@ class GpuPods:
         self._lock = threading.Lock()
 
     def get(self, kube: Kube) -> list[dict[str, Any]] | None:
-        """The GPU pods, or ``None`` when they cannot be listed (the caller falls back to its own pods)."""
+        """The GPU pods (the previous list when listing fails), or ``None`` when they were never listed (the
+        caller falls back to its own pods)."""
         with self._lock:
             if time.monotonic() - self._at < self.ttl:
                 return self._pods
@@ -88,9 +89,12 @@ class GpuPods:
                 )
                 items = json.loads(resp.data).get("items") or []
                 self._pods = [_slim(p) for p in items if pod_gpus(p) > 0]
-            except Exception as exc:  # API errors, RBAC: free GPUs then count Tidal's pods only
-                log.warning("could not list GPU pods (free GPUs count Tidal's workers only): %s", exc)
-                self._pods = None
+            except Exception as exc:  # API errors, RBAC: the last list, else Tidal's own pods only
+                log.warning(
+                    "could not list GPU pods (free GPUs use %s): %s",
+                    "the previous list" if self._pods is not None else "Tidal's workers only",
+                    exc,
+                )
             self._at = time.monotonic()
             return self._pods
 
