@@ -437,11 +437,11 @@ def _blocked_then_scaled(rig: Rig, name: str, label: dict[str, str]) -> None:
             timeout=60,
             what="metrics",
         )
-        rig.set_all(name, ttft=4.0)  # asks for 2 replicas: the node has 2 GPUs, 1 is the training job's
-        (event,) = wait_for(
         # The operator lists the cluster's GPU pods at most every GPU_PODS_TTL_S: let a list with the training
         # job in it be taken before the breach.
         time.sleep(GPU_PODS_TTL_S + 1)
+        rig.set_all(name, ttft=4.0)  # asks for 2 replicas: the node has 2 GPUs, 1 is the training job's
+        (event,) = wait_for(
             lambda: rig.events(name, "InsufficientGPU"), timeout=60, what="InsufficientGPU Event"
         )[:1]
         assert "only 0 GPU(s) are free" in event.message, event.message
