@@ -236,6 +236,8 @@ def test_scale_up_on_latency_and_down_only_after_the_window(rig: Rig) -> None:
     blocked = wait_for(lambda: rig.events(name, "ScaleBlocked"), timeout=20, what="ScaleBlocked Event")
     assert len(blocked) == 1 and "maxReplicas" in blocked[0].message, [e.message for e in blocked]
     assert st["signal"]["name"] and st["autoscaler"]["recommendations"]
+    # The load signal's capacity comes from the performance model (Llama-3.1-8B on H100 in the example).
+    assert "modelled replica capacity" in st["autoscaler"]["loadCapacity"], st["autoscaler"]
     assert rig.operator.metric("tidal_autoscaler_decisions_total", reason="ScaledUp") >= 1
     assert rig.operator.metric("tidal_autoscaler_decisions_total", reason="ScaledDown") >= 1
 

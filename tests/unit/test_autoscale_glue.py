@@ -29,6 +29,7 @@ from tidal.plan.autoscale import (
     merge_pods,
     pod_gpus,
     replica_ages,
+    replica_capacity,
     scaling_config,
     signal_status,
     with_replica_ages,
@@ -623,3 +624,66 @@ def test_merge_pods_keeps_each_pod_once() -> None:
     merged = merge_pods([a, b], listed)
     assert [p["metadata"]["name"] for p in merged] == ["x", "y", "z"]
     assert merged[0] is a  # the first source's copy wins
+
+
+# ------------------------------------------------------------------------------------------ load capacity
+
+
+def test_load_signal_capacity_from_the_performance_model() -> None:
+    from tidal.plan.reconcile import make_target
+
+    d = deployment()  # Llama-3.1-8B on H100, TP 1, Apply mode
+    target = make_target(d, 1)
+    cap, text = replica_capacity(d, target.inputs.engine, target.recommendation)
+    assert cap is not None, text
+    # A roofline replica of an 8B model on an H100 serves thousands of tokens/s, prefill faster than decode.
+    assert (
+        5_000 < cap.prefill_tokens_per_s < 200_000
+        and 1_000 < cap.decode_tokens_per_s < cap.prefill_tokens_per_s
+    )
+    assert "Llama-3.1-8B on H100-80GB" in text and "1024+256 tokens" in text
+    config = scaling_config(d, capacity=cap)
+    assert config.prefill_tokens_per_replica_s == cap.prefill_tokens_per_s
+    assert config.decode_tokens_per_replica_s == cap.decode_tokens_per_s
+    # The load signal now takes part: half the modelled capacity on one replica is a ratio near 0.5/0.85.
+    o = FleetObservation(
+        NOW - 1,
+        ttft_p95=0.1,
+        tpot_p95=0.01,
+        waiting=0,
+        running=4,
+        prompt_token_rate=cap.prefill_tokens_per_s / 4,
+        generation_token_rate=cap.decode_tokens_per_s / 4,
+    )
+    decision = compute_desired_replicas(config, o, CapacityView(current=1, ready=1), AutoscalerState(), NOW)
+    assert decision.ratios["load"] == pytest.approx(0.5 / config.target_utilization, rel=0.05)
+    assert (
+        "load"
+        not in compute_desired_replicas(
+            scaling_config(d), o, CapacityView(current=1, ready=1), AutoscalerState(), NOW
+        ).ratios
+    )
+    # A tight TPOT target caps the batch: less capacity.
+    tight = deployment(autoscaling={"enabled": True, "targets": {"tpotP95Seconds": 0.015}})
+    cap2, _ = replica_capacity(
+        tight, make_target(tight, 1).inputs.engine, make_target(tight, 1).recommendation
+    )
+    assert cap2 is not None and cap2.decode_tokens_per_s < cap.decode_tokens_per_s
+
+
+def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() -> None:
+    from tidal.plan.reconcile import make_target
+
+    unknown = deployment(model={"uri": "hf://someone/unknown-model"})
+    t = make_target(unknown, 1)
+    cap, text = replica_capacity(unknown, t.inputs.engine, t.recommendation)
+    assert cap is None and "not in the built-in catalogue" in text
+    # Advise mode with TP left auto runs TP=1 while a 70B model is recommended TP>1: no capacity model.
+    doc = yaml.safe_load((ROOT / "examples" / "llama-3.3-70b-fp8-tp2.yaml").read_text())
+    doc["spec"]["engine"]["tensorParallelSize"] = "auto"
+    doc["spec"]["recommendation"] = {"mode": "Advise"}
+    big = LLMDeployment.model_validate(doc)
+    t = make_target(big, 1)
+    cap, text = replica_capacity(big, t.inputs.engine, t.recommendation)
+    assert t.inputs.engine.tensor_parallel_size == 1
+    assert cap is None and "the engine runs TP=1" in text, text

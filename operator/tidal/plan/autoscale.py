@@ -23,13 +23,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 from tidal.api import AUTO, MAX_HISTORY, LLMDeployment
+from tidal.builders.engine import EffectiveEngine, RecommendationResult, model_profile
 from tidal.builders.gpus import GPU_RESOURCE
 from tidal.plan.conditions import Cond
 from tidal.plan.replicas import group_replicas, is_pod_ready, parse_time
 from tidal.plan.types import EventSpec, NodeInfo
+from tidal.recommender.gpus import UnknownGPUError, get_gpu
+from tidal.recommender.perf import performance_model
 from tidal.scaling import (
     AutoscalerState,
     CapacityView,
@@ -39,6 +43,8 @@ from tidal.scaling import (
     ScalingDecision,
 )
 from tidal.scaling.tuning import COOL_DOWN_S, TUNABLE, TuningDecision, plan_engine_tuning
+from tidal.sim.oracle import modelled_capacity
+from tidal.sim.stepmodel import EngineLimits
 
 METRICS_AVAILABLE: Final = "MetricsAvailable"
 SCALING_ACTIVE: Final = "ScalingActive"
@@ -61,6 +67,9 @@ GPU_HOURS_AT: Final = "gpuHoursAt"
 """Key in ``status.autoscaler``: Unix time up to which ``status.gpuHours`` is accounted."""
 DEGRADED_KEY: Final = "degraded"
 """Key in ``status.autoscaler``: replicas flagged degraded at the last pass (an Event only for new ones)."""
+LOAD_CAPACITY_KEY: Final = "loadCapacity"
+"""Key in ``status.autoscaler``: the modelled replica capacity behind the ``load`` signal, or why it is
+off."""
 BLOCKED_KEY: Final = "blocked"
 """Key in ``status.autoscaler``: the last blocked decision (an Event only when it changes)."""
 MAX_GPU_HOURS_GAP_S: Final = 6 * 3600.0
@@ -93,10 +102,11 @@ def scaling_config(
     deployment: LLMDeployment,
     max_num_seqs: int | None = None,
     gpu_memory_utilization: float | None = None,
+    capacity: ReplicaCapacity | None = None,
 ) -> ScalingConfig:
     """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs`` and
     ``gpu_memory_utilization`` are the engine's effective values (explicit, tuned or recommended), for
-    engine advice."""
+    engine advice; ``capacity`` (:func:`replica_capacity`) turns the ``load`` signal on."""
     spec = deployment.spec
     a = spec.autoscaling
     t = a.targets
@@ -118,10 +128,100 @@ def scaling_config(
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,
         cold_start_s=a.cold_start_seconds,
+        prefill_tokens_per_replica_s=None if capacity is None else capacity.prefill_tokens_per_s,
+        decode_tokens_per_replica_s=None if capacity is None else capacity.decode_tokens_per_s,
         max_num_seqs=engine_seqs if isinstance(engine_seqs, int) else max_num_seqs,
         gpu_memory_utilization=spec.engine.gpu_memory_fraction or gpu_memory_utilization,
         replica_warmup_s=a.replica_warmup_seconds,
     )
+
+
+@dataclass(frozen=True)
+class ReplicaCapacity:
+    """Prompt and generated tokens per second one replica sustains within the TPOT target (modelled)."""
+
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    source: str
+
+
+def replica_capacity(
+    deployment: LLMDeployment, engine: EffectiveEngine, recommendation: RecommendationResult | None
+) -> tuple[ReplicaCapacity | None, str]:
+    """One replica's modelled capacity for the ``load`` signal, from the recommender's performance model
+    (:func:`tidal.recommender.perf.performance_model`) of the deployment's model, GPU and TP x PP, at the
+    expected prompt and output lengths and the TPOT target (:func:`tidal.sim.oracle.modelled_capacity`,
+    the same arithmetic the simulator's Tidal policy uses), with the engine's effective limits. ``None``
+    (the ``load`` signal stays off) with the reason when the model or GPU is unknown, or when the engine
+    does not run with the recommendation's parallelism (its KV capacity would not apply)."""
+    spec = deployment.spec
+    rec = recommendation.status if recommendation is not None else None
+    if rec is None or not rec.feasible or rec.values.tensor_parallel_size is None:
+        why = "; ".join(rec.reasons[:1]) if rec is not None and rec.reasons else "no recommendation"
+        return None, f"load signal off: {why}"
+    if (engine.tensor_parallel_size, engine.pipeline_parallel_size) != (
+        rec.values.tensor_parallel_size,
+        rec.values.pipeline_parallel_size,
+    ):
+        return None, (
+            f"load signal off: the engine runs TP={engine.tensor_parallel_size} "
+            f"PP={engine.pipeline_parallel_size}, "
+            f"the recommendation is sized for TP={rec.values.tensor_parallel_size} "
+            f"PP={rec.values.pipeline_parallel_size}"
+        )
+    profile, _ = model_profile(spec.model)
+    try:
+        gpu = get_gpu(spec.resources.gpu_type)
+    except UnknownGPUError as exc:
+        return None, f"load signal off: {exc}"
+    if profile is None:
+        return None, "load signal off: the model is not known"
+    return _capacity(
+        profile,
+        gpu,
+        engine.tensor_parallel_size,
+        engine.pipeline_parallel_size,
+        spec.engine.dtype,
+        spec.engine.kv_cache_dtype,
+        engine.quantization,
+        EngineLimits(
+            kv_cache_tokens=int(rec.arithmetic.get("kvCacheTokens", 0)),
+            max_num_seqs=engine.max_num_seqs or rec.values.max_num_seqs or 256,
+            max_num_batched_tokens=engine.max_num_batched_tokens or rec.values.max_num_batched_tokens or 2048,
+        ),
+        spec.recommendation.expected_input_tokens,
+        spec.recommendation.expected_output_tokens,
+        spec.autoscaling.targets.tpot_p95_seconds,
+    )
+
+
+@lru_cache(maxsize=256)
+def _capacity(
+    profile: Any,
+    gpu: Any,
+    tp: int,
+    pp: int,
+    dtype: str,
+    kv_dtype: str,
+    quantization: str | None,
+    limits: EngineLimits,
+    prompt: int,
+    output: int,
+    tpot_s: float,
+) -> tuple[ReplicaCapacity | None, str]:
+    if limits.kv_cache_tokens < prompt + output:
+        return (
+            None,
+            f"load signal off: a KV cache of {limits.kv_cache_tokens} tokens holds no expected request",
+        )
+    pm = performance_model(profile, gpu, tp, pp, dtype, kv_dtype, quantization)
+    cap = modelled_capacity(pm, limits, float(prompt), float(output), tpot_s)
+    source = (
+        f"modelled replica capacity {cap.prefill_tokens_per_s:.0f} prompt + {cap.decode_tokens_per_s:.0f} "
+        f"generated tokens/s ({cap.requests_per_s:.2f} requests/s of {prompt}+{output} tokens at TPOT "
+        f"{tpot_s:g}s, batch {cap.batch}; {pm.source})"
+    )
+    return ReplicaCapacity(cap.prefill_tokens_per_s, cap.decode_tokens_per_s, source), source
 
 
 # ------------------------------------------------------------------------------------ pods -> capacity
@@ -436,6 +536,7 @@ def autoscaler_patch(
     gpus_in_use: int,
     metrics_error: str | None = None,
     tuning: TuningDecision | None = None,
+    load_capacity: str | None = None,
 ) -> AutoscalerPatch:
     """Turn a decision (and what tuning did with its advice) into status fields, conditions and Events (all
     quoting the numbers)."""
@@ -450,6 +551,7 @@ def autoscaler_patch(
         GPU_HOURS_AT: now,
         DEGRADED_KEY: sick,
         BLOCKED_KEY: blocked[1] if blocked else None,
+        LOAD_CAPACITY_KEY: load_capacity,
     }
     fields: dict[str, Any] = {
         "autoscaler": state,
@@ -575,6 +677,7 @@ def disabled_conditions(old_status: Mapping[str, Any] | None) -> list[Cond]:
 __all__ = [
     "AUTOSCALER_TYPES",
     "AutoscalerPatch",
+    "ReplicaCapacity",
     "accumulate_gpu_hours",
     "alive_replicas",
     "autoscaler_conditions",
@@ -589,6 +692,7 @@ __all__ = [
     "performance_condition",
     "pod_gpus",
     "replica_ages",
+    "replica_capacity",
     "scaling_config",
     "signal_status",
     "tuning_status",

@@ -35,6 +35,7 @@ from tidal.plan.autoscale import (
     merge_pods,
     pod_gpus,
     replica_ages,
+    replica_capacity,
     scaling_config,
     with_replica_ages,
 )
@@ -147,7 +148,8 @@ def autoscale_pass(
     obs, error = reader.observe(prom.url, ns, label_value(name), prom.selector, pod_prefix=name)
     obs = with_replica_ages(obs, replica_ages(pods, now_dt))
     engine = target.inputs.engine
-    config = scaling_config(deployment, engine.max_num_seqs, engine.gpu_memory_utilization)
+    load_capacity, capacity_text = replica_capacity(deployment, engine, target.recommendation)
+    config = scaling_config(deployment, engine.max_num_seqs, engine.gpu_memory_utilization, load_capacity)
     gpr = engine.world_size
     matching = None if nodes is None else [n for n in nodes if node_matches(n, deployment)]
     gpu_pods = GPU_PODS.get(kube) if kube is not None else None
@@ -156,7 +158,9 @@ def autoscale_pass(
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
     gpus_in_use = alive_replicas(pods, now_dt) * gpr
     tuning = engine_tuning(deployment, decision, status, now)
-    patch = autoscaler_patch(decision, config, obs, status, now, stamp, gpus_in_use, error, tuning)
+    patch = autoscaler_patch(
+        decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, capacity_text
+    )
     return PassResult(decision, patch, obs)
 
 
