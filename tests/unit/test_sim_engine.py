@@ -14,6 +14,7 @@ from tidal.sim import (
     EngineLimits,
     LinearStepModel,
     SimConfig,
+    Trace,
     load_azure_csv,
     load_step_model,
     simulate,
@@ -150,3 +151,22 @@ def test_histogram_quantile_matches_prometheus_interpolation() -> None:
     vals = [0.05] * 50 + [0.7] * 50  # rank 95 falls in (0.5, 1.0] with 50 observations
     assert histogram_quantile(0.95, vals, buckets) == pytest.approx(0.5 + 0.5 * 45 / 50)
     assert histogram_quantile(0.95, [9.0] * 10, buckets) == 2.5
+
+
+@pytest.mark.parametrize("overhead", [0.0, 0.004])
+def test_an_arrival_during_pure_decode_waits_at_most_one_step(overhead: float) -> None:
+    """A request arriving while another one decodes is scheduled at the next step boundary, as vLLM does,
+    not at the end of a simulator macro step (which may span 50 ms of decode steps)."""
+    cfg = replace(CFG, record_requests=True, request_overhead_s=overhead, drain_tail_s=60.0)
+    arrivals = np.array([0.0, 0.2337])
+    tr = Trace("two", arrivals, np.array([64, 64], dtype=np.int64), np.array([4000, 4], dtype=np.int64))
+    res = simulate(tr, StaticPolicy(1), cfg)
+    assert res.request_log is not None
+    by_arrival = {round(a, 4): ttft for a, ttft, _tpot, _fin, _out in res.request_log}
+    lone = by_arrival[0.0]
+    decode_step = MODEL.step_seconds(0, 1, 4000 + 64)
+    mixed_step = MODEL.step_seconds(64, 1, 4000 + 128)
+    # At most: the overhead, the rest of the decode step in progress, then one mixed step.
+    assert by_arrival[0.2337] <= overhead + decode_step + mixed_step + 1e-9
+    assert by_arrival[0.2337] >= overhead + mixed_step - 1e-9
+    assert lone < by_arrival[0.2337] + decode_step

@@ -190,7 +190,11 @@ def simulate(
     def kick(r: Replica, now: float) -> None:
         if not r.stepping and r.engine.has_work():
             r.stepping = True
-            end = r.engine.step(now, min(next_scrape, now + cfg.macro_horizon_s))
+            # A macro step (a stretch of pure decode) must not run past the next arrival: the engine
+            # would see that request at its next step boundary, so must the simulator (else the
+            # request waits up to a whole macro horizon, a TTFT tail the real engine does not have).
+            t_next = float(arrivals[i]) + cfg.request_overhead_s if i < n_req else math.inf
+            end = r.engine.step(now, min(next_scrape, t_next, now + cfg.macro_horizon_s))
             push(end, STEP, r.engine.rid)
 
     def route(req: Request, now: float) -> None:
