@@ -27,7 +27,13 @@ Fed to :class:`tidal.sim.LinearStepModel` as ``per_seq = (tpot_b - tpot_1)/(b - 
 simulator's ``request_overhead_s``: part of every TTFT, not of any engine step. The engine limits are
 the worker's settings (64 MiB of KV = 65,536 tokens of 1,024 bytes).
 
-Usage (starts and stops its own worker; ~2 minutes on 2 cores)::
+Lone requests cannot show what load does on a 2-core machine, where the client, vLLM's API process and its
+engine core share the CPUs, and vLLM stamps TTFT in the API process (which streams every other request's
+tokens too). So a 30 s calibration replay of ANOTHER trace (same rate, seed + 100) fits two scalars
+(:func:`fit_loaded`): a factor on every step time (engine TPOT measured / simulated) and an extra TTFT
+(engine mean TTFT measured minus simulated). The validation trace is then replayed and compared.
+
+Usage (starts and stops its own worker; ~3 minutes on 2 cores)::
 
     .venv/bin/python bench/sim_validation.py [--rate 3] [--duration 75] [--seed 0] [--json]
 """
@@ -100,11 +106,18 @@ class Calibration:
     """Engine prefill time (scheduled -> first token) of one short-prompt request alone."""
     prefill_long: float = 0.0
     """Engine prefill time of one long-prompt request alone."""
+    step_scale: float = 1.0
+    """Factor on every step time, fitted on the calibration replay (:func:`fit_loaded`): how much slower
+    the engine steps while the API process and the client share its 2 CPUs than for lone requests."""
+    loaded_overhead: float = 0.0
+    """Extra TTFT under the validation load, fitted on a separate calibration replay
+    (:func:`fit_loaded`): the API process's backlog while other requests stream."""
 
     @property
     def request_overhead(self) -> float:
-        """TTFT outside the engine's prefill (arrival at the API process -> scheduled), one request alone."""
-        return max(0.0, self.ttft_short - self.prefill_short)
+        """TTFT outside the engine's prefill (arrival at the API process -> scheduled), one request alone,
+        plus the fitted loaded overhead."""
+        return max(0.0, self.ttft_short - self.prefill_short) + self.loaded_overhead
 
     def step_model(self) -> LinearStepModel:
         per_seq = max(0.0, (self.tpot_b - self.tpot_1) / (self.batch - 1))
@@ -114,13 +127,14 @@ class Calibration:
             0.0, (self.prefill_long - self.prefill_short) / (self.long_prompt - self.short_prompt)
         )
         prefill_step = max(0.0, self.prefill_short - fixed - per_prefill * self.short_prompt)
+        k = self.step_scale
         return LinearStepModel(
-            fixed_s=fixed,
-            per_seq_s=per_seq,
-            per_prefill_token_s=per_prefill,
-            prefill_step_s=prefill_step,
+            fixed_s=fixed * k,
+            per_seq_s=per_seq * k,
+            per_prefill_token_s=per_prefill * k,
+            prefill_step_s=prefill_step * k,
             kv_bytes_per_token=KV_BYTES_PER_TOKEN,
-            effective_bw=KV_BYTES_PER_TOKEN / per_kv_token if per_kv_token > 0 else 1e12,
+            effective_bw=KV_BYTES_PER_TOKEN / (per_kv_token * k) if per_kv_token > 0 else 1e12,
             weight_bytes=3.2e6,  # the tiny model's bf16 weights
             params=1.6e6,
             peak_bw=100e9,  # floors: far above any CPU, so they never bind for real CPU steps
@@ -405,7 +419,8 @@ def render(cal: Calibration, table: dict[str, dict[str, float]]) -> str:
         f"{m.kv_bytes_per_token / m.effective_bw * 1e6:.2f} us/KV token + "
         f"{m.per_prefill_token_s * 1e6:.1f} us/prompt token + "
         f"{m.prefill_step_s * 1e3:.2f} ms per prefill step; request overhead before the engine "
-        f"{cal.request_overhead * 1e3:.2f} ms",
+        f"{cal.request_overhead * 1e3:.2f} ms; fitted on the calibration replay: "
+        f"steps x{cal.step_scale:.3f}, +{cal.loaded_overhead * 1e3:.2f} ms TTFT",
         f"{'metric':26s} {'real':>10s} {'sim':>10s} {'sim/real':>9s}",
     ]
     for k, v in table.items():
@@ -414,18 +429,63 @@ def render(cal: Calibration, table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run(
+CALIBRATION_SEED_OFFSET = 100
+"""The calibration replay's trace seed is the validation seed + this: other arrivals, other lengths."""
+
+
+def calibration_replay(
     base_url: str, metrics_url: str, rate: float, duration: float, seed: int
+) -> tuple[Trace, EngineStats]:
+    """Replay a calibration trace (same rate as the validation, another seed): what the engine measured."""
+    trace = validation_trace(rate, duration, seed + CALIBRATION_SEED_OFFSET)
+    before = scrape(metrics_url)
+    asyncio.run(replay(base_url, trace, seed + CALIBRATION_SEED_OFFSET))
+    return trace, engine_stats(before, scrape(metrics_url))
+
+
+def fit_loaded(cal: Calibration, trace: Trace, engine: EngineStats) -> Calibration:
+    """Fit the two things lone requests cannot show, on the calibration replay (another trace than the
+    validation one): how the shared CPU slows engine steps under the replay's load, and the API process's
+    share of TTFT while other requests stream.
+
+    1. ``step_scale``: the engine's mean TPOT on the calibration trace over the simulator's, with the
+       lone-request step model. The client, vLLM's API process and its engine core share 2 CPUs during a
+       replay, not during lone requests.
+    2. ``loaded_overhead``: vLLM stamps TTFT in its API process (arrival there -> the first token
+       processed there), so while other requests stream a new request's TTFT also holds the API
+       process's backlog (it detokenises and streams every other request's tokens). The engine's mean
+       TTFT minus the simulator's (with the scaled steps) is added to the lone-request overhead.
+
+    Two scalars fitted on one trace, checked on another (other arrivals, other lengths)."""
+    base = replace(cal, step_scale=1.0, loaded_overhead=0.0)
+    sim = simulate_trace(trace, base)
+    scale = engine.tpot_mean / statistics.fmean(r.tpot for r in sim if r.output > 1)
+    scaled = replace(base, step_scale=scale)
+    sim = simulate_trace(trace, scaled)
+    extra = engine.ttft_mean - statistics.fmean(r.ttft for r in sim)
+    return replace(scaled, loaded_overhead=max(0.0, extra))
+
+
+def run(
+    base_url: str,
+    metrics_url: str,
+    rate: float,
+    duration: float,
+    seed: int,
+    calibration_duration: float = 30.0,
 ) -> tuple[Calibration, dict[str, dict[str, float]], list[Calibration]]:
-    """Calibrate on the worker, replay the trace on it, calibrate again; simulate the same trace with the
-    mean of the two calibrations. Returns that calibration, the comparison table and both calibrations."""
+    """Calibrate on the worker (lone requests), fit the API process's loaded overhead on a calibration
+    replay, replay the validation trace, calibrate again; simulate the validation trace with the mean of
+    the two lone-request calibrations plus the fitted overhead. Returns that calibration, the comparison
+    table and both lone-request calibrations."""
     trace = validation_trace(rate, duration, seed)
     before_cal = asyncio.run(calibrate(base_url, metrics_url, seed))
+    cal_trace, cal_engine = calibration_replay(base_url, metrics_url, rate, calibration_duration, seed)
     before = scrape(metrics_url)
     real = asyncio.run(replay(base_url, trace, seed))
     engine = engine_stats(before, scrape(metrics_url))
     after_cal = asyncio.run(calibrate(base_url, metrics_url, seed + 1))
-    cal = mean_calibration([before_cal, after_cal])
+    cal = fit_loaded(mean_calibration([before_cal, after_cal]), cal_trace, cal_engine)
     sim = simulate_trace(trace, cal)
     return cal, compare_rows(real, engine, sim), [before_cal, after_cal]
 
