@@ -19,7 +19,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,12 @@ import jsonschema
 import pytest
 import yaml
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
+from tests.support.fakevllm import RegistryExporter
 from tests.support.prometheus import (
     PrometheusServer,
     ScrapeTarget,
@@ -240,40 +238,6 @@ def test_assets_use_only_metrics_the_operator_defines() -> None:
 # --- the expressions meet data -----------------------------------------------------------------------------
 
 
-class Exporter:
-    """A /metrics endpoint on a free loopback port serving ``registry`` in the classic text format.
-
-    Like the worker's /metrics (which relays vLLM's text without content negotiation). Not prometheus_client's
-    own handler: with prometheus_client 0.26 its OpenMetrics output (which Prometheus 2.42 negotiates) writes
-    sample names with ``:`` turned into ``_`` (``vllm_time_to_first_token_seconds_bucket``).
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[PrometheusServer]:
     """A fake operator (job tidal-operator) and two fake vLLM deployments (slow, fast), scraped at 1 s."""
@@ -305,7 +269,7 @@ def fleet() -> Iterator[PrometheusServer]:
 
     slow_reg, slow_ttft, slow_itl = vllm(5.0, 0.3)
     fast_reg, fast_ttft, fast_itl = vllm(0.2, 0.02)
-    exporters = [Exporter(op), Exporter(slow_reg), Exporter(fast_reg)]
+    exporters = [RegistryExporter(op), RegistryExporter(slow_reg), RegistryExporter(fast_reg)]
     stop = threading.Event()
 
     def traffic() -> None:  # steady load: 20 requests/s each, 10 tokens per request

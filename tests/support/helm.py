@@ -15,14 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 
+from tests.support.operator import spawn_until_healthy
 from tidal.devcluster.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,25 +81,7 @@ class ChartOperator:
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | self.env
-        log = self.log_path.open("ab")
-        log.write(f"$ {' '.join(self.argv)}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"operator not healthy after {timeout}s:\n{self.logs()}")
+        self.proc = spawn_until_healthy(self.argv, self.env, self.log_path, self.health_port, "$ ", timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

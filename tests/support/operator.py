@@ -35,6 +35,35 @@ SYSTEM_NS = "tidal-system"
 ACCOUNT = "tidal-operator"
 
 
+def spawn_until_healthy(
+    argv: list[str], env: dict[str, str], log_path: Path, health_port: int, header: str, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (own session, output appended to ``log_path`` after ``header``; ``KUBECONFIG`` from the
+    test runner's environment dropped) and wait until its ``/healthz`` on ``health_port`` answers 200.
+    Raises with the log's tail when it exits or stays unhealthy."""
+    log = log_path.open("ab")
+    log.write(f"{header}{' '.join(argv)}\n".encode())
+    log.flush()
+    full_env = {**{k: v for k, v in os.environ.items() if k != "KUBECONFIG"}, **env}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+
+    def tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {proc.returncode}:\n{tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"operator not healthy after {timeout}s:\n{tail()}")
+
+
 def install_crds(cp: ControlPlane) -> None:
     """The LLMDeployment CRD and kopf's peering CRDs, Established (idempotent)."""
     from kubernetes import client
@@ -144,25 +173,9 @@ class OperatorProcess:
             *self.extra_args,
         ]
         self.starts += 1
-        log = self.log_path.open("ab")
-        log.write(f"\n=== start {self.starts}: {' '.join(argv)}\n".encode())
-        log.flush()
-        env = {**{k: v for k, v in os.environ.items() if k != "KUBECONFIG"}, **self.env}
-        self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        self.proc = spawn_until_healthy(
+            argv, self.env, self.log_path, self.health_port, f"\n=== start {self.starts}: ", timeout
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"operator not healthy after {timeout}s:\n{self.logs()}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stop the operator (SIGKILL by default: no clean shutdown, as in a crash)."""
