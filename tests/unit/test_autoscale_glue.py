@@ -6,8 +6,10 @@ GPU-hours, Events that quote the numbers, MetricsAvailable/ScalingActive, degrad
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -687,3 +689,40 @@ def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() 
     cap, text = replica_capacity(big, t.inputs.engine, t.recommendation)
     assert t.inputs.engine.tensor_parallel_size == 1
     assert cap is None and "the engine runs TP=1" in text, text
+
+
+class _FlakyCore:
+    """Fault injection for the cluster-wide GPU pod list: answers, then fails."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.calls = 0
+        self.fail = False
+
+    def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        assert kwargs["resource_version"] == "0" and "Succeeded" in kwargs["field_selector"]
+        if self.fail:
+            raise RuntimeError("API server unavailable")
+        return SimpleNamespace(data=json.dumps({"items": self.items}).encode())
+
+
+def test_gpu_pod_list_is_cached_slimmed_and_survives_a_failed_list() -> None:
+    from tidal.shell.autoscale import GpuPods
+
+    core = _FlakyCore([foreign("train", "a", 3), {**foreign("cpu-only", "a", 0)}, pod("x", 0, node="b")])
+    kube: Any = SimpleNamespace(core=core)
+    cache = GpuPods(ttl=0.0)
+    listed = cache.get(kube)
+    assert listed is not None and [p["metadata"]["name"] for p in listed] == ["train", "x"]  # GPU pods only
+    assert free_gpus(GPU_NODES, listed) == 16 - 3 - 1
+    core.fail = True
+    assert cache.get(kube) == listed  # a failed list keeps the previous one
+    assert core.calls == 2
+    never = GpuPods(ttl=0.0)
+    assert never.get(kube) is None  # never listed: the caller counts Tidal's own pods
+    cached = GpuPods(ttl=60.0)
+    core.fail = False
+    cached.get(kube)
+    cached.get(kube)
+    assert core.calls == 4  # one list per TTL, whatever asks
