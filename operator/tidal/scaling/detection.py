@@ -147,7 +147,7 @@ def engine_advice(config: ScalingConfig, obs: FleetObservation, ready: int) -> t
                     suggested=None,
                     current=None,
                     message=(
-                        f"{seen}: gpu_memory_utilization {util:.2f} is at the ceiling "
+                        f"{seen}: gpu_memory_utilization {util:.2f} is at or above the ceiling "
                         f"{GPU_MEMORY_CEILING:.2f}; lower max_model_len (advice only: a shorter context "
                         "refuses longer requests)"
                     ),
