@@ -3,19 +3,40 @@ operator, in one run.
 
 Starts a real control plane (tidal.devcluster: etcd, kube-apiserver, controller-manager, scheduler, KWOK GPU
 nodes), installs the CRDs, then for each operator in turn (the no-op first, then Tidal, each in its own
-namespace) starts it as a subprocess, creates N LLMDeployments (1 GPU each) and watches until every one has
-been reconciled (``status.observedGeneration`` written). Prints: time until all reconciled, p50/p99
-reconcile latency (create acknowledged -> status seen), API requests/s (the API server's own
-``apiserver_request_total``, watches excluded, over the phase), peak RSS of the operator (VmHWM), and the
-ratios Tidal / no-op. The no-op operator is kopf with one create handler that only writes
-``status.observedGeneration`` - kopf's own cost, the floor for any kopf operator.
+namespace) starts it as a subprocess, creates N LLMDeployments (1 GPU each) from ``--workers`` concurrent
+client threads and watches until every one has been reconciled.
+
+What is measured, per operator:
+
+- ``create_seconds``: how long the benchmark's client needed to create the N objects (the producer's pace).
+- ``all_reconciled_seconds``: from the first create request until the last deployment was seen reconciled.
+- reconcile latency, per deployment: from the moment its create request was acknowledged (the API server's
+  response arrived) until a watch showed ``status.observedGeneration`` >= ``metadata.generation`` (the
+  operator's first complete status write: for Tidal, after its pods and PodDisruptionBudget were applied);
+  p50/p90/p99 over the N deployments.
+- ``api_requests_per_s``: the API server's own ``apiserver_request_total`` (watches excluded; all clients:
+  the operator, the benchmark's creates, the scheduler, controller-manager and KWOK acting on what the
+  operator created) over the phase, and the requests by verb and resource.
+- ``peak_rss_mib``: the operator's peak resident memory (VmHWM), and ``rss_mib`` at the end.
+
+The no-op operator mirrors Tidal's kopf registration: the same settings, the same watched resources (the
+LLMDeployments; worker pods, Services and PodDisruptionBudgets by the same label selector, through indexes
+and a pod event handler; nodes through an index), the same handler kinds (create/update/resume, a timer, a
+delete handler and so kopf's finalizer), all ``async`` like Tidal's (no executor threads), with handler
+bodies that only write ``status.observedGeneration`` through kopf's patch. What differs: it creates no
+children, so its pod, Service and PDB watches carry no objects; it imports no Tidal code; it keeps kopf's
+default (unbounded) API connection pool. It is kopf's own cost for Tidal's shape, the floor for this
+operator. The report says this too.
 
 For Tidal it also prints when every deployment's API Service existed (``all_services_seconds``): the API
-server allocates ClusterIPs one at a time (about 2 per second on the 2-core development machine), so Tidal
-writes the status first and the Services trail at the API server's pace.
+server allocates ClusterIPs one at a time, so Tidal writes the status first and the Services trail.
 
-Usage: .venv/bin/python bench/reconcile_scale.py [--count 1000] [--nodes 125] [--profile FILE]
-(``--profile``: cProfile of Tidal's event loop thread, written to FILE when it stops; ``TIDAL_PROFILE``.)
+Usage: .venv/bin/python bench/reconcile_scale.py [--count 1000] [--nodes 125] [--workers 16]
+  [--profile FILE] [--memory FILE] [--operator-src DIR]
+(``--profile``: cProfile of Tidal's event loop thread, written to FILE when it stops; ``--memory``: run Tidal
+under ``bench/memprobe.py`` and write its tracemalloc report to FILE (slow: for finding where memory goes, not
+for timing); ``--operator-src``: run the operator from another checkout's ``operator/`` directory, to measure
+an older commit with this same benchmark.)
 Not a test: it prints numbers; the targets are all reconciled within 60 s, p99 within 1 s, RSS <= 2x no-op.
 """
 
@@ -34,6 +55,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +69,67 @@ from kubernetes import client, watch  # noqa: E402
 from tests.support.operator import install_crds  # noqa: E402
 
 from tidal.devcluster import ClusterConfig, DevCluster, GPUNodeSpec  # noqa: E402
+from tidal.devcluster.cluster import free_port  # noqa: E402
+from tidal.shell.handlers import TIMER_INTERVAL_SECONDS, WORKER_SELECTOR  # noqa: E402
+from tidal.shell.kube import make_api_client  # noqa: E402
 
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
-NOOP_OPERATOR = """
+NOOP_OPERATOR = f"""
+import logging
 import kopf
+
+GROUP, VERSION, PLURAL = {GROUP!r}, {VERSION!r}, {PLURAL!r}
+WORKERS = {WORKER_SELECTOR!r}
 
 @kopf.on.startup()
 def configure(settings, **_):
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="noop.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="noop.dev")
-    settings.posting.level = 30
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="noop.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = 60
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
-@kopf.on.create("tidal.dev", "v1alpha1", "llmdeployments")
-def create(meta, patch, **_):
+@kopf.index(GROUP, VERSION, PLURAL)
+async def llmd_index(namespace, name, **_):
+    return {{(namespace, name): None}}
+
+@kopf.index("pods", labels=WORKERS)
+async def pod_index(namespace, name, **_):
+    return {{namespace: name}}
+
+@kopf.index("services", labels=WORKERS)
+async def service_index(namespace, name, **_):
+    return {{namespace: name}}
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=WORKERS)
+async def pdb_index(namespace, name, **_):
+    return {{namespace: name}}
+
+@kopf.index("nodes")
+async def node_index(name, **_):
+    return {{None: name}}
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def on_change(meta, patch, **_):
     patch.status["observedGeneration"] = meta.get("generation")
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval={TIMER_INTERVAL_SECONDS}, idle={TIMER_INTERVAL_SECONDS / 2})
+async def on_timer(**_):
+    pass
+
+@kopf.on.event("pods", labels=WORKERS)
+async def on_pod_event(**_):
+    pass
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def on_delete(**_):
+    pass
 """
+METRICS = ("all_reconciled_seconds", "p50_latency_s", "p99_latency_s", "api_requests_per_s", "peak_rss_mib")
 
 
 class ControlPlaneShim:
@@ -72,22 +141,40 @@ class ControlPlaneShim:
         self.core = cluster.core_v1()
 
 
-def apiserver_requests(cluster: DevCluster) -> float:
-    """Non-watch requests the API server has served so far."""
+def apiserver_requests(cluster: DevCluster) -> Counter[str]:
+    """Non-watch requests the API server has served so far, by ``VERB resource[/subresource]``."""
     ctx = ssl.create_default_context(cafile=str(cluster.pki.ca.cert))
     ctx.load_cert_chain(str(cluster.pki.clients["admin"].cert), str(cluster.pki.clients["admin"].key))
     with urllib.request.urlopen(f"{cluster.server}/metrics", context=ctx, timeout=30) as r:
         text = r.read().decode()
-    total = 0.0
+    counts: Counter[str] = Counter()
     for line in text.splitlines():
-        if line.startswith("apiserver_request_total{") and 'verb="WATCH"' not in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        if not line.startswith("apiserver_request_total{") or 'verb="WATCH"' in line:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        what = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+        counts[f"{labels.get('verb', '?')} {what}"] += float(line.rsplit(" ", 1)[1])  # type: ignore[assignment]
+    return counts
 
 
-def peak_rss_mib(pid: int) -> float:
+def operator_requests(port: int) -> Counter[str]:
+    """``tidal_kube_requests_total`` of the operator's own metrics endpoint, by ``verb resource``."""
+    counts: Counter[str] = Counter()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+    except OSError:
+        return counts
+    for line in text.splitlines():
+        if line.startswith("tidal_kube_requests_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            counts[f"{labels['verb']} {labels['resource']}"] += float(line.rsplit(" ", 1)[1])  # type: ignore[assignment]
+    return counts
+
+
+def rss_mib(pid: int, key: str = "VmHWM") -> float:
     status = Path(f"/proc/{pid}/status").read_text()
-    m = re.search(r"VmHWM:\s+(\d+) kB", status)
+    m = re.search(rf"{key}:\s+(\d+) kB", status)
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
@@ -98,17 +185,75 @@ def document(ns: str, i: int) -> dict[str, Any]:
     return doc
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted ``values``."""
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))] if values else math.inf
+
+
+class Watcher:
+    """Records when each deployment of ``ns`` is first seen reconciled (observedGeneration >= generation)."""
+
+    def __init__(self, custom: Any, ns: str, count: int, label: str) -> None:
+        self.custom, self.ns, self.count, self.label = custom, ns, count, label
+        self.seen: dict[str, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        # A fresh watch per round (it starts with the current state): a watch resumed from an old
+        # resourceVersion can fail ("Too large resource version") and must not end the measurement.
+        while not self.done.is_set():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.ns,
+                    PLURAL,
+                    timeout_seconds=30,
+                ):
+                    obj = ev["object"]
+                    name = obj["metadata"]["name"]
+                    observed = (obj.get("status") or {}).get("observedGeneration") or 0
+                    if name not in self.seen and observed >= obj["metadata"].get("generation", 1):
+                        self.seen[name] = time.monotonic()
+                        if len(self.seen) >= self.count:
+                            self.done.set()
+                            w.stop()
+                            return
+            except Exception as exc:  # restart the watch, keep measuring
+                print(f"[{self.label}] watch restarted: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+                time.sleep(0.5)
+
+
+def create_all(custom: Any, ns: str, count: int, workers: int) -> dict[str, float]:
+    """Create the N deployments from ``workers`` threads; the acknowledgement time of each."""
+    docs = [document(ns, i) for i in range(count)]
+    created: dict[str, float] = {}
+
+    def create(doc: dict[str, Any]) -> None:
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc, _preload_content=False).read()
+        created[doc["metadata"]["name"]] = time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(create, d) for d in docs]:
+            future.result()
+    return created
+
+
 def run_phase(
     label: str,
     argv: list[str],
     cluster: DevCluster,
     ns: str,
-    count: int,
+    args: argparse.Namespace,
     work: Path,
     env: dict[str, str] | None = None,
-    services: bool = False,
-) -> dict[str, float]:
-    api = cluster.api_client()
+    metrics_port: int = 0,
+) -> dict[str, Any]:
+    api = make_api_client(cluster.kubeconfig)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core.create_namespace({"metadata": {"name": ns}})
     core.create_namespaced_secret(ns, {"metadata": {"name": "hf-token"}, "stringData": {"token": "x"}})
@@ -116,72 +261,55 @@ def run_phase(
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
     )
-    time.sleep(5)  # let it start and list (empty)
-    created: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    done = threading.Event()
-
-    def watcher() -> None:
-        # A fresh watch per round (it starts with the current state): a watch resumed from an old
-        # resourceVersion can fail ("Too large resource version") and must not end the measurement.
-        while not done.is_set():
-            w = watch.Watch()
-            try:
-                for ev in w.stream(
-                    custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, timeout_seconds=30
-                ):
-                    obj = ev["object"]
-                    name = obj["metadata"]["name"]
-                    if name not in seen and (obj.get("status") or {}).get("observedGeneration"):
-                        seen[name] = time.monotonic()
-                        if len(seen) >= count:
-                            done.set()
-                            w.stop()
-                            return
-            except Exception as exc:  # restart the watch, keep measuring
-                print(f"[{label}] watch restarted: {exc}".splitlines()[0], file=sys.stderr, flush=True)
-                time.sleep(0.5)
-
-    t = threading.Thread(target=watcher, daemon=True)
-    t.start()
+    time.sleep(8)  # let it start and list (empty)
+    idle_rss = rss_mib(proc.pid, "VmRSS")
+    watcher = Watcher(custom, ns, args.count, label)
     before = apiserver_requests(cluster)
     start = time.monotonic()
-    for i in range(count):
-        doc = document(ns, i)
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc)
-        created[doc["metadata"]["name"]] = time.monotonic()
+    created = create_all(custom, ns, args.count, args.workers)
     created_all = time.monotonic() - start
-    done.wait(timeout=600)
+    watcher.done.wait(timeout=900)
     end = time.monotonic()
     after = apiserver_requests(cluster)
-    services_done = math.nan
-    if services:
+    result: dict[str, Any] = {}
+    if metrics_port:
+        services_done = math.nan
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            if len(core.list_namespaced_service(ns).items) >= count:
+            if len(core.list_namespaced_service(ns, _request_timeout=60).items) >= args.count:
                 services_done = time.monotonic() - start
                 break
             time.sleep(2)
-    rss = peak_rss_mib(proc.pid)
-    proc.terminate()
+        result["all_services_seconds"] = services_done
+        result["operator_requests"] = operator_requests(metrics_port)
+    peak, last = rss_mib(proc.pid), rss_mib(proc.pid, "VmRSS")
+    proc.send_signal(signal.SIGINT)  # kopf stops cleanly (and the profilers write their files)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=600 if args.memory else 60)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    seen = watcher.seen
     lat = sorted(seen[n] - created[n] for n in seen if n in created)
-    result = {
-        "reconciled": float(len(seen)),
-        "create_seconds": created_all,
-        "all_reconciled_seconds": (max(seen.values()) - start) if seen else math.inf,
-        "p50_latency_s": statistics.median(lat) if lat else math.inf,
-        "p99_latency_s": lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] if lat else math.inf,
-        "api_requests_per_s": (after - before) / (end - start),
-        "peak_rss_mib": rss,
-    }
-    if services:
-        result["all_services_seconds"] = services_done
-    print(f"[{label}] " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()), flush=True)
+    result.update(
+        {
+            "reconciled": float(len(seen)),
+            "create_seconds": created_all,
+            "all_reconciled_seconds": (max(seen.values()) - start) if seen else math.inf,
+            "p50_latency_s": statistics.median(lat) if lat else math.inf,
+            "p90_latency_s": percentile(lat, 0.90),
+            "p99_latency_s": percentile(lat, 0.99),
+            "api_requests_per_s": sum((after - before).values()) / (end - start),
+            "peak_rss_mib": peak,
+            "rss_mib": last,
+            "idle_rss_mib": idle_rss,
+            "requests": after - before,
+        }
+    )
+    print(
+        f"[{label}] " + ", ".join(f"{k}={v:.3f}" for k, v in result.items() if isinstance(v, float)),
+        flush=True,
+    )
     return result
 
 
@@ -189,7 +317,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--nodes", type=int, default=0, help="8-GPU KWOK nodes (default: count/8, rounded up)")
+    p.add_argument("--workers", type=int, default=16, help="client threads creating the deployments")
     p.add_argument("--profile", default="", help="write a cProfile of Tidal's event loop to this file")
+    p.add_argument("--memory", default="", help="run Tidal under bench/memprobe.py, report to this file")
+    p.add_argument("--operator-src", default="", help="run the operator from this operator/ directory")
+    p.add_argument("--skip-noop", action="store_true", help="measure Tidal only (while iterating)")
     args = p.parse_args()
     # Stop the control plane on SIGTERM too (the default handler would leave its processes running).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -204,53 +336,88 @@ def main() -> int:
         install_crds(ControlPlaneShim(cluster))  # type: ignore[arg-type]
         noop_file = work / "noop_operator.py"
         noop_file.write_text(NOOP_OPERATOR)
-        env_kc = str(cluster.kubeconfig)
+        kubeconfig = str(cluster.kubeconfig)
         py = sys.executable
-        tidal = str(Path(py).parent / "tidal")
-        os.environ["KUBECONFIG"] = env_kc  # kopf's login for the no-op operator
-        noop_res = run_phase(
-            "noop-kopf",
-            [py, "-m", "kopf", "run", "--standalone", "-n", "bench-noop", "--quiet", str(noop_file)],
-            cluster,
-            "bench-noop",
-            args.count,
-            work,
-        )
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's login for the no-op operator
+        noop_res: dict[str, Any] = {}
+        if not args.skip_noop:
+            noop_res = run_phase(
+                "noop-kopf",
+                [py, "-m", "kopf", "run", "--standalone", "-n", "bench-noop", "--quiet", str(noop_file)],
+                cluster,
+                "bench-noop",
+                args,
+                work,
+            )
+        env: dict[str, str] = {}
+        if args.profile:
+            env["TIDAL_PROFILE"] = str(Path(args.profile).resolve())
+        if args.operator_src:
+            env["PYTHONPATH"] = str(Path(args.operator_src).resolve())
+        prefix = [py]
+        if args.memory:
+            prefix += [str(ROOT / "bench" / "memprobe.py"), str(Path(args.memory).resolve())]
+        port = free_port()
         tidal_res = run_phase(
             "tidal",
             [
-                tidal,
+                *prefix,
+                "-c",
+                "import sys; from tidal.cli import main; sys.argv[0] = 'tidal'; sys.exit(main())",
                 "run",
                 "--standalone",
                 "-n",
                 "bench-tidal",
-                f"--kubeconfig={env_kc}",
-                "--metrics-port=0",
+                f"--kubeconfig={kubeconfig}",
+                f"--metrics-port={port}",
+                "--metrics-address=127.0.0.1",
                 "--liveness=",
             ],
             cluster,
             "bench-tidal",
-            args.count,
+            args,
             work,
-            env={"TIDAL_PROFILE": str(Path(args.profile).resolve())} if args.profile else None,
-            services=True,
+            env=env,
+            metrics_port=port,
         )
-        print(f"\n{args.count} LLMDeployments, {nodes} KWOK nodes x 8 GPUs (logs {work})")
-        print(f"{'metric':<26}{'tidal':>12}{'noop kopf':>12}{'ratio':>10}")
-        for key in (
-            "all_reconciled_seconds",
-            "p50_latency_s",
-            "p99_latency_s",
-            "api_requests_per_s",
-            "peak_rss_mib",
-        ):
-            a, b = tidal_res[key], noop_res[key]
-            print(f"{key:<26}{a:>12.3f}{b:>12.3f}{(a / b if b else math.inf):>10.2f}")
-        print(f"{'reconciled':<26}{tidal_res['reconciled']:>12.0f}{noop_res['reconciled']:>12.0f}")
-        print(f"{'all_services_seconds':<26}{tidal_res['all_services_seconds']:>12.3f}{'-':>12}")
+        report(args, nodes, work, tidal_res, noop_res)
     finally:
         cluster.stop()
     return 0
+
+
+def report(
+    args: argparse.Namespace, nodes: int, work: Path, tidal: dict[str, Any], noop: dict[str, Any]
+) -> None:
+    print(
+        f"\n{args.count} LLMDeployments, {nodes} KWOK nodes x 8 GPUs, created from {args.workers} threads "
+        f"(logs {work}); load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'metric':<26}{'tidal':>12}{'noop kopf':>12}{'ratio':>10}")
+    for key in (
+        "create_seconds",
+        "all_reconciled_seconds",
+        "p50_latency_s",
+        "p90_latency_s",
+        "p99_latency_s",
+        "api_requests_per_s",
+        "peak_rss_mib",
+        "rss_mib",
+        "idle_rss_mib",
+        "reconciled",
+    ):
+        a, b = tidal[key], noop.get(key, math.nan)
+        print(f"{key:<26}{a:>12.3f}{b:>12.3f}{(a / b if b else math.inf):>10.2f}")
+    print(f"{'all_services_seconds':<26}{tidal['all_services_seconds']:>12.3f}{'-':>12}")
+    print("\nAPI server requests during the phase (watches excluded), per deployment:")
+    keys = sorted(set(tidal["requests"]) | set(noop.get("requests", {})), key=lambda k: -tidal["requests"][k])
+    for key in keys:
+        a, b = tidal["requests"][key], noop.get("requests", Counter())[key]
+        if a >= 0.05 * args.count or b >= 0.05 * args.count:
+            print(f"  {key:<40}{a / args.count:>8.2f}{b / args.count:>8.2f}")
+    print("Tidal's own requests (tidal_kube_requests_total), per deployment:")
+    for key, value in sorted(tidal["operator_requests"].items()):
+        print(f"  {key:<40}{value / args.count:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ def _run(args: argparse.Namespace) -> int:
     from tidal.shell.kube import Kube, make_api_client
     from tidal.shell.metrics import REGISTRY
 
-    handlers.configure(Kube(make_api_client(args.kubeconfig)))
+    namespaces = list(args.namespace)
+    handlers.configure(Kube(make_api_client(args.kubeconfig)), namespaces=len(namespaces))
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
-    namespaces = list(args.namespace)
     kopf.run(
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,

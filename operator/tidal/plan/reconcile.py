@@ -125,10 +125,21 @@ def _needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None)
 
 def node_matches(node: NodeInfo, deployment: LLMDeployment) -> bool:
     """The node can run the deployment's workers (schedulable, GPU product and node selector match)."""
+    return matching_nodes([node], deployment) != []
+
+
+def matching_nodes(nodes: Sequence[NodeInfo], deployment: LLMDeployment) -> list[NodeInfo]:
+    """The nodes that can run the deployment's workers (see :func:`node_matches`)."""
     res = deployment.spec.resources
-    if not node.schedulable or node.labels.get(GPU_PRODUCT_LABEL) not in product_labels(res.gpu_type):
-        return False
-    return all(node.labels.get(k) == v for k, v in res.node_selector.items())
+    products = product_labels(res.gpu_type)
+    selector = list(res.node_selector.items())
+    return [
+        n
+        for n in nodes
+        if n.schedulable
+        and n.labels.get(GPU_PRODUCT_LABEL) in products
+        and all(n.labels.get(k) == v for k, v in selector)
+    ]
 
 
 def gpu_shortage(target: Target, nodes: list[NodeInfo] | None) -> str | None:
@@ -137,7 +148,7 @@ def gpu_shortage(target: Target, nodes: list[NodeInfo] | None) -> str | None:
         return None
     deployment = target.inputs.deployment
     shape = target.inputs.shape
-    matching = [n for n in nodes if node_matches(n, deployment)]
+    matching = matching_nodes(nodes, deployment)
     slots = sum(n.allocatable_gpus // shape.gpus_per_pod for n in matching)
     needed = target.replicas * shape.group_size
     if slots >= needed and (
@@ -538,6 +549,7 @@ __all__ = [
     "account_gpu_hours",
     "gpu_shortage",
     "make_target",
+    "matching_nodes",
     "node_matches",
     "plan_reconcile",
     "rfc3339",

@@ -26,12 +26,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -67,6 +68,20 @@ CLUSTER_IP_THREADS = 4
 them from occupying the threads every other write needs."""
 ERROR_BACKOFF_SECONDS = (2.0, 5.0, 15.0, 30.0, 60.0)
 """Retry delays after a transient error (409, 429, 5xx, no connection), by consecutive failures."""
+EVENT_THREADS = 2
+"""Threads that post Events. Events are informational: on their own small lane they never hold the threads
+the reconciles' writes need, and a burst of them waits instead of crowding the API server."""
+RECENT_APPLY_SECONDS = 30.0
+"""A Service or PodDisruptionBudget applied this recently with the same content is not applied again while
+the watch has not shown it yet (a reconcile that follows at once would otherwise repeat the write)."""
+KOPF_CONNECTIONS = 16
+"""kopf's own API connections (its patches of finalizers and progress) besides its watch streams. kopf's
+default aiohttp connector has no limit: a burst of new deployments opened one TLS connection per object in
+flight (hundreds), each with ~300 KiB of buffers, most of the operator's peak memory. Requests beyond the
+limit wait for a free connection."""
+WATCH_STREAMS_PER_NAMESPACE = 8
+"""Connections kept for kopf's watch streams per watched namespace (the whole cluster counts as one): it
+watches 4 namespaced resources per namespace, nodes, CRDs and its peering object."""
 REFUSED_BACKOFF_START_SECONDS = 5.0
 """First retry after the API server refused a write for good; doubles per consecutive failure up to
 ``$TIDAL_ERROR_BACKOFF_MAX_SECONDS`` (default 300)."""
@@ -93,6 +108,9 @@ class _KeyState:
     """Monotonic time of the next autoscaler pass."""
     pending_replicas: int | None = None
     """``spec.replicas`` the autoscaler patched that the watch has not shown yet."""
+    applied: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """``kind/name`` -> (content, monotonic time) of Services and PDBs applied that the watch has not shown
+    yet (see :data:`RECENT_APPLY_SECONDS`)."""
 
 
 @dataclass
@@ -107,14 +125,20 @@ class Runtime:
     """The Prometheus reader (created at the first autoscaler pass)."""
     cluster_ip_lane: ThreadPoolExecutor | None = None
     """Threads for applies of ClusterIP Services (see :data:`CLUSTER_IP_THREADS`)."""
+    event_lane: ThreadPoolExecutor | None = None
+    """Threads that post Events (see :data:`EVENT_THREADS`)."""
+    namespaces: int = 1
+    """Namespaces kopf watches (1 for the whole cluster): sizes its connection pool."""
 
 
 RUNTIME = Runtime()
 
 
-def configure(kube: Kube, config: BuilderConfig | None = None) -> None:
-    """Give the handlers their client (called by ``tidal run`` before kopf starts)."""
+def configure(kube: Kube, config: BuilderConfig | None = None, namespaces: int = 1) -> None:
+    """Give the handlers their client (called by ``tidal run`` before kopf starts); ``namespaces``: how many
+    namespaces kopf watches (1 for the whole cluster)."""
     RUNTIME.kube = kube
+    RUNTIME.namespaces = max(1, namespaces)
     if config is not None:
         RUNTIME.config = config
 
@@ -173,7 +197,9 @@ _LLMD_META = ("name", "namespace", "uid", "generation", "labels", "creationTimes
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def llmd_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def llmd_index(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[Key, dict[str, Any]]:
     """Latest LLMDeployment bodies by key (slim: what the reconcile reads)."""
     meta = body.get("metadata", {})
     slim: dict[str, Any] = {
@@ -184,7 +210,7 @@ def llmd_index(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> d
 
 
 @kopf.index("pods", labels=WORKER_SELECTOR)
-def pod_index(
+async def pod_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Worker pods by owning deployment."""
@@ -192,7 +218,7 @@ def pod_index(
 
 
 @kopf.index("services", labels=WORKER_SELECTOR)
-def service_index(
+async def service_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Services by owning deployment."""
@@ -205,7 +231,7 @@ def service_index(
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=WORKER_SELECTOR)
-def pdb_index(
+async def pdb_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """PodDisruptionBudgets by owning deployment."""
@@ -218,7 +244,7 @@ def pdb_index(
 
 
 @kopf.index("nodes")
-def node_index(
+async def node_index(
     body: kopf.Body, name: str, labels: Mapping[str, str], spec: kopf.Spec, **_: Any
 ) -> dict[None, NodeInfo]:
     """GPU capacity of every node, for the planner's GPU arithmetic."""
@@ -310,9 +336,10 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         plan.requeue_after = due if plan.requeue_after is None else min(plan.requeue_after, due)
     # ClusterIP Services last, after the status: the API server allocates their IPs slowly, one at a time,
     # and nothing in the status depends on them (a refusal still turns into Degraded/ApplyFailed).
-    slow = [o for o in plan.apply if _allocates_cluster_ip(o)]
+    apply = _not_recently_applied(state, plan.apply, observed)
+    slow = [o for o in apply if _allocates_cluster_ip(o)]
     try:
-        await _carry_out(kube, plan.delete, [o for o in plan.apply if not _allocates_cluster_ip(o)])
+        await _carry_out(kube, plan.delete, [o for o in apply if not _allocates_cluster_ip(o)], state)
     except WriteError as exc:
         if exc.permanent:
             _report_refusal(kube, state, meta, deployment, exc.message, now)
@@ -324,17 +351,13 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         state.last_status = {**(state.last_status or {}), **plan.status}
         wrote = True
     if plan.events and (wrote or plan.apply or plan.delete):
-        # Events are informational: posted off the reconcile's critical path.
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(post_events, kube, meta, plan.events, now)
-        )
-        RUNTIME.tasks.add(task)
-        task.add_done_callback(RUNTIME.tasks.discard)
+        # Events are informational: posted off the reconcile's critical path, on their own lane.
+        _in_background(RUNTIME.event_lane, post_events, kube, meta, plan.events, now)
     if plan.apply or plan.delete or wrote:
         log.info("%s", plan.summary)
     if slow:
         try:
-            await _carry_out(kube, [], slow, RUNTIME.cluster_ip_lane)
+            await _carry_out(kube, [], slow, state, RUNTIME.cluster_ip_lane)
         except WriteError as exc:
             if exc.permanent:
                 _report_refusal(kube, state, meta, deployment, exc.message, now)
@@ -383,14 +406,58 @@ def _allocates_cluster_ip(obj: Mapping[str, Any]) -> bool:
     return obj.get("kind") == "Service" and (obj.get("spec") or {}).get("clusterIP") != "None"
 
 
+def _remembered(obj: Mapping[str, Any]) -> str | None:
+    """The key under which an apply of ``obj`` is remembered (Services and PDBs), else ``None``."""
+    if obj.get("kind") not in ("Service", "PodDisruptionBudget"):
+        return None
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _not_recently_applied(
+    state: _KeyState, apply: list[dict[str, Any]], observed: Observed
+) -> list[dict[str, Any]]:
+    """``apply`` less the Services and PDBs applied with the same content within
+    :data:`RECENT_APPLY_SECONDS` that the watch has not shown yet (what it has shown is forgotten: from then
+    on the planner compares with the observed object)."""
+    for kind, objs in (("Service", observed.services), ("PodDisruptionBudget", observed.pdbs)):
+        for obj in objs:
+            state.applied.pop(f"{kind}/{obj.get('metadata', {}).get('name')}", None)
+    now = time.monotonic()
+    out = []
+    for obj in apply:
+        key = _remembered(obj)
+        previous = state.applied.get(key) if key is not None else None
+        if (
+            previous is not None
+            and now - previous[1] < RECENT_APPLY_SECONDS
+            and previous[0] == json.dumps(obj, sort_keys=True)
+        ):
+            continue
+        out.append(obj)
+    return out
+
+
+def _in_background(executor: ThreadPoolExecutor | None, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` on ``executor`` without waiting; an exception is logged."""
+    future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def done(f: asyncio.Future[None]) -> None:
+        if not f.cancelled() and f.exception() is not None:
+            log.warning("background %s failed: %s", getattr(fn, "__name__", fn), f.exception())
+
+    future.add_done_callback(done)
+
+
 async def _carry_out(
     kube: Kube,
     delete: list[ObjectRef],
     apply: list[dict[str, Any]],
+    state: _KeyState,
     executor: ThreadPoolExecutor | None = None,
 ) -> None:
     """Deletes, then applies, each batch concurrently; raises :class:`WriteError` when one failed (the others
-    of its batch are still done). Applies run on ``executor`` (default: the loop's)."""
+    of its batch are still done). Applies run on ``executor`` (default: the loop's); the Services and PDBs
+    applied are remembered in ``state`` (see :func:`_not_recently_applied`)."""
     loop = asyncio.get_running_loop()
     # Deletes first: a rollout's surge replica must not appear before the old one it replaces is gone.
     results = await asyncio.gather(
@@ -400,6 +467,11 @@ async def _carry_out(
     applied = await asyncio.gather(
         *(loop.run_in_executor(executor, kube.apply, obj) for obj in apply), return_exceptions=True
     )
+    now = time.monotonic()
+    for obj, result in zip(apply, applied, strict=True):
+        key = _remembered(obj)
+        if key is not None and not isinstance(result, BaseException):
+            state.applied[key] = (json.dumps(obj, sort_keys=True), now)
     _first_failure(
         list(applied),
         [
@@ -573,6 +645,29 @@ def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- handlers
 
 
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | kopf.ConnectionInfo | None:
+    """kopf's own login (the Kubernetes client's in-cluster or kubeconfig credentials), on an aiohttp
+    session whose connections are bounded (:data:`KOPF_CONNECTIONS`)."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    limit = KOPF_CONNECTIONS + WATCH_STREAMS_PER_NAMESPACE * RUNTIME.namespaces
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        priority=info.priority,
+        aiohttp_session=session,
+    )
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf settings: progress in annotations (the status schema is ours), few kopf Events, probes."""
@@ -590,6 +685,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.cluster_ip_lane = ThreadPoolExecutor(
         max_workers=CLUSTER_IP_THREADS, thread_name_prefix="tidal-cluster-ip"
     )
+    RUNTIME.event_lane = ThreadPoolExecutor(max_workers=EVENT_THREADS, thread_name_prefix="tidal-events")
     _start_profile()
 
 

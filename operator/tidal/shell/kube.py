@@ -25,6 +25,9 @@ from tidal.shell.metrics import KUBE_REQUESTS
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+POOL_CONNECTIONS = 40
+"""Kept-alive connections: one for each thread that calls the API (the handlers' 32 API threads, the ClusterIP
+and Event lanes); beyond it, connections are opened and discarded."""
 
 
 def _release(response: Any) -> None:
@@ -37,7 +40,7 @@ def _release(response: Any) -> None:
 def make_api_client(kubeconfig: str | Path | None = None) -> Any:
     """An ApiClient from ``kubeconfig``, the default kubeconfig, or the in-cluster service account."""
     cfg = client.Configuration()
-    cfg.connection_pool_maxsize = 32  # as many connections as the handlers' API threads
+    cfg.connection_pool_maxsize = POOL_CONNECTIONS
     if kubeconfig is not None:
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
         return client.ApiClient(cfg)
