@@ -14,6 +14,7 @@ import yaml
 
 from tidal.api import LLMDeployment
 from tidal.plan import NodeInfo, Observed, Plan, plan_reconcile
+from tidal.plan.reconcile import matching_nodes, node_matches
 from tidal.plan.replicas import GROUP_FORMATION_SECONDS, pod_problems
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -359,6 +360,25 @@ def test_insufficient_gpu_from_node_arithmetic() -> None:
     c.nodes.append(NodeInfo("a100", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, 8))
     c.converge()
     assert c.condition("Progressing")["reason"] == "WorkersCreated"
+
+
+def test_matching_nodes_product_selector_and_schedulable() -> None:
+    c = FakeCluster(
+        "llama-3.1-8b.yaml",
+        resources={"gpuType": "H100-80GB", "gpusPerNode": 8, "nodeSelector": {"pool": "serving"}},
+    )
+    h100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    nodes = [
+        NodeInfo("ok", {**h100, "pool": "serving"}, 8),
+        NodeInfo("other-pool", {**h100, "pool": "batch"}, 8),
+        NodeInfo("no-pool", h100, 8),
+        NodeInfo("a100", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "pool": "serving"}, 8),
+        NodeInfo("cordoned", {**h100, "pool": "serving"}, 8, schedulable=False),
+        NodeInfo("ok2", {**h100, "pool": "serving"}, 4),
+    ]
+    deployment = c.deployment
+    assert [n.name for n in matching_nodes(nodes, deployment)] == ["ok", "ok2"]
+    assert [n.name for n in nodes if node_matches(n, deployment)] == ["ok", "ok2"]
 
 
 def crash(pod: dict[str, Any], last_reason: str, exit_code: int) -> None:

@@ -2,16 +2,17 @@
 precondition, and status merge-patches. Every request is counted (``tidal_kube_requests_total``), so tests
 and the benchmark can show that a steady state makes no API calls.
 
-Synchronous (the official client); the handlers call it through ``asyncio.to_thread``. Reads never go
-through here: the handlers observe children from kopf's watch-fed indexes. Responses are not deserialised
-(``_preload_content=False``), but their bodies are read and their connections go back to the pool, so requests
-reuse kept-alive TLS connections instead of opening one each.
+Synchronous (the official client's ``ApiClient``: its configuration, authentication and connection pool);
+the handlers call it through ``asyncio.to_thread``. Reads never go through here: the handlers observe children
+from kopf's watch-fed indexes. Responses are not deserialised, but their bodies are read and their connections
+go back to the pool, so requests reuse kept-alive TLS connections instead of opening one each.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,24 @@ from tidal.shell.metrics import KUBE_REQUESTS
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+JSON = "application/json"
+PATHS = {
+    "Pod": "/api/v1/namespaces/{namespace}/pods/{name}",
+    "Service": "/api/v1/namespaces/{namespace}/services/{name}",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}",
+}
+"""Where each kind of child object lives."""
 POOL_CONNECTIONS = 40
 """Kept-alive connections: one for each thread that calls the API (the handlers' 32 API threads, the ClusterIP
 and Event lanes); beyond it, connections are opened and discarded."""
 
 
 def _release(response: Any) -> None:
-    """Read the raw response and return its connection to the pool (an unread response keeps it)."""
+    """Read the response (the client's ``RESTResponse``) and return its connection to the pool (an unread
+    response keeps it)."""
     with contextlib.suppress(Exception):
         response.read()
-        response.release_conn()
+        response.response.release_conn()
 
 
 def make_api_client(kubeconfig: str | Path | None = None) -> Any:
@@ -52,52 +61,77 @@ def make_api_client(kubeconfig: str | Path | None = None) -> Any:
 
 
 class Kube:
-    """Writes on behalf of the reconcile."""
+    """Writes on behalf of the reconcile, as plain HTTP requests on the client's connection pool: the typed
+    API classes (``CoreV1Api``, ...) import and build hundreds of model classes (~30 MiB resident) and
+    validate every call's arguments; the reconcile's writes need neither. ``core`` and ``custom`` give the
+    typed APIs to code that reads (the autoscaler), created on first use."""
 
     def __init__(self, api_client: Any) -> None:
         self.api = api_client
-        self.core = client.CoreV1Api(api_client)
-        self.policy = client.PolicyV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+
+    @functools.cached_property
+    def core(self) -> Any:
+        """``CoreV1Api`` (created on first use)."""
+        return client.CoreV1Api(self.api)
+
+    @functools.cached_property
+    def custom(self) -> Any:
+        """``CustomObjectsApi`` (created on first use)."""
+        return client.CustomObjectsApi(self.api)
 
     def _count(self, verb: str, resource: str, namespace: str) -> None:
         KUBE_REQUESTS.labels(verb, resource, namespace).inc()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        body: Any,
+        content_type: str = JSON,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """One request; raises :class:`ApiException` (with the API server's message) unless it succeeded."""
+        request = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            path_params=dict(params),
+            query_params=list(query),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request)
+        _release(response)
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
 
     def apply(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply ``obj`` as field manager ``tidal-operator`` (create or update, idempotent)."""
         kind = obj["kind"]
         meta = obj["metadata"]
-        patchers: dict[str, Callable[..., Any]] = {
-            "Pod": self.core.patch_namespaced_pod,
-            "Service": self.core.patch_namespaced_service,
-            "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
-        }
         self._count("apply", kind.lower(), meta["namespace"])
-        response = patchers[kind](
-            meta["name"],
-            meta["namespace"],
+        self._request(
+            "PATCH",
+            PATHS[kind],
+            {"namespace": meta["namespace"], "name": meta["name"]},
             dict(obj),
-            field_manager=MANAGER,
-            force=True,
-            _content_type=APPLY,
-            _preload_content=False,
+            APPLY,
+            (("fieldManager", MANAGER), ("force", "true")),
         )
-        _release(response)
 
     def delete(self, ref: ObjectRef) -> bool:
         """Delete ``ref`` if it still is the object with ``ref.uid``; ``False`` when already gone/replaced."""
-        deleters: dict[str, Callable[..., Any]] = {
-            "Pod": self.core.delete_namespaced_pod,
-            "Service": self.core.delete_namespaced_service,
-            "PodDisruptionBudget": self.policy.delete_namespaced_pod_disruption_budget,
+        options: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
         }
-        options = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(uid=ref.uid) if ref.uid else None,
-            propagation_policy="Background",
-        )
+        if ref.uid:
+            options["preconditions"] = {"uid": ref.uid}
         self._count("delete", ref.kind.lower(), ref.namespace)
         try:
-            _release(deleters[ref.kind](ref.name, ref.namespace, body=options, _preload_content=False))
+            self._request("DELETE", PATHS[ref.kind], {"namespace": ref.namespace, "name": ref.name}, options)
         except ApiException as exc:
             if exc.status in (404, 409):
                 return False
@@ -107,21 +141,16 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the LLMDeployment's status subresource."""
         self._count("patch", "llmdeployments/status", namespace)
-        response = self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
+        self._request(
+            "PATCH",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status",
+            {"namespace": namespace, "name": name},
             {"status": dict(status)},
-            _content_type=MERGE,
-            _preload_content=False,
+            MERGE,
         )
-        _release(response)
 
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         """Create a core/v1 Event."""
         self._count("create", "events", namespace)
-        event = client.CoreV1Event.from_dict(dict(body))
-        assert event is not None
-        _release(self.core.create_namespaced_event(namespace, event, _preload_content=False))
+        event = {"apiVersion": "v1", "kind": "Event", **body}
+        self._request("POST", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace}, event)
