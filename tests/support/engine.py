@@ -3,7 +3,7 @@
 `running_worker(model_dir)` runs ``python -m tidal_worker`` (the container entrypoint) with the pod contract's
 environment variables (docs/worker-contract.md) set for the CPU device: an exact KV cache
 (TIDAL_KV_CACHE_MEMORY_BYTES, 64 MiB by default), eager mode, offline Hugging Face libraries, free loopback
-ports. It waits until the worker's readiness endpoint answers 200 (engine up and the model listed), yields a
+port. It waits until the worker's readiness endpoint answers 200 (vLLM up and healthy), yields a
 `WorkerHandle`, and on exit stops the worker (SIGTERM, then SIGKILL of its process group); the worker stops
 its vLLM child itself (and the child dies with it through PR_SET_PDEATHSIG). When startup fails the worker
 log is included in the exception.
@@ -50,14 +50,13 @@ class WorkerHandle:
 
     proc: subprocess.Popen[bytes]
     port: int
-    engine_port: int
     log_path: Path
     model_name: str
     startup_seconds: float = 0.0
 
     @property
     def base_url(self) -> str:
-        """The worker's public URL (the drain-aware proxy), e.g. http://127.0.0.1:PORT."""
+        """The worker's public URL (vLLM's server with Tidal's middleware), e.g. http://127.0.0.1:PORT."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -96,7 +95,6 @@ def worker_env(
     model_dir: Path | str,
     *,
     port: int,
-    engine_port: int,
     env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
     startup_timeout: float = 300.0,
@@ -110,7 +108,6 @@ def worker_env(
             "TIDAL_SERVED_MODEL_NAME": SERVED_MODEL_NAME,
             "TIDAL_DEVICE": "cpu",
             "TIDAL_PORT": str(port),
-            "TIDAL_ENGINE_PORT": str(engine_port),
             "TIDAL_KV_CACHE_MEMORY_BYTES": str(DEFAULT_KV_CACHE_BYTES),
             "TIDAL_MAX_MODEL_LEN": "1024",
             "TIDAL_ENFORCE_EAGER": "true",
@@ -142,11 +139,7 @@ def start_worker(
 ) -> WorkerHandle:
     """Start ``python -m tidal_worker`` in the background (does not wait for readiness)."""
     port = port or free_port()
-    engine_port = free_port()
-    full_env = worker_env(
-        model_dir, port=port, engine_port=engine_port, env=env, extra_args=extra_args,
-        startup_timeout=startup_timeout,
-    )  # fmt: skip
+    full_env = worker_env(model_dir, port=port, env=env, extra_args=extra_args, startup_timeout=startup_timeout)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -160,7 +153,6 @@ def start_worker(
     return WorkerHandle(
         proc=proc,
         port=port,
-        engine_port=engine_port,
         log_path=log_path,
         model_name=full_env["TIDAL_SERVED_MODEL_NAME"],
     )
