@@ -224,3 +224,90 @@ def tiny_worker(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with running_worker(tiny_model_dir, log_path=log_path) as handle:
         yield handle
+
+
+ASGI_STUB_ENGINE = '''
+"""A stand-in for vLLM's API server: a raw ASGI app inside Tidal's middleware, served by uvicorn like vLLM.
+
+argv: PORT [stubborn]. Routes: /health (200), /metrics (prometheus_client's default registry, as vLLM
+serves it), POST /v1/completions?n=N&every=S (N "data: i" events S seconds apart, then "data: [DONE]"),
+/echo/... (what the app received, as JSON), /stats (streams finished / abandoned by their client).
+"stubborn" ignores SIGTERM once serving, so only SIGKILL ends it.
+"""
+import asyncio, json, signal, sys
+from urllib.parse import parse_qs
+
+import prometheus_client, uvicorn
+
+from tidal_worker.middleware import TidalMiddleware
+
+STATS = {"streams_done": 0, "streams_abandoned": 0}
+
+
+async def _receive_body(receive):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _json(send, status, payload):
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if "stubborn" in sys.argv[2:]:
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/health":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/metrics":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode())]})
+        await send({"type": "http.response.body", "body": prometheus_client.generate_latest()})
+    elif path == "/stats":
+        await _json(send, 200, STATS)
+    elif path.startswith("/echo/"):
+        body = await _receive_body(receive)
+        await _json(send, 200, {"method": scope["method"], "raw_path": scope["raw_path"].decode(),
+                                "query_string": scope["query_string"].decode(),
+                                "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+                                "body": body.decode()})
+    elif path == "/v1/completions":
+        await _receive_body(receive)
+        query = parse_qs(scope["query_string"].decode())
+        n, every = int(query.get("n", ["300"])[0]), float(query.get("every", ["0.2"])[0])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        gone = asyncio.ensure_future(receive())  # http.disconnect when the client goes away
+        for i in range(n):
+            if gone.done():
+                STATS["streams_abandoned"] += 1
+                return
+            await send({"type": "http.response.body", "body": f"data: {i}\\n\\n".encode(), "more_body": True})
+            await asyncio.sleep(every)
+        gone.cancel()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\\n\\n"})
+        STATS["streams_done"] += 1
+    else:
+        await _json(send, 404, {"error": "not found"})
+
+
+uvicorn.run(TidalMiddleware(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            lifespan="on")
+'''
+"""Source of a stub engine process for the drain and public-port tests (written to a file, run with python)."""
