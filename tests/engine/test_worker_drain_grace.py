@@ -23,6 +23,7 @@ from tests.support.engine import ASGI_STUB_ENGINE, free_port
 from tidal_worker.process import ChildProcess
 from tidal_worker.server import ServeConfig, serve
 
+
 @pytest.mark.timeout(60)
 def test_grace_expiry_stops_engine_and_sigkills_stubborn_one(tmp_path: Path) -> None:
     script = tmp_path / "engine.py"
@@ -68,9 +69,11 @@ def test_grace_expiry_stops_engine_and_sigkills_stubborn_one(tmp_path: Path) -> 
                             t_sigterm = time.monotonic()
                             os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it (loop handler)
                         if chunks == 6:  # the drain has begun: a new request is refused
-                            async with aiohttp.ClientSession() as fresh:
-                                async with fresh.post(base + "/v1/completions", json={}) as other:
-                                    refused = other.status
+                            async with (
+                                aiohttp.ClientSession() as fresh,
+                                fresh.post(base + "/v1/completions", json={}) as other,
+                            ):
+                                refused = other.status
                 except aiohttp.ClientError:
                     pass
             code = await asyncio.wait_for(server, timeout=20)

@@ -139,7 +139,9 @@ def start_worker(
 ) -> WorkerHandle:
     """Start ``python -m tidal_worker`` in the background (does not wait for readiness)."""
     port = port or free_port()
-    full_env = worker_env(model_dir, port=port, env=env, extra_args=extra_args, startup_timeout=startup_timeout)
+    full_env = worker_env(
+        model_dir, port=port, env=env, extra_args=extra_args, startup_timeout=startup_timeout
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -310,4 +312,4 @@ async def app(scope, receive, send):
 uvicorn.run(TidalMiddleware(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             lifespan="on")
 '''
-"""Source of a stub engine process for the drain and public-port tests (written to a file, run with python)."""
+"""Source of a stub engine process for the drain and public-port tests (write it to a file, run it)."""

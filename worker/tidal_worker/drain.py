@@ -1,9 +1,9 @@
 """Readiness and drain state of one worker: the phase machine and the in-flight request count.
 
-Phases: ``starting`` (engine loading; not ready) -> ``ready`` (the server is up and vLLM's ``/health`` answers) ->
-``draining`` (SIGTERM received: not ready, new requests refused, in-flight ones finish) -> ``stopped``. A
-ready engine that stops answering its health check goes back to ``starting`` (not ready) until it recovers;
-the supervisor exits the pod if the engine process dies.
+Phases: ``starting`` (not ready) -> ``ready`` (the server is up and vLLM's ``/health`` answers) ->
+``draining`` (drain signal received: not ready, new requests refused, in-flight ones finish) -> ``stopped``.
+A ready engine whose ``/health`` fails goes back to ``starting`` (not ready) until it recovers; the
+supervisor exits the pod if the engine process dies.
 
 `DrainController` holds no I/O: the ASGI middleware (middleware.py) calls `enter()`/`leave()` around every API
 request and its drain path awaits `wait_idle()`. Unit-tested without sockets.

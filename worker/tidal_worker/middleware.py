@@ -168,7 +168,9 @@ class TidalMiddleware:
         elif path == "/live":
             await _send_json(send, 200, {"live": True, "phase": ctl.phase.value})
         elif ctl.draining:
-            await _send_json(send, 503, {"ready": False, "phase": ctl.phase.value, "in_flight": ctl.in_flight})
+            await _send_json(
+                send, 503, {"ready": False, "phase": ctl.phase.value, "in_flight": ctl.in_flight}
+            )
         elif path == "/health":
             await self.app(scope, receive, send)
         else:
@@ -192,7 +194,7 @@ class TidalMiddleware:
         health = dict(scope, path="/health", raw_path=b"/health", method="GET", query_string=b"")
         try:
             await self.app(health, receive, capture)
-        except Exception:  # noqa: BLE001 - any failure of the health check means not ready
+        except Exception:
             log.exception("engine health check failed")
             return False
         return status == 200
@@ -211,4 +213,9 @@ class TidalMiddleware:
         log.info(
             "drained: all in-flight requests finished in %.1f s; stopping the server", time.monotonic() - t0
         )
-        os.kill(os.getpid(), signal.SIGTERM)  # vLLM's own graceful shutdown
+        _stop_own_process()
+
+
+def _stop_own_process() -> None:
+    """SIGTERM to this process: vLLM's own graceful shutdown (nothing is in flight any more)."""
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -89,7 +89,10 @@ async def _drain(engine: ChildProcess, cfg: ServeConfig, ready: bool) -> None:
     if not ready:
         log.info("SIGTERM before the engine was ready: stopping it")
         return
-    log.info("SIGTERM: draining: engine not ready, refusing new requests; grace %.0f s", cfg.drain_grace_seconds)
+    log.info(
+        "SIGTERM: draining (drain signal sent: not ready, new requests refused); grace %.0f s",
+        cfg.drain_grace_seconds,
+    )
     with contextlib.suppress(ProcessLookupError):
         engine.send_signal(DRAIN_SIGNAL)
     t0 = time.monotonic()
@@ -109,7 +112,7 @@ async def serve(
     *,
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Supervise the engine until SIGTERM/SIGINT, engine failure or startup timeout; return the exit status."""
+    """Supervise the engine until SIGTERM/SIGINT, engine exit or startup timeout; return the exit status."""
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +140,9 @@ async def serve(
                 exc = ready_task.exception()
                 if exc is not None:
                     log.error("%s", exc)
-                    return EXIT_STARTUP_TIMEOUT if isinstance(exc, StartupTimeoutError) else EXIT_ENGINE_FAILED
+                    return (
+                        EXIT_STARTUP_TIMEOUT if isinstance(exc, StartupTimeoutError) else EXIT_ENGINE_FAILED
+                    )
                 ready = True
                 log.info("engine ready after %.1f s: serving model %r on port %d",
                          time.monotonic() - started, cfg.model_name, cfg.port)  # fmt: skip
@@ -149,7 +154,9 @@ async def serve(
         finally:
             for task in (ready_task, exit_task, stop_task):
                 task.cancel()
-        ready = ready or await _is_ready(session, cfg.ready_url)  # it may have turned ready since the last poll
+        ready = ready or await _is_ready(
+            session, cfg.ready_url
+        )  # it may have turned ready since the last poll
         await _drain(engine, cfg, ready)
         return EXIT_OK
     finally:
