@@ -89,3 +89,36 @@ def test_grace_expiry_stops_engine_and_sigkills_stubborn_one(tmp_path: Path) -> 
     assert 3 + 8 < int(str(out["chunks"])) < 3 + 30, "the stream must run through the grace period"
     assert engine.returncode == -signal.SIGKILL, "an engine ignoring SIGTERM gets SIGKILL"
     assert out["refused"] == 503, "new requests are refused while the stream drains"
+
+
+def _serve_with(argv: list[str], startup_timeout: float) -> tuple[int, float]:
+    cfg = ServeConfig(
+        port=free_port(),
+        model_name="stub",
+        drain_grace_seconds=2.0,
+        engine_stop_timeout_seconds=2.0,
+        startup_timeout_seconds=startup_timeout,
+    )
+    engine = ChildProcess("stub engine", argv)
+
+    async def prepare() -> ChildProcess:
+        await engine.start()
+        return engine
+
+    t0 = time.monotonic()
+    code = asyncio.run(serve(cfg, prepare))
+    return code, time.monotonic() - t0
+
+
+@pytest.mark.timeout(60)
+def test_engine_never_ready_is_a_startup_timeout() -> None:
+    code, seconds = _serve_with([sys.executable, "-c", "import time; time.sleep(60)"], startup_timeout=1.0)
+    assert code == 7
+    assert seconds < 8, seconds
+
+
+@pytest.mark.timeout(60)
+def test_engine_exit_before_ready_passes_its_status_on() -> None:
+    code, seconds = _serve_with([sys.executable, "-c", "import sys; sys.exit(9)"], startup_timeout=30.0)
+    assert code == 9
+    assert seconds < 8, seconds
