@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tidal_worker.contract import CONTRACT_ENV_VARS, ContractError, Role, WorkerContract
+from tidal_worker.contract import CONTRACT_ENV_VARS, REMOVED_ENV_VARS, ContractError, Role, WorkerContract
 from tidal_worker.engine_args import build_vllm_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,3 +143,13 @@ def test_empty_values_mean_unset() -> None:
 def test_startup_timeout_zero_disables() -> None:
     c = WorkerContract.from_env({"TIDAL_MODEL_URI": "/m", "TIDAL_STARTUP_TIMEOUT_SECONDS": "0"})
     assert c.startup_timeout_seconds is None
+
+
+def test_removed_variables_are_ignored() -> None:
+    """TIDAL_ENGINE_PORT / TIDAL_METRICS_PORT left in an old pod spec neither fail nor reach the contract."""
+    assert not set(REMOVED_ENV_VARS) & set(CONTRACT_ENV_VARS)
+    c = WorkerContract.from_env(
+        {"TIDAL_MODEL_URI": "/m", "TIDAL_ENGINE_PORT": "8000", "TIDAL_METRICS_PORT": "x"}
+    )
+    assert c.port == 8000
+    assert not set(REMOVED_ENV_VARS) & set(c.to_env(minimal=False))
