@@ -18,8 +18,9 @@ On the public port it answers:
 - anything else (the API): passed to vLLM and counted in flight until vLLM's handler returns, which it does
   when the last body chunk was sent or the client disconnected; refused while draining.
 
-Drain: the supervisor (``python -m tidal_worker``, server.py) sends ``SIGUSR1`` (`DRAIN_SIGNAL`; neither
-vLLM nor uvicorn uses it) to this process on SIGTERM. The handler is installed from the event loop on the
+Drain: the supervisor (``python -m tidal_worker``, server.py) sends ``SIGUSR1`` (`DRAIN_SIGNAL`) to this
+process on SIGTERM. vLLM 0.32 does not use that signal, nor does uvicorn outside its gunicorn worker class
+(which vLLM does not use). The handler is installed from the event loop on the
 first ASGI event (lifespan startup), before the server answers anything; the supervisor sends the signal
 only once ``/ready`` answered. The middleware then turns not-ready at once, answers new API requests ``503``
 (OpenAI error shape, ``Retry-After: 1``, ``Connection: close``), lets in-flight requests (streams included)
