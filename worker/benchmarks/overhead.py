@@ -19,14 +19,17 @@ worker gives its child.
   connection per request, as urllib does) and ``keepalive`` (one persistent connection per server and client
   thread, as a gateway or load balancer holds them).
 
-It prints, per mode, bare / worker, the worker/bare ratio and the milliseconds the worker adds; the target is
-an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the load average is
+First, without sockets or engine, it times what the middleware adds to one request in-process (an ASGI app
+answering at once, called bare and inside the middleware, best of 5): the figure the machine's noise cannot
+blur. Then it prints, per mode, bare / worker, the worker/bare ratio and the milliseconds the worker adds;
+the target is an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the load average is
 printed), so compare figures measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -52,6 +55,14 @@ from tests.support.tinymodel import make_tiny_model  # noqa: E402
 from tidal_worker.__main__ import engine_env  # noqa: E402
 from tidal_worker.contract import WorkerContract  # noqa: E402
 from tidal_worker.engine_args import build_vllm_argv  # noqa: E402
+from tidal_worker.middleware import (  # noqa: E402
+    DRAIN_SIGNAL,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    TidalMiddleware,
+)
 
 
 def _get_ok(url: str, predicate: str | None = None) -> bool:
@@ -201,6 +212,40 @@ def _print_table(title: str, rows: list[Row]) -> float:
     return worst
 
 
+async def _middleware_cost(calls: int, repeats: int = 5) -> tuple[float, float]:
+    """Microseconds per request of a bare ASGI app and of it inside TidalMiddleware (best of `repeats`).
+
+    The app answers at once (start + body), so the difference is what the middleware adds to every API
+    request: the phase check, the in-flight count, one extra await. No sockets, no engine: immune to the noise
+    that dominates the end-to-end figures on a shared machine.
+    """
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"{}"}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start)
+        await send(body)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    wrapped = TidalMiddleware(app, register_metrics=False)
+    scope: Scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": []}
+    await wrapped({"type": "lifespan"}, receive, send)  # first event: installs the drain signal handler
+    asyncio.get_running_loop().remove_signal_handler(DRAIN_SIGNAL)
+    best = {"bare": float("inf"), "middleware": float("inf")}
+    for _ in range(repeats):
+        for kind, target in (("bare", app), ("middleware", wrapped)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                await target(scope, receive, send)
+            best[kind] = min(best[kind], (time.perf_counter() - t0) / calls * 1e6)
+    return best["bare"], best["middleware"]
+
+
 def main() -> int:
     """Run the comparison and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -208,6 +253,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=1, help="uncounted worker starts before the rounds")
     parser.add_argument("--modes", default="close,keepalive", help="connection modes: close, keepalive")
+    parser.add_argument("--calls", type=int, default=100_000, help="calls per in-process measurement")
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process middleware cost")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tidal-bench"))
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -215,6 +262,14 @@ def main() -> int:
         parser.error(f"unknown mode in --modes {args.modes!r}")
     args.log_dir.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    bare_us, mw_us = asyncio.run(_middleware_cost(args.calls))
+    print(
+        f"in-process cost per request (best of 5 x {args.calls} calls): bare ASGI app {bare_us:.2f} us, "
+        f"inside TidalMiddleware {mw_us:.2f} us: the middleware adds {mw_us - bare_us:.2f} us",
+        flush=True,
+    )
+    if args.micro_only:
+        return 0
     for _ in range(args.warmup):
         proc, seconds, _ = _start("worker", args.log_dir)
         print(f"warm-up (not counted): worker ready after {seconds:.2f} s", flush=True)
