@@ -22,8 +22,8 @@ worker gives its child.
 First, without sockets or engine, it times what the middleware adds to one request in-process (an ASGI app
 answering at once, called bare and inside the middleware, best of 5): the figure the machine's noise cannot
 blur. Then it prints, per mode, bare / worker, the worker/bare ratio and the milliseconds the worker adds;
-the target is an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the load average is
-printed), so compare figures measured in one run.
+the target is an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the
+load average is printed), so compare figures measured in one run.
 """
 
 from __future__ import annotations
