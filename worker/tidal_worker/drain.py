@@ -27,7 +27,7 @@ class Phase(StrEnum):
 
 
 class DrainController:
-    """Phase + in-flight counter shared by the proxy, the engine watcher and the signal handler."""
+    """Phase + in-flight counter shared by the middleware's request path, its probes and its drain signal."""
 
     def __init__(self) -> None:
         self.phase = Phase.STARTING
