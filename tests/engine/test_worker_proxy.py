@@ -1,97 +1,39 @@
-"""The worker's proxy passes requests and responses through untouched (what its lean hop must not break).
+"""The worker's public port: what Tidal's middleware inside vLLM's server must keep and what it adds.
 
-The proxy forwards bytes without parsing them and reuses pooled keep-alive connections to the engine (see
-server.py and worker/benchmarks/overhead.py). These checks pin what that pass-through must keep: the request
-target as the client encoded it, end-to-end headers only (hop-by-hop ones and those named by Connection
-dropped, nothing added: no Accept-Encoding, User-Agent or cookies of its own), repeated response headers,
-status and reason, compressed bodies byte for byte, streams that leave event by event, HEAD answers (no body
-to wait for), chunked request bodies, pipelined requests answered in order, and a client hanging up
-mid-stream closing the engine's side too (vLLM then aborts the request). The engine is a
-stand-in child process (a small aiohttp server, real process, real HTTP) that echoes what it received: the
-real vLLM cannot echo headers. Everything else is the production path: `serve()`, its readiness watcher, the
-drain on SIGTERM.
+There is no proxy any more: vLLM listens on TIDAL_PORT with `tidal_worker.middleware.TidalMiddleware` as the
+outermost ASGI layer. These checks pin the public port's semantics through the production supervisor
+(`serve()`): requests reach the app untouched (target as the client encoded it, headers, body, chunked
+bodies), streams leave event by event, pipelined requests are answered in order, a client hanging up
+mid-stream ends its request (the in-flight gauge drops back), ``/live``/``/ready``/``/metrics`` answer with
+the ``tidal_worker_*`` metrics, and on SIGTERM the drain: not ready, new requests refused with the documented
+503 (and the connection closed), the in-flight stream runs to its end, then the server stops by itself and
+`serve()` returns 0. The engine is the stand-in of tests/support/engine.py (a raw ASGI app inside the
+middleware, served by uvicorn like vLLM): the real vLLM cannot echo what it received.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import http.client
 import json
 import os
 import signal
 import socket
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.engine import free_port
+from tests.support.engine import ASGI_STUB_ENGINE, free_port
 
 from tidal_worker.process import ChildProcess
 from tidal_worker.server import ServeConfig, serve
 
-ECHO_ENGINE = textwrap.dedent(
-    """
-    import asyncio, gzip, json, sys
-    from aiohttp import web
-
-    async def health(request):
-        return web.Response(text="")
-
-    async def models(request):
-        return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})
-
-    async def echo(request):
-        body = await request.read()
-        seen = {"method": request.method, "raw_path": request.raw_path,
-                "headers": list(request.headers.items()), "body": body.decode()}
-        resp = web.json_response(seen, status=201, reason="Created Here")
-        resp.headers.add("Set-Cookie", "a=1; Path=/")
-        resp.headers.add("Set-Cookie", "b=2; Path=/")
-        resp.headers.add("X-Custom", "one")
-        resp.headers.add("X-Custom", "two")
-        return resp
-
-    async def zipped(request):
-        return web.Response(body=gzip.compress(b"tide " * 200), headers={"Content-Encoding": "gzip"})
-
-    STATS = {"streams_done": 0, "streams_aborted": 0}
-
-    async def stream(request):
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        try:
-            for i in range(20):
-                await resp.write(f"data: {i}\\n\\n".encode())
-                await asyncio.sleep(0.05)
-            await resp.write(b"data: [DONE]\\n\\n")
-        except ConnectionError:
-            STATS["streams_aborted"] += 1  # as vLLM aborts a request whose client went away
-            return resp
-        STATS["streams_done"] += 1
-        return resp
-
-    async def stats(request):
-        return web.json_response(STATS)
-
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/zipped", zipped)
-    app.router.add_post("/v1/stream", stream)
-    app.router.add_get("/stats", stats)
-    app.router.add_route("*", "/echo/{tail:.*}", echo)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
-    """
-)
-
 
 def _raw_request(
     port: int, method: str, target: str, headers: list[tuple[str, str]], body: bytes | None = None
-) -> tuple[int, str, list[tuple[str, str]], bytes]:
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """One request with exactly these headers (http.client adds Host and, with a body, Content-Length)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -102,23 +44,16 @@ def _raw_request(
             conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body)
         resp = conn.getresponse()
-        return resp.status, resp.reason, resp.getheaders(), resp.read()
+        return resp.status, resp.getheaders(), resp.read()
     finally:
         conn.close()
 
 
-def _head_then_get(port: int) -> tuple[int, bytes, dict[str, Any]]:
-    """HEAD, then a GET on the same kept-alive connection (a HEAD answer has no body to wait for)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("HEAD", "/echo/head")
-        head = conn.getresponse()
-        head_body = head.read()
-        conn.request("GET", "/echo/after-head")
-        after = conn.getresponse()
-        return head.status, head_body, json.loads(after.read())
-    finally:
-        conn.close()
+def _metric(port: int, name: str) -> float:
+    text = _raw_request(port, "GET", "/metrics", [])[2].decode()
+    values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} not exactly once in /metrics"
+    return values[0]
 
 
 def _chunked_post(port: int) -> dict[str, Any]:
@@ -131,7 +66,7 @@ def _chunked_post(port: int) -> dict[str, Any]:
 
 
 def _pipelined(port: int) -> bytes:
-    """Two requests written at once on one connection; everything the worker answers until it closes."""
+    """Two requests written at once on one connection; everything the server answers until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"GET /echo/first HTTP/1.1\r\nHost: w\r\n\r\n"
@@ -143,50 +78,64 @@ def _pipelined(port: int) -> bytes:
         return b"".join(chunks)
 
 
-def _abandon_stream(port: int) -> dict[str, int]:
-    """Start a stream, read two events, hang up; then what the engine says about its streams."""
+def _abandon_stream(port: int) -> dict[str, Any]:
+    """Start a stream, read two events, check it is in flight, hang up; then what the app and gauge say."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/stream HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\n\r\n{}")
+        sock.sendall(
+            b"POST /v1/completions?n=100&every=0.05 HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\n\r\n{}"
+        )
         seen = b""
         while seen.count(b"data: ") < 2:
             seen += sock.recv(65536)
-    time.sleep(0.5)  # the engine notices at its next write (every 0.05 s)
-    return dict(json.loads(_raw_request(port, "GET", "/stats", [])[3]))
+        during = _metric(port, "tidal_worker_in_flight_requests")
+    time.sleep(0.5)  # the app notices at its next event (every 0.05 s)
+    stats = json.loads(_raw_request(port, "GET", "/stats", [])[2])
+    return {"during": during, "after": _metric(port, "tidal_worker_in_flight_requests"), "stats": stats}
 
 
-def _stream_times(port: int) -> tuple[list[bytes], list[float]]:
-    """Read the stub's stream line by line; the arrival time of every event."""
+def _stream_times(port: int, target: str) -> tuple[int, list[bytes], list[float]]:
+    """Read a stream line by line; the arrival time of every event."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("POST", "/v1/stream", body=b"{}", headers={"Content-Type": "application/json"})
+        conn.request("POST", target, body=b"{}", headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        assert resp.status == 200
         events: list[bytes] = []
         times: list[float] = []
         while line := resp.readline():
             if line.startswith(b"data: "):
                 events.append(line.strip())
                 times.append(time.monotonic())
-        return events, times
+        return resp.status, events, times
     finally:
         conn.close()
 
 
-@pytest.mark.timeout(60)
-def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
+def _refused_then_closed(port: int) -> tuple[int, dict[str, str], bytes, bytes]:
+    """A new API request during the drain on a fresh connection; then whether the server closed it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\n\r\n{}")
+        data = b""
+        while chunk := sock.recv(65536):  # ends only when the server closes the connection
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body, data
+
+
+@pytest.mark.timeout(90)
+def test_public_port_semantics_and_drain(tmp_path: Path) -> None:
     script = tmp_path / "engine.py"
-    script.write_text(ECHO_ENGINE)
-    engine_port, port = free_port(), free_port()
+    script.write_text(ASGI_STUB_ENGINE)
+    port = free_port()
     cfg = ServeConfig(
         port=port,
-        engine_port=engine_port,
         model_name="stub",
-        drain_grace_seconds=5.0,
+        drain_grace_seconds=20.0,
         engine_stop_timeout_seconds=5.0,
         startup_timeout_seconds=30.0,
-        host="127.0.0.1",
     )
-    engine = ChildProcess("echo engine", [sys.executable, str(script), str(engine_port)])
+    engine = ChildProcess("stub engine", [sys.executable, str(script), str(port)])
 
     async def prepare() -> ChildProcess:
         await engine.start()
@@ -205,6 +154,7 @@ def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "stub engine never became ready"
             await asyncio.sleep(0.1)
         out: dict[str, Any] = {}
+        out["live"] = await asyncio.to_thread(_raw_request, port, "GET", "/live", [])
         out["echo"] = await asyncio.to_thread(
             _raw_request,
             port,
@@ -214,63 +164,83 @@ def test_proxy_passes_requests_and_responses_through(tmp_path: Path) -> None:
                 ("Content-Type", "application/json"),
                 ("Authorization", "Bearer secret"),
                 ("X-Request-Id", "r-1"),
-                ("Connection", "keep-alive, X-Hop"),
-                ("X-Hop", "1"),
             ],
             b'{"prompt": "tide"}',
         )
-        out["again"] = await asyncio.to_thread(_raw_request, port, "GET", "/echo/again", [])
-        out["zipped"] = await asyncio.to_thread(
-            _raw_request, port, "GET", "/zipped", [("Accept-Encoding", "gzip")]
-        )
-        out["stream"] = await asyncio.to_thread(_stream_times, port)
-        out["head"] = await asyncio.to_thread(_head_then_get, port)
+        out["stream"] = await asyncio.to_thread(_stream_times, port, "/v1/completions?n=20&every=0.05")
         out["chunked"] = await asyncio.to_thread(_chunked_post, port)
         out["pipelined"] = await asyncio.to_thread(_pipelined, port)
         out["abandoned"] = await asyncio.to_thread(_abandon_stream, port)
+        out["refused_before_drain"] = await asyncio.to_thread(
+            _metric, port, "tidal_worker_refused_requests_total"
+        )
+
+        # The drain: one stream in flight (40 events, 0.05 s apart), then SIGTERM to the supervisor.
+        stream = asyncio.ensure_future(
+            asyncio.to_thread(_stream_times, port, "/v1/completions?n=40&every=0.05")
+        )
+        await asyncio.sleep(0.5)
+        t_sigterm = time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)  # serve() handles it (loop handler)
+        await asyncio.sleep(0.2)
+        out["ready_draining"] = await asyncio.to_thread(_raw_request, port, "GET", "/ready", [])
+        out["refused"] = await asyncio.to_thread(_refused_then_closed, port)
+        out["in_flight_draining"] = await asyncio.to_thread(_metric, port, "tidal_worker_in_flight_requests")
+        out["refused_total"] = await asyncio.to_thread(_metric, port, "tidal_worker_refused_requests_total")
+        out["stream_during_drain"] = await stream
+        out["stream_done_after"] = time.monotonic() - t_sigterm
         out["code"] = await asyncio.wait_for(server, timeout=20)
+        out["exit_after"] = time.monotonic() - t_sigterm
         return out
 
     out = asyncio.run(scenario())
-    assert out["code"] == 0
 
-    status, reason, headers, body = out["echo"]
-    assert (status, reason) == (201, "Created Here")
+    status, _, body = out["live"]
+    assert status == 200 and json.loads(body)["live"] is True
+
+    status, headers, body = out["echo"]
+    assert status == 200
     seen = json.loads(body)
     assert seen["method"] == "POST"
-    assert seen["raw_path"] == "/echo/a%2Fb/%7Etide?x=1&y=%20z", "the target must reach the engine as sent"
+    assert seen["raw_path"] == "/echo/a%2Fb/%7Etide", "the target must reach the app as sent"
+    assert seen["query_string"] == "x=1&y=%20z"
     assert seen["body"] == '{"prompt": "tide"}'
     sent = {name.lower(): value for name, value in seen["headers"]}
-    assert sent["authorization"] == "Bearer secret"
-    assert sent["x-request-id"] == "r-1"
-    assert sent["content-type"] == "application/json"
-    for added in ("accept-encoding", "user-agent", "accept", "cookie", "x-hop"):
-        assert added not in sent, f"the proxy must not add or pass {added!r}: {seen['headers']}"
-    assert [v for k, v in headers if k.lower() == "set-cookie"] == ["a=1; Path=/", "b=2; Path=/"]
-    assert [v for k, v in headers if k.lower() == "x-custom"] == ["one", "two"]
+    assert sent["authorization"] == "Bearer secret" and sent["x-request-id"] == "r-1"
 
-    again = json.loads(out["again"][3])
-    assert "cookie" not in {k.lower() for k, _ in again["headers"]}, "engine cookies must not be replayed"
-
-    status, _, headers, body = out["zipped"]
+    status, events, times = out["stream"]
     assert status == 200
-    assert dict((k.lower(), v) for k, v in headers)["content-encoding"] == "gzip"
-    assert gzip.decompress(body) == b"tide " * 200, "compressed bodies pass through byte for byte"
-
-    events, times = out["stream"]
     assert events == [f"data: {i}".encode() for i in range(20)] + [b"data: [DONE]"]
-    # 20 events 0.05 s apart: had the proxy buffered the stream, they would all arrive at once.
+    # 20 events 0.05 s apart: had anything buffered the stream, they would all arrive at once.
     assert times[-1] - times[0] > 0.5, f"stream events arrived together: {times[-1] - times[0]:.3f} s"
-
-    head_status, head_body, after_head = out["head"]
-    assert head_status == 201 and head_body == b""
-    assert after_head["raw_path"] == "/echo/after-head", "the connection must stay usable after a HEAD"
 
     assert out["chunked"]["body"] == '{"a": 1}', "a chunked request body arrives whole"
 
     pipelined: bytes = out["pipelined"]
-    assert pipelined.count(b"HTTP/1.1 201 Created Here") == 2, pipelined[:400]
+    assert pipelined.count(b"HTTP/1.1 200 OK") == 2, pipelined[:400]
     assert pipelined.index(b'"/echo/first"') < pipelined.index(b'"/echo/second"'), "answers in request order"
 
-    assert out["abandoned"] == {"streams_done": 1, "streams_aborted": 1}, "a client hanging up must abort"
+    abandoned = out["abandoned"]
+    assert abandoned["during"] == 1.0, "a stream counts in flight"
+    assert abandoned["after"] == 0.0, "a client hanging up ends its request"
+    assert abandoned["stats"]["streams_abandoned"] == 1
+
+    assert out["refused_before_drain"] == 0.0
+    status, _, body = out["ready_draining"]
+    assert status == 503 and json.loads(body)["phase"] == "draining"
+    status, headers, body, raw = out["refused"]
+    assert status == 503, raw[:400]
+    assert "draining" in json.loads(body)["error"]["message"]
+    assert json.loads(body)["error"]["code"] == 503
+    assert headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert out["in_flight_draining"] == 1.0
+    assert out["refused_total"] == 1.0
+
+    status, events, _ = out["stream_during_drain"]
+    assert status == 200
+    assert events == [f"data: {i}".encode() for i in range(40)] + [b"data: [DONE]"], (
+        "in-flight stream finishes"
+    )
+    assert out["code"] == 0
+    assert out["exit_after"] < 10, "the server stops itself once idle, well before the 20 s grace"
+    assert engine.returncode is not None and engine.returncode != -signal.SIGKILL, "a clean stop, no SIGKILL"

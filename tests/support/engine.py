@@ -3,7 +3,7 @@
 `running_worker(model_dir)` runs ``python -m tidal_worker`` (the container entrypoint) with the pod contract's
 environment variables (docs/worker-contract.md) set for the CPU device: an exact KV cache
 (TIDAL_KV_CACHE_MEMORY_BYTES, 64 MiB by default), eager mode, offline Hugging Face libraries, free loopback
-ports. It waits until the worker's readiness endpoint answers 200 (engine up and the model listed), yields a
+port. It waits until the worker's readiness endpoint answers 200 (vLLM up and healthy), yields a
 `WorkerHandle`, and on exit stops the worker (SIGTERM, then SIGKILL of its process group); the worker stops
 its vLLM child itself (and the child dies with it through PR_SET_PDEATHSIG). When startup fails the worker
 log is included in the exception.
@@ -50,14 +50,13 @@ class WorkerHandle:
 
     proc: subprocess.Popen[bytes]
     port: int
-    engine_port: int
     log_path: Path
     model_name: str
     startup_seconds: float = 0.0
 
     @property
     def base_url(self) -> str:
-        """The worker's public URL (the drain-aware proxy), e.g. http://127.0.0.1:PORT."""
+        """The worker's public URL (vLLM's server with Tidal's middleware), e.g. http://127.0.0.1:PORT."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -96,7 +95,6 @@ def worker_env(
     model_dir: Path | str,
     *,
     port: int,
-    engine_port: int,
     env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
     startup_timeout: float = 300.0,
@@ -110,7 +108,6 @@ def worker_env(
             "TIDAL_SERVED_MODEL_NAME": SERVED_MODEL_NAME,
             "TIDAL_DEVICE": "cpu",
             "TIDAL_PORT": str(port),
-            "TIDAL_ENGINE_PORT": str(engine_port),
             "TIDAL_KV_CACHE_MEMORY_BYTES": str(DEFAULT_KV_CACHE_BYTES),
             "TIDAL_MAX_MODEL_LEN": "1024",
             "TIDAL_ENFORCE_EAGER": "true",
@@ -142,11 +139,9 @@ def start_worker(
 ) -> WorkerHandle:
     """Start ``python -m tidal_worker`` in the background (does not wait for readiness)."""
     port = port or free_port()
-    engine_port = free_port()
     full_env = worker_env(
-        model_dir, port=port, engine_port=engine_port, env=env, extra_args=extra_args,
-        startup_timeout=startup_timeout,
-    )  # fmt: skip
+        model_dir, port=port, env=env, extra_args=extra_args, startup_timeout=startup_timeout
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -160,7 +155,6 @@ def start_worker(
     return WorkerHandle(
         proc=proc,
         port=port,
-        engine_port=engine_port,
         log_path=log_path,
         model_name=full_env["TIDAL_SERVED_MODEL_NAME"],
     )
@@ -232,3 +226,90 @@ def tiny_worker(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with running_worker(tiny_model_dir, log_path=log_path) as handle:
         yield handle
+
+
+ASGI_STUB_ENGINE = '''
+"""A stand-in for vLLM's API server: a raw ASGI app inside Tidal's middleware, served by uvicorn like vLLM.
+
+argv: PORT [stubborn]. Routes: /health (200), /metrics (prometheus_client's default registry, as vLLM
+serves it), POST /v1/completions?n=N&every=S (N "data: i" events S seconds apart, then "data: [DONE]"),
+/echo/... (what the app received, as JSON), /stats (streams finished / abandoned by their client).
+"stubborn" ignores SIGTERM once serving, so only SIGKILL ends it.
+"""
+import asyncio, json, signal, sys
+from urllib.parse import parse_qs
+
+import prometheus_client, uvicorn
+
+from tidal_worker.middleware import TidalMiddleware
+
+STATS = {"streams_done": 0, "streams_abandoned": 0}
+
+
+async def _receive_body(receive):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _json(send, status, payload):
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if "stubborn" in sys.argv[2:]:
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/health":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/metrics":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode())]})
+        await send({"type": "http.response.body", "body": prometheus_client.generate_latest()})
+    elif path == "/stats":
+        await _json(send, 200, STATS)
+    elif path.startswith("/echo/"):
+        body = await _receive_body(receive)
+        await _json(send, 200, {"method": scope["method"], "raw_path": scope["raw_path"].decode(),
+                                "query_string": scope["query_string"].decode(),
+                                "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+                                "body": body.decode()})
+    elif path == "/v1/completions":
+        await _receive_body(receive)
+        query = parse_qs(scope["query_string"].decode())
+        n, every = int(query.get("n", ["300"])[0]), float(query.get("every", ["0.2"])[0])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        gone = asyncio.ensure_future(receive())  # http.disconnect when the client goes away
+        for i in range(n):
+            if gone.done():
+                STATS["streams_abandoned"] += 1
+                return
+            await send({"type": "http.response.body", "body": f"data: {i}\\n\\n".encode(), "more_body": True})
+            await asyncio.sleep(every)
+        gone.cancel()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\\n\\n"})
+        STATS["streams_done"] += 1
+    else:
+        await _json(send, 404, {"error": "not found"})
+
+
+uvicorn.run(TidalMiddleware(app), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+            lifespan="on")
+'''
+"""Source of a stub engine process for the drain and public-port tests (write it to a file, run it)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tidal_worker.contract import CONTRACT_ENV_VARS, ContractError, Role, WorkerContract
+from tidal_worker.contract import CONTRACT_ENV_VARS, REMOVED_ENV_VARS, ContractError, Role, WorkerContract
 from tidal_worker.engine_args import build_vllm_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def test_defaults() -> None:
     assert c.role is Role.SINGLE
     assert (c.tensor_parallel_size, c.pipeline_parallel_size, c.world_size, c.gpus_expected) == (1, 1, 1, 1)
     assert c.model_name == "model"
-    assert c.port == 8000 and c.engine_port == 8001
+    assert c.port == 8000
     assert c.drain_grace_seconds == 30.0
     assert c.to_env() == {"TIDAL_MODEL_URI": "hf://org/model", "TIDAL_ROLE": "single"}
 
@@ -106,7 +106,6 @@ def test_hf_token_is_read_but_never_shown() -> None:
         ({"TIDAL_EXTRA_ARGS": "--foo"}, "TIDAL_EXTRA_ARGS is not valid JSON"),
         ({"TIDAL_EXTRA_ARGS": '["--a", 1]'}, "TIDAL_EXTRA_ARGS must be a JSON list of strings"),
         ({"TIDAL_PORT": "70000"}, "TIDAL_PORT=70000 is not a TCP port"),
-        ({"TIDAL_PORT": "8001"}, "TIDAL_PORT and TIDAL_ENGINE_PORT must differ"),
         ({"TIDAL_DRAIN_GRACE_SECONDS": "-1"}, "TIDAL_DRAIN_GRACE_SECONDS='-1' must be a finite number"),
         ({"TIDAL_DEVICE": "tpu"}, "TIDAL_DEVICE='tpu' is not one of cuda, cpu"),
         ({"TIDAL_GROUP_SIZE": "2"}, "TIDAL_GROUP_SIZE=2 needs role ray-head/ray-worker"),
@@ -144,3 +143,13 @@ def test_empty_values_mean_unset() -> None:
 def test_startup_timeout_zero_disables() -> None:
     c = WorkerContract.from_env({"TIDAL_MODEL_URI": "/m", "TIDAL_STARTUP_TIMEOUT_SECONDS": "0"})
     assert c.startup_timeout_seconds is None
+
+
+def test_removed_variables_are_ignored() -> None:
+    """TIDAL_ENGINE_PORT / TIDAL_METRICS_PORT left in an old pod spec neither fail nor reach the contract."""
+    assert not set(REMOVED_ENV_VARS) & set(CONTRACT_ENV_VARS)
+    c = WorkerContract.from_env(
+        {"TIDAL_MODEL_URI": "/m", "TIDAL_ENGINE_PORT": "8000", "TIDAL_METRICS_PORT": "x"}
+    )
+    assert c.port == 8000
+    assert not set(REMOVED_ENV_VARS) & set(c.to_env(minimal=False))

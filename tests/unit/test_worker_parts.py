@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from tidal_worker.contract import WorkerContract
 from tidal_worker.drain import DrainController, Phase
 from tidal_worker.engine_args import build_vllm_argv
 from tidal_worker.preflight import BUILTIN_QUANTIZATIONS, installed_quantizations, preflight_problems
 from tidal_worker.ray_bootstrap import group_status, ray_address, ray_start_argv
-from tidal_worker.server import forward_headers, upstream_keepalive_seconds
 from tidal_worker.sources import (
     HfSource,
     LocalSource,
@@ -44,7 +42,8 @@ def test_argv_minimal() -> None:
     argv = build_vllm_argv(_c(), "/m", python="py")
     assert argv == (
         "py", "-m", "vllm.entrypoints.openai.api_server", "--model", "/m", "--served-model-name", "m",
-        "--host", "127.0.0.1", "--port", "8001", "--tensor-parallel-size", "1",
+        "--host", "0.0.0.0", "--port", "8000", "--middleware", "tidal_worker.middleware.TidalMiddleware",
+        "--tensor-parallel-size", "1",
         "--pipeline-parallel-size", "1",
     )  # fmt: skip
 
@@ -55,7 +54,7 @@ def test_argv_all_options() -> None:
         TIDAL_MAX_NUM_SEQS="64", TIDAL_MAX_MODEL_LEN="4096", TIDAL_MAX_NUM_BATCHED_TOKENS="2048",
         TIDAL_DTYPE="bfloat16", TIDAL_QUANTIZATION="awq", TIDAL_KV_CACHE_DTYPE="fp8",
         TIDAL_ENABLE_PREFIX_CACHING="false", TIDAL_ENFORCE_EAGER="true", TIDAL_TRUST_REMOTE_CODE="true",
-        TIDAL_EXTRA_ARGS='["--seed", "7"]', TIDAL_SERVED_MODEL_NAME="x", TIDAL_ENGINE_PORT="9001",
+        TIDAL_EXTRA_ARGS='["--seed", "7"]', TIDAL_SERVED_MODEL_NAME="x", TIDAL_PORT="9001",
     )  # fmt: skip
     argv = " ".join(build_vllm_argv(c, "/m"))
     for part in (
@@ -269,35 +268,3 @@ def test_ray_start_argv() -> None:
     assert ray_address(worker) == "h.svc:6379"
     with pytest.raises(ValueError):
         ray_start_argv(_c())
-
-
-def test_upstream_keepalive_is_below_the_engines() -> None:
-    assert upstream_keepalive_seconds({}) == 4.0  # vLLM's default is 5 s
-    assert upstream_keepalive_seconds({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "30"}) == 29.0
-    assert upstream_keepalive_seconds({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "1"}) == 0.5
-    assert upstream_keepalive_seconds({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "soon"}) == 4.0
-
-
-def test_forward_headers_drops_hop_by_hop_keeps_repeats() -> None:
-    headers = CIMultiDictProxy(
-        CIMultiDict(
-            [
-                ("Content-Type", "application/json"),
-                ("Connection", "keep-alive, X-Hop"),
-                ("Keep-Alive", "timeout=5"),
-                ("Transfer-Encoding", "chunked"),
-                ("Content-Length", "12"),
-                ("Host", "worker:8000"),
-                ("x-hop", "1"),
-                ("Set-Cookie", "a=1"),
-                ("Set-Cookie", "b=2"),
-                ("Authorization", "Bearer t"),
-            ]
-        )
-    )
-    assert forward_headers(headers) == [
-        ("Content-Type", "application/json"),
-        ("Set-Cookie", "a=1"),
-        ("Set-Cookie", "b=2"),
-        ("Authorization", "Bearer t"),
-    ]

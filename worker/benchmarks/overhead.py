@@ -1,29 +1,35 @@
-"""Benchmark: the Tidal worker (drain-aware proxy, supervisor) against bare vLLM, same run, same model.
+"""Benchmark: the Tidal worker (vLLM + Tidal's ASGI middleware, under the supervisor) against bare vLLM.
 
-Run from the repository root:  .venv/bin/python worker/benchmarks/overhead.py [--rounds 2] [--requests 100]
+Run from the repository root:  .venv/bin/python worker/benchmarks/overhead.py [--rounds 3] [--requests 200]
 
-- Time to ready: each round starts a bare ``python -m vllm.entrypoints.openai.api_server`` with exactly
-  the argv the worker would build (engine_args.build_vllm_argv), and the worker (``python -m tidal_worker``)
-  with the same contract, one at a time (2 cores), alternating which goes first. One uncounted worker start
-  comes first (``--warmup``): the very first start of a run reads torch and vLLM from a cold page cache and
-  would penalise whichever kind goes first. Ready = the bare server lists the model on /v1/models, or the
-  worker's /ready answers 200; both polled every 0.1 s from outside.
-- Steady-state latency: on one running worker, requests rotate between the worker's public port (proxy), the
-  vLLM child's loopback port (bare vLLM, the very same engine) and a raw TCP relay in front of that port
-  (tcp_relay.py: the floor of any extra userspace hop, no HTTP parsing), the order rotating every round, so
-  machine noise hits all three equally: median/p90 of sequential completions (1 and 16 tokens, ignore_eos)
-  and of bursts of 8 concurrent requests. Same client (the standard library's http.client) for every path,
-  in two connection modes: ``close`` (a new TCP connection per request, as urllib does) and ``keepalive``
-  (one persistent connection per path and client thread, as a gateway or load balancer holds them).
+The worker path is now vLLM's own server on the public port with ``--middleware
+tidal_worker.middleware.TidalMiddleware`` (probes, in-flight count, drain), started and supervised by
+``python -m tidal_worker``: no proxy hop. Bare vLLM is ``python -m vllm.entrypoints.openai.api_server`` with
+the very argv the worker builds (engine_args.build_vllm_argv) minus ``--middleware``, and the environment the
+worker gives its child.
 
-It prints, per mode, bare / relay / worker, the worker/bare ratio and the milliseconds the worker adds; the
-target is an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the load
-average is printed), so compare figures measured in one run.
+- Time to ready: each round starts both, one after the other, alternating which goes first. One uncounted
+  worker start comes first (``--warmup``): the very first start of a run reads torch and vLLM from a cold
+  page cache and would penalise whichever kind goes first. Ready = the bare server lists the model on
+  /v1/models, or the worker's /ready answers 200; both polled every 0.1 s from outside.
+- Steady-state latency (last round, both servers up, each with its own engine on the same model): requests
+  alternate between the two, the order swapping every request, so machine noise hits both equally: median/
+  p90 of sequential completions (1 and 16 tokens, ignore_eos) and of bursts of 8 concurrent requests. Same
+  client (the standard library's http.client) for both, in two connection modes: ``close`` (a new TCP
+  connection per request, as urllib does) and ``keepalive`` (one persistent connection per server and client
+  thread, as a gateway or load balancer holds them).
+
+First, without sockets or engine, it times what the middleware adds to one request in-process (an ASGI app
+answering at once, called bare and inside the middleware, best of 5): the figure the machine's noise cannot
+blur. Then it prints, per mode, bare / worker, the worker/bare ratio and the milliseconds the worker adds;
+the target is an overhead of at most 5 %. A script, not a test: timings on shared machines are noisy (the
+load average is printed), so compare figures measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -49,6 +55,14 @@ from tests.support.tinymodel import make_tiny_model  # noqa: E402
 from tidal_worker.__main__ import engine_env  # noqa: E402
 from tidal_worker.contract import WorkerContract  # noqa: E402
 from tidal_worker.engine_args import build_vllm_argv  # noqa: E402
+from tidal_worker.middleware import (  # noqa: E402
+    DRAIN_SIGNAL,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    TidalMiddleware,
+)
 
 
 def _get_ok(url: str, predicate: str | None = None) -> bool:
@@ -102,16 +116,17 @@ def _post(port: int, tokens: int, keepalive: bool) -> float:
     raise AssertionError("unreachable")
 
 
-def _start(kind: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], float, int, int]:
-    """Start `kind` (bare|worker) and wait until ready; return the process, seconds to ready and the ports."""
+def _start(kind: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], float, int]:
+    """Start `kind` (bare|worker) and wait until ready; return the process, seconds to ready and its port."""
     model = make_tiny_model()
-    port, engine_port = free_port(), free_port()
-    env = worker_env(model, port=port, engine_port=engine_port)
+    port = free_port()
+    env = worker_env(model, port=port)
     base = f"http://127.0.0.1:{port}"
     if kind == "bare":
         contract = WorkerContract.from_env({k: v for k, v in env.items() if k.startswith("TIDAL_")})
         argv = list(build_vllm_argv(contract, str(model), python=sys.executable))
-        argv[argv.index("--port") + 1] = str(port)
+        i = argv.index("--middleware")
+        del argv[i : i + 2]
         env = engine_env(contract, env)  # the environment the worker gives its vLLM child
         ready_url, predicate = f"{base}/v1/models", '"tiny"'
     else:
@@ -126,7 +141,7 @@ def _start(kind: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], float, in
             _stop(proc)
             raise RuntimeError(f"{kind} did not become ready; see {log_path}")
         time.sleep(0.1)
-    return proc, time.monotonic() - t0, port, engine_port
+    return proc, time.monotonic() - t0, port
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -140,7 +155,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     time.sleep(2)  # let the engine's processes go before the next start
 
 
-PATHS = ("bare", "relay", "worker")
+PATHS = ("bare", "worker")
 Row = tuple[str, dict[str, float]]
 
 
@@ -155,7 +170,7 @@ def _p90(values: list[float]) -> float:
 
 
 def _latency(ports: dict[str, int], requests: int, keepalive: bool) -> list[Row]:
-    """Rotated latency on one engine: rows of (metric, {path: ms})."""
+    """Latency through both servers, alternating: rows of (metric, {path: ms})."""
     call: Callable[[str, int], float] = lambda path, tokens: _post(ports[path], tokens, keepalive)  # noqa: E731
     for i in range(5):
         for path in _rotations(i):
@@ -180,49 +195,55 @@ def _latency(ports: dict[str, int], requests: int, keepalive: bool) -> list[Row]
     return rows
 
 
-def _print_table(
-    title: str, rows: list[Row], bare: str = "bare vLLM", third: str = "tcp relay", verdict: bool = True
-) -> float:
+def _print_table(title: str, rows: list[Row]) -> float:
     """Print one table; return the worst worker/bare ratio over time to ready, the p50s and the burst p50."""
     print(f"\n{title}")
-    print(
-        f"{'metric':22s} {bare:>10s} {third:>10s} {'worker':>10s} {'ratio':>7s}"
-        f" {'worker +':>9s} {third.split()[0] + ' +':>9s}"
-    )
+    print(f"{'metric':22s} {'bare vLLM':>10s} {'worker':>10s} {'ratio':>7s} {'worker +':>9s}")
     worst = 0.0
     for name, v in rows:
         ratio = v["worker"] / v["bare"]
         if not name.startswith("p90"):
             worst = max(worst, ratio)
-        relay = f"{v['relay']:10.2f}" if "relay" in v else f"{'-':>10s}"
-        relay_added = f"{v['relay'] - v['bare']:+9.2f}" if "relay" in v else f"{'-':>9s}"
         print(
-            f"{name:22s} {v['bare']:10.2f} {relay} {v['worker']:10.2f} {ratio:7.3f}"
-            f" {v['worker'] - v['bare']:+9.2f} {relay_added}"
+            f"{name:22s} {v['bare']:10.2f} {v['worker']:10.2f} {ratio:7.3f} {v['worker'] - v['bare']:+9.2f}"
         )
-    if verdict:
-        within = "within" if worst <= 1.05 else "ABOVE"
-        print(
-            f"worst overhead (ready, p50s, burst p50): {100 * (worst - 1):+.1f} % -> {within} the 5 % target"
-        )
+    within = "within" if worst <= 1.05 else "ABOVE"
+    print(f"worst overhead (ready, p50s, burst p50): {100 * (worst - 1):+.1f} % -> {within} the 5 % target")
     return worst
 
 
-THIRD = {"tcp": ("tcp_relay.py", "tcp relay"), "lean": ("lean_forwarder.py", "lean fwd")}
+async def _middleware_cost(calls: int, repeats: int = 5) -> tuple[float, float]:
+    """Microseconds per request of a bare ASGI app and of it inside TidalMiddleware (best of `repeats`).
 
+    The app answers at once (start + body), so the difference is what the middleware adds to every API
+    request: the phase check, the in-flight count, one extra await. No sockets, no engine: immune to the noise
+    that dominates the end-to-end figures on a shared machine.
+    """
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"{}"}
 
-def _start_relay(engine_port: int, third: str = "tcp") -> tuple[subprocess.Popen[bytes], int]:
-    """Start the comparison path in front of `engine_port`: the TCP relay or the lean forwarder prototype."""
-    port = free_port()
-    relay = Path(__file__).with_name(THIRD[third][0])
-    proc = subprocess.Popen([sys.executable, str(relay), str(port), str(engine_port)])
-    deadline = time.monotonic() + 30
-    while not _get_ok(f"http://127.0.0.1:{port}/v1/models", '"tiny"'):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the TCP relay did not come up")
-        time.sleep(0.1)
-    return proc, port
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start)
+        await send(body)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        return None
+
+    wrapped = TidalMiddleware(app, register_metrics=False)
+    scope: Scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": []}
+    await wrapped({"type": "lifespan"}, receive, send)  # first event: installs the drain signal handler
+    asyncio.get_running_loop().remove_signal_handler(DRAIN_SIGNAL)
+    best = {"bare": float("inf"), "middleware": float("inf")}
+    for _ in range(repeats):
+        for kind, target in (("bare", app), ("middleware", wrapped)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                await target(scope, receive, send)
+            best[kind] = min(best[kind], (time.perf_counter() - t0) / calls * 1e6)
+    return best["bare"], best["middleware"]
 
 
 def main() -> int:
@@ -232,12 +253,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=1, help="uncounted worker starts before the rounds")
     parser.add_argument("--modes", default="close,keepalive", help="connection modes: close, keepalive")
-    parser.add_argument(
-        "--third",
-        choices=sorted(THIRD),
-        default="tcp",
-        help="third path: TCP relay or lean prototype",
-    )
+    parser.add_argument("--calls", type=int, default=100_000, help="calls per in-process measurement")
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process middleware cost")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tidal-bench"))
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -245,38 +262,43 @@ def main() -> int:
         parser.error(f"unknown mode in --modes {args.modes!r}")
     args.log_dir.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    bare_us, mw_us = asyncio.run(_middleware_cost(args.calls))
+    print(
+        f"in-process cost per request (best of 5 x {args.calls} calls): bare ASGI app {bare_us:.2f} us, "
+        f"inside TidalMiddleware {mw_us:.2f} us: the middleware adds {mw_us - bare_us:.2f} us",
+        flush=True,
+    )
+    if args.micro_only:
+        return 0
     for _ in range(args.warmup):
-        proc, seconds, _, _ = _start("worker", args.log_dir)
+        proc, seconds, _ = _start("worker", args.log_dir)
         print(f"warm-up (not counted): worker ready after {seconds:.2f} s", flush=True)
         _stop(proc)
     ready: dict[str, list[float]] = {"bare": [], "worker": []}
     tables: dict[str, list[Row]] = {}
     for r in range(args.rounds):
         order = ("bare", "worker") if r % 2 == 0 else ("worker", "bare")
-        for kind in order:
-            proc, seconds, port, engine_port = _start(kind, args.log_dir)
-            ready[kind].append(seconds)
-            print(f"round {r + 1}: {kind} ready after {seconds:.2f} s", flush=True)
-            try:
-                if kind == "worker" and r == args.rounds - 1:
-                    relay, relay_port = _start_relay(engine_port, args.third)
-                    ports = {"bare": engine_port, "relay": relay_port, "worker": port}
-                    try:
-                        for mode in modes:
-                            tables[mode] = _latency(ports, args.requests, keepalive=mode == "keepalive")
-                            print(f"latency, {mode}: load average {os.getloadavg()[0]:.1f}", flush=True)
-                    finally:
-                        relay.terminate()
-                        relay.wait()
-            finally:
+        procs: list[subprocess.Popen[bytes]] = []
+        ports: dict[str, int] = {}
+        try:
+            for kind in order:
+                proc, seconds, ports[kind] = _start(kind, args.log_dir)
+                procs.append(proc)
+                ready[kind].append(seconds)
+                print(f"round {r + 1}: {kind} ready after {seconds:.2f} s", flush=True)
+            if r == args.rounds - 1:
+                for mode in modes:
+                    tables[mode] = _latency(ports, args.requests, keepalive=mode == "keepalive")
+                    print(f"latency, {mode}: load average {os.getloadavg()[0]:.1f}", flush=True)
+        finally:
+            for proc in procs:
                 _stop(proc)
     ready_row: Row = (
         "time to ready (s)",
         {"bare": statistics.median(ready["bare"]), "worker": statistics.median(ready["worker"])},
     )
     for mode, rows in tables.items():
-        title = f"connection mode: {mode} (worker + / {args.third} +: added vs bare)"
-        _print_table(title, [ready_row, *rows], third=THIRD[args.third][1])
+        _print_table(f"connection mode: {mode} (worker +: ms added vs bare vLLM)", [ready_row, *rows])
     return 0
 
 

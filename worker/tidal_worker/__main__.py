@@ -2,9 +2,9 @@
 
 Reads the pod contract from the environment (tidal_worker.contract) and runs the role:
 
-- single / ray-head: start the front door (server.py), then resolve the model (sources.py), preflight it
-  (preflight.py), bootstrap Ray for the head (ray_bootstrap.py), launch vLLM (engine_args.py) and serve until
-  SIGTERM, draining in-flight requests (drain.py).
+- single / ray-head: resolve the model (sources.py), preflight it (preflight.py), bootstrap Ray for the head
+  (ray_bootstrap.py), launch vLLM on the public port with Tidal's ASGI middleware (engine_args.py,
+  middleware.py) and supervise it until SIGTERM, then drain it (server.py).
 - ray-worker: join the head and stay until SIGTERM.
 
 ``--print-argv`` does everything up to the launch (for ray-head: after the group joined), prints the vLLM argv
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from .contract import ContractError, Device, Role, WorkerContract
+from .contract import REMOVED_ENV_VARS, ContractError, Device, Role, WorkerContract
 from .engine_args import build_vllm_argv
 from .preflight import PreflightError, run_preflight
 from .process import ChildProcess
@@ -102,8 +102,6 @@ async def _run_server(contract: WorkerContract, print_argv: bool) -> int:
 
     cfg = ServeConfig(
         port=contract.port,
-        metrics_port=contract.metrics_port,
-        engine_port=contract.engine_port,
         model_name=contract.model_name,
         drain_grace_seconds=contract.drain_grace_seconds,
         engine_stop_timeout_seconds=contract.engine_stop_timeout_seconds,
@@ -137,7 +135,7 @@ async def _run_ray_worker(contract: WorkerContract) -> int:
 
 
 def _asyncio_run(main: Coroutine[Any, Any, int]) -> int:
-    """Run `main` on uvloop when installed (vLLM's images ship it: a cheaper proxy hop), else asyncio."""
+    """Run `main` on uvloop when installed (vLLM's images ship it), else asyncio."""
     try:
         import uvloop
     except ImportError:
@@ -179,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContractError as exc:
         log.error("%s", exc)
         return EXIT_CONTRACT
-    log.info("role %s, model %r served as %r", contract.role.value, contract.model_uri, contract.model_name)
+    for name, why in REMOVED_ENV_VARS.items():
+        if os.environ.get(name):
+            log.warning("%s is set but no longer used: %s", name, why)
+    log.info("role %s, model %r served as %r (tidal_worker from %s)", contract.role.value, contract.model_uri,
+             contract.model_name, os.path.dirname(__file__))  # fmt: skip
     code = run(contract, print_argv=args.print_argv)
     log.info("worker exits with status %d", code)
     return code

@@ -68,8 +68,6 @@ ENV_ENFORCE_EAGER = "TIDAL_ENFORCE_EAGER"
 ENV_TRUST_REMOTE_CODE = "TIDAL_TRUST_REMOTE_CODE"
 ENV_EXTRA_ARGS = "TIDAL_EXTRA_ARGS"
 ENV_PORT = "TIDAL_PORT"
-ENV_METRICS_PORT = "TIDAL_METRICS_PORT"
-ENV_ENGINE_PORT = "TIDAL_ENGINE_PORT"
 ENV_GROUP_SIZE = "TIDAL_GROUP_SIZE"
 ENV_RAY_HEAD_ADDRESS = "TIDAL_RAY_HEAD_ADDRESS"
 ENV_RAY_PORT = "TIDAL_RAY_PORT"
@@ -126,11 +124,7 @@ class WorkerContract:
     extra_args: tuple[str, ...] = ()
     """TIDAL_EXTRA_ARGS: JSON list of strings appended verbatim to vLLM's argument list (escape hatch)."""
     port: int = 8000
-    """TIDAL_PORT: public port (OpenAI API, probes, /metrics), served by the worker's drain-aware proxy."""
-    metrics_port: int | None = None
-    """TIDAL_METRICS_PORT: optional second port serving the same endpoints (for a separate scrape port)."""
-    engine_port: int = 8001
-    """TIDAL_ENGINE_PORT: loopback port of the vLLM child process behind the proxy; never exposed."""
+    """TIDAL_PORT: public port (OpenAI API, probes, /metrics): vLLM's own server with Tidal's middleware."""
     group_size: int = 1
     """TIDAL_GROUP_SIZE: pods (nodes) in this replica's Ray group, head included; 1 for single."""
     ray_head_address: str = ""
@@ -211,8 +205,6 @@ class WorkerContract:
             trust_remote_code=p.boolean(ENV_TRUST_REMOTE_CODE, False),
             extra_args=p.string_list(ENV_EXTRA_ARGS),
             port=p.port(ENV_PORT, 8000),
-            metrics_port=p.opt_port(ENV_METRICS_PORT),
-            engine_port=p.port(ENV_ENGINE_PORT, 8001),
             group_size=p.integer(ENV_GROUP_SIZE, 1, minimum=1),
             ray_head_address=p.string(ENV_RAY_HEAD_ADDRESS, ""),
             ray_port=p.port(ENV_RAY_PORT, 6379),
@@ -244,10 +236,6 @@ class WorkerContract:
             problems.append(f"{ENV_GROUP_SIZE}={self.group_size} needs role ray-head/ray-worker, not single")
         if self.role is not Role.SINGLE and self.group_size < 2:
             problems.append(f"role {self.role.value} needs {ENV_GROUP_SIZE} >= 2 (got {self.group_size})")
-        if self.port == self.engine_port:
-            problems.append(f"{ENV_PORT} and {ENV_ENGINE_PORT} must differ (both {self.port})")
-        if self.metrics_port is not None and self.metrics_port in (self.port, self.engine_port):
-            problems.append(f"{ENV_METRICS_PORT}={self.metrics_port} must differ from the other ports")
         return problems
 
     def to_env(self, *, minimal: bool = True) -> dict[str, str]:
@@ -290,8 +278,6 @@ _FIELD_ENV: dict[str, str] = {
     "trust_remote_code": ENV_TRUST_REMOTE_CODE,
     "extra_args": ENV_EXTRA_ARGS,
     "port": ENV_PORT,
-    "metrics_port": ENV_METRICS_PORT,
-    "engine_port": ENV_ENGINE_PORT,
     "group_size": ENV_GROUP_SIZE,
     "ray_head_address": ENV_RAY_HEAD_ADDRESS,
     "ray_port": ENV_RAY_PORT,
@@ -310,6 +296,13 @@ _FIELD_ENV: dict[str, str] = {
 
 CONTRACT_ENV_VARS: tuple[str, ...] = tuple(sorted(_FIELD_ENV.values()))
 """Every variable of the contract, sorted."""
+
+
+REMOVED_ENV_VARS: dict[str, str] = {
+    "TIDAL_ENGINE_PORT": "vLLM now listens on TIDAL_PORT itself (no loopback engine port)",
+    "TIDAL_METRICS_PORT": "/metrics is served on TIDAL_PORT only",
+}
+"""Variables earlier workers read; ignored now (the worker logs a warning when one is set)."""
 
 
 def _render(value: Any) -> str:

@@ -1,12 +1,12 @@
 """Readiness and drain state of one worker: the phase machine and the in-flight request count.
 
-Phases: ``starting`` (engine loading; not ready) -> ``ready`` (engine answers and lists the served model) ->
-``draining`` (SIGTERM received: not ready, new requests refused, in-flight ones finish) -> ``stopped``. A
-ready engine that stops answering its health check goes back to ``starting`` (not ready) until it recovers;
-the supervisor exits the pod if the engine process dies.
+Phases: ``starting`` (not ready) -> ``ready`` (the server is up and vLLM's ``/health`` answers) ->
+``draining`` (drain signal received: not ready, new requests refused, in-flight ones finish) -> ``stopped``.
+A ready engine whose ``/health`` fails goes back to ``starting`` (not ready) until it recovers; the
+supervisor exits the pod if the engine process dies.
 
-`DrainController` holds no I/O: the proxy calls `track()` around every forwarded request and the shutdown path
-awaits `wait_idle(timeout)`. Unit-tested without sockets.
+`DrainController` holds no I/O: the ASGI middleware (middleware.py) calls `enter()`/`leave()` around every API
+request and its drain path awaits `wait_idle()`. Unit-tested without sockets.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Phase(StrEnum):
 
 
 class DrainController:
-    """Phase + in-flight counter shared by the proxy, the engine watcher and the signal handler."""
+    """Phase + in-flight counter shared by the middleware's request path, its probes and its drain signal."""
 
     def __init__(self) -> None:
         self.phase = Phase.STARTING
@@ -70,21 +70,32 @@ class DrainController:
         """Count a request refused because the worker was not accepting."""
         self.rejected_total += 1
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
-        """Count one forwarded request for the duration of the block."""
+    def enter(self) -> None:
+        """One more request in flight."""
         self.in_flight += 1
         self._idle.clear()
+
+    def leave(self) -> None:
+        """A request in flight ended (its last chunk was sent or its client went away)."""
+        self.in_flight -= 1
+        self.served_total += 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one request for the duration of the block."""
+        self.enter()
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self.served_total += 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.leave()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False when `timeout` seconds passed first."""
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no request is in flight; False when `timeout` seconds (None: no limit) passed first."""
+        if timeout is None:
+            await self._idle.wait()
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=max(timeout, 0.0))
         except TimeoutError:

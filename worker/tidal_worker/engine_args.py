@@ -4,8 +4,9 @@
 reads the environment or touches the file system, so the mapping is unit-tested field by field and the Ray
 test checks the argv the head would launch. vLLM is started as ``python -m
 vllm.entrypoints.openai.api_server`` (works for both the GPU `vllm` package and the CPU build, whose `vllm`
-console script is broken), bound to loopback on the internal engine port: only the worker's proxy is
-reachable from outside the pod.
+console script is broken), listening on the public port (TIDAL_PORT) itself with Tidal's ASGI middleware
+(``--middleware tidal_worker.middleware.TidalMiddleware``: probes, drain, ``tidal_worker_*`` metrics), so no
+proxy hop sits in the request path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from .contract import Device, Role, WorkerContract
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
-ENGINE_HOST = "127.0.0.1"
+ENGINE_HOST = "0.0.0.0"
+MIDDLEWARE = "tidal_worker.middleware.TidalMiddleware"
 
 
 def build_vllm_argv(contract: WorkerContract, model_path: str, *, python: str = "python") -> tuple[str, ...]:
@@ -30,7 +32,9 @@ def build_vllm_argv(contract: WorkerContract, model_path: str, *, python: str = 
         "--host",
         ENGINE_HOST,
         "--port",
-        str(c.engine_port),
+        str(c.port),
+        "--middleware",
+        MIDDLEWARE,
         "--tensor-parallel-size",
         str(c.tensor_parallel_size),
         "--pipeline-parallel-size",

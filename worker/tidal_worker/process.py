@@ -54,6 +54,11 @@ class ChildProcess:
         """Exit status once the child ended (negative: killed by that signal)."""
         return None if self.proc is None else self.proc.returncode
 
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` to the child alone (not its group); ProcessLookupError once it is gone."""
+        assert self.proc is not None, "not started"
+        self.proc.send_signal(sig)
+
     async def wait(self) -> int:
         """Wait for the child to exit and return its status."""
         assert self.proc is not None, "not started"
