@@ -178,6 +178,35 @@ def rss_mib(pid: int, key: str = "VmHWM") -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def rss_breakdown(pid: int) -> dict[str, float]:
+    """Resident MiB of the process by kind of mapping (from /proc/PID/smaps): the main heap, glibc's
+    per-thread malloc arenas (anonymous, 64 MiB-aligned), thread stacks (anonymous, 8 MiB), other anonymous
+    mappings (Python's small-object arenas, large allocations), and files (code, libraries)."""
+    out: dict[str, float] = Counter()
+    kind = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            size_kib = (end - start) // 1024
+            name = fields[5] if len(fields) > 5 else ""
+            if name == "[heap]":
+                kind = "heap"
+            elif name.startswith("/"):
+                kind = "files"
+            elif name:
+                kind = "other"
+            elif start % (64 << 20) == 0:
+                kind = "arenas"  # glibc's non-main heaps start 64 MiB-aligned
+            elif size_kib == 8192:
+                kind = "stacks"
+            else:
+                kind = "anon"
+        elif fields[0] == "Rss:":
+            out[kind] += int(fields[1]) / 1024
+    return dict(out)
+
+
 def document(ns: str, i: int) -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
     doc["metadata"] = {"name": f"m{i:04d}", "namespace": ns}
@@ -283,6 +312,7 @@ def run_phase(
         result["all_services_seconds"] = services_done
         result["operator_requests"] = operator_requests(metrics_port)
     peak, last = rss_mib(proc.pid), rss_mib(proc.pid, "VmRSS")
+    breakdown = rss_breakdown(proc.pid)
     proc.send_signal(signal.SIGINT)  # kopf stops cleanly (and the profilers write their files)
     try:
         proc.wait(timeout=600 if args.memory else 60)
@@ -304,6 +334,7 @@ def run_phase(
             "rss_mib": last,
             "idle_rss_mib": idle_rss,
             "requests": after - before,
+            "rss_breakdown": breakdown,
         }
     )
     print(
@@ -415,6 +446,10 @@ def report(
         a, b = tidal["requests"][key], noop.get("requests", Counter())[key]
         if a >= 0.05 * args.count or b >= 0.05 * args.count:
             print(f"  {key:<40}{a / args.count:>8.2f}{b / args.count:>8.2f}")
+    print("Resident MiB at the end by kind of mapping (tidal, noop kopf):")
+    for key in sorted(tidal["rss_breakdown"]):
+        b = noop.get("rss_breakdown", {}).get(key, math.nan)
+        print(f"  {key:<40}{tidal['rss_breakdown'][key]:>8.1f}{b:>8.1f}")
     print("Tidal's own requests (tidal_kube_requests_total), per deployment:")
     for key, value in sorted(tidal["operator_requests"].items()):
         print(f"  {key:<40}{value / args.count:>8.2f}")
