@@ -12,12 +12,13 @@ worker gives its child.
   worker start comes first (``--warmup``): the very first start of a run reads torch and vLLM from a cold
   page cache and would penalise whichever kind goes first. Ready = the bare server lists the model on
   /v1/models, or the worker's /ready answers 200; both polled every 0.1 s from outside.
-- Steady-state latency (last round, both servers up, each with its own engine on the same model): requests
-  alternate between the two, the order swapping every request, so machine noise hits both equally: median/
-  p90 of sequential completions (1 and 16 tokens, ignore_eos) and of bursts of 8 concurrent requests. Same
-  client (the standard library's http.client) for both, in two connection modes: ``close`` (a new TCP
-  connection per request, as urllib does) and ``keepalive`` (one persistent connection per server and client
-  thread, as a gateway or load balancer holds them).
+- Steady-state latency, every round, on whichever server is up: ONE engine at a time (the vLLM CPU engine
+  core and its worker process keep the CPUs busy even between requests, so two engines side by side on 2 cores
+  measure each other: load average 13-15 with nothing else running). Median/p90, pooled over the rounds
+  (which alternate the order), of sequential completions (1 and 16 tokens, ignore_eos) and of bursts of 8
+  concurrent requests. Same client (the standard library's http.client) for both, in two connection modes:
+  ``close`` (a new TCP connection per request, as urllib does) and ``keepalive`` (one persistent connection
+  per client thread, as a gateway or load balancer holds them).
 
 First, without sockets or engine, it times what the middleware adds to one request in-process (an ASGI app
 answering at once, called bare and inside the middleware, best of 5): the figure the machine's noise cannot
@@ -41,7 +42,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -157,11 +157,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 PATHS = ("bare", "worker")
 Row = tuple[str, dict[str, float]]
-
-
-def _rotations(i: int) -> tuple[str, ...]:
-    k = i % len(PATHS)
-    return PATHS[k:] + PATHS[:k]
+Samples = dict[str, list[float]]
+"""Milliseconds per request (or per burst), by metric name."""
 
 
 def _p90(values: list[float]) -> float:
@@ -169,29 +166,31 @@ def _p90(values: list[float]) -> float:
     return ordered[int(0.9 * (len(ordered) - 1))]
 
 
-def _latency(ports: dict[str, int], requests: int, keepalive: bool) -> list[Row]:
-    """Latency through both servers, alternating: rows of (metric, {path: ms})."""
-    call: Callable[[str, int], float] = lambda path, tokens: _post(ports[path], tokens, keepalive)  # noqa: E731
-    for i in range(5):
-        for path in _rotations(i):
-            call(path, 16)
-    rows: list[Row] = []
-    for tokens in (1, 16):
-        samples: dict[str, list[float]] = {p: [] for p in PATHS}
-        for i in range(requests):
-            for path in _rotations(i):
-                samples[path].append(1000 * call(path, tokens))
-        rows.append((f"p50 {tokens:2d} tok (ms)", {p: statistics.median(v) for p, v in samples.items()}))
-        rows.append((f"p90 {tokens:2d} tok (ms)", {p: _p90(v) for p, v in samples.items()}))
-    bursts: dict[str, list[float]] = {p: [] for p in PATHS}
+def _samples(port: int, requests: int, keepalive: bool) -> Samples:
+    """Latency of one running server: sequential 1- and 16-token completions, then bursts of 8."""
+
+    def call(tokens: int) -> float:
+        return _post(port, tokens, keepalive)
+
+    for _ in range(5):
+        call(16)
+    out: Samples = {f"{tokens:2d} tok": [1000 * call(tokens) for _ in range(requests)] for tokens in (1, 16)}
+    bursts: list[float] = []
     with ThreadPoolExecutor(8) as pool:
-        for i in range(max(requests // 4, 5)):
-            for path in _rotations(i):
-                t0 = time.perf_counter()
-                list(pool.map(call, [path] * 8, [16] * 8))
-                bursts[path].append(1000 * (time.perf_counter() - t0))
-    rows.append(("p50 burst 8x16 (ms)", {p: statistics.median(v) for p, v in bursts.items()}))
-    rows.append(("p90 burst 8x16 (ms)", {p: _p90(v) for p, v in bursts.items()}))
+        for _ in range(max(requests // 4, 5)):
+            t0 = time.perf_counter()
+            list(pool.map(call, [16] * 8))
+            bursts.append(1000 * (time.perf_counter() - t0))
+    out["burst 8x16"] = bursts
+    return out
+
+
+def _rows(samples: dict[str, Samples]) -> list[Row]:
+    """p50/p90 rows (metric, {path: ms}) over the samples pooled across rounds."""
+    rows: list[Row] = []
+    for metric in samples["bare"]:
+        rows.append((f"p50 {metric} (ms)", {p: statistics.median(samples[p][metric]) for p in PATHS}))
+        rows.append((f"p90 {metric} (ms)", {p: _p90(samples[p][metric]) for p in PATHS}))
     return rows
 
 
@@ -275,24 +274,22 @@ def main() -> int:
         print(f"warm-up (not counted): worker ready after {seconds:.2f} s", flush=True)
         _stop(proc)
     ready: dict[str, list[float]] = {"bare": [], "worker": []}
-    tables: dict[str, list[Row]] = {}
+    pooled: dict[str, dict[str, Samples]] = {m: {p: {} for p in PATHS} for m in modes}
     for r in range(args.rounds):
-        order = ("bare", "worker") if r % 2 == 0 else ("worker", "bare")
-        procs: list[subprocess.Popen[bytes]] = []
-        ports: dict[str, int] = {}
-        try:
-            for kind in order:
-                proc, seconds, ports[kind] = _start(kind, args.log_dir)
-                procs.append(proc)
+        for kind in ("bare", "worker") if r % 2 == 0 else ("worker", "bare"):
+            proc, seconds, port = _start(kind, args.log_dir)
+            try:
                 ready[kind].append(seconds)
                 print(f"round {r + 1}: {kind} ready after {seconds:.2f} s", flush=True)
-            if r == args.rounds - 1:
                 for mode in modes:
-                    tables[mode] = _latency(ports, args.requests, keepalive=mode == "keepalive")
-                    print(f"latency, {mode}: load average {os.getloadavg()[0]:.1f}", flush=True)
-        finally:
-            for proc in procs:
+                    got = _samples(port, args.requests, keepalive=mode == "keepalive")
+                    for metric, values in got.items():
+                        pooled[mode][kind].setdefault(metric, []).extend(values)
+                load = os.getloadavg()[0]
+                print(f"round {r + 1}: {kind} latency done, load average {load:.1f}", flush=True)
+            finally:
                 _stop(proc)
+    tables = {mode: _rows(pooled[mode]) for mode in modes}
     ready_row: Row = (
         "time to ready (s)",
         {"bare": statistics.median(ready["bare"]), "worker": statistics.median(ready["worker"])},
