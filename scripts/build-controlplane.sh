@@ -84,7 +84,9 @@ step "building kube-apiserver, kube-controller-manager, kube-scheduler $KUBERNET
 for c in kube-apiserver kube-controller-manager kube-scheduler; do ln -s kube "$TMP/bin/$c"; done
 
 "$TMP/bin/kube-apiserver" --version
-"$TMP/bin/etcd" --version | head -1
+# Not `| head -1`: with pipefail, etcd killed by SIGPIPE after head exits failed the build (exit 141).
+"$TMP/bin/etcd" --version >"$TMP/etcd-version.txt"
+sed -n 1p "$TMP/etcd-version.txt"
 cat > "$TMP/versions.env" <<EOV
 KUBERNETES_VERSION=$KUBERNETES_VERSION
 ETCD_VERSION=$ETCD_VERSION

@@ -20,4 +20,7 @@ echo "system: installing ${missing[*]}"
 "${SUDO[@]}" apt-get update -q
 # The package's service is not started here (no init system in CI containers); tests run prometheus themselves.
 "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-command -v prometheus >/dev/null && prometheus --version 2>&1 | head -1
+if command -v prometheus >/dev/null; then
+  version=$(prometheus --version 2>&1)
+  echo "${version%%$'\n'*}"
+fi
