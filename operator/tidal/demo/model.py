@@ -3,7 +3,7 @@
 `make demo` has no GPUs, so the worker pods KWOK runs serve nothing. The demo stands in for their
 ``/metrics`` with this model, kept small, deterministic (no random numbers: distributions are put into
 histogram buckets through their CDFs) and tied to the same performance model the operator's ``load``
-signal uses (``tidal.sim.oracle.modelled_capacity`` on ``tidal.sim.stepmodel.load_step_model``), so what
+signal uses (``tidal.sim.capacity.modelled_capacity`` on ``tidal.sim.stepmodel.load_step_model``), so what
 Prometheus sees is what a replica of that model on that GPU would roughly report:
 
 * **Load**: :class:`LoadProfile` gives the offered request rate at time ``t`` as a multiple of one replica's
@@ -19,7 +19,7 @@ Prometheus sees is what a replica of that model on that GPU would roughly report
   ``min(lambda, mu)`` (``mu`` while a backlog drains). Running sequences follow Little's law on the batch
   at capacity; KV use is running x (prompt + output/2) tokens over the KV capacity; the queue wait is
   ``waiting / mu``; TTFT is prefill + queue wait, TPOT is the step time of the running batch stretched by
-  the prefill share of the GPU (the same fixed point as ``tidal.sim.oracle.concurrency_at``).
+  the prefill share of the GPU (the same fixed point as ``tidal.sim.capacity.concurrency_at``).
 
 Nothing here does I/O; ``tidal.demo.exporter`` turns :class:`ReplicaState` into vLLM's metric families.
 """
@@ -30,7 +30,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tidal.sim.oracle import modelled_capacity
+from tidal.sim.capacity import modelled_capacity
 from tidal.sim.stepmodel import EngineLimits, StepTimeModel, load_step_model
 
 # vLLM V1's default histogram bounds (vllm/v1/metrics/buckets.py in vllm 0.32).

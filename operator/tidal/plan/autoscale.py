@@ -43,7 +43,7 @@ from tidal.scaling import (
     ScalingDecision,
 )
 from tidal.scaling.tuning import COOL_DOWN_S, TUNABLE, TuningDecision, plan_engine_tuning
-from tidal.sim.oracle import modelled_capacity
+from tidal.sim.capacity import modelled_capacity
 from tidal.sim.stepmodel import EngineLimits
 
 METRICS_AVAILABLE: Final = "MetricsAvailable"
@@ -150,7 +150,7 @@ def replica_capacity(
 ) -> tuple[ReplicaCapacity | None, str]:
     """One replica's modelled capacity for the ``load`` signal, from the recommender's performance model
     (:func:`tidal.recommender.perf.performance_model`) of the deployment's model, GPU and TP x PP, at the
-    expected prompt and output lengths and the TPOT target (:func:`tidal.sim.oracle.modelled_capacity`,
+    expected prompt and output lengths and the TPOT target (:func:`tidal.sim.capacity.modelled_capacity`,
     the same arithmetic the simulator's Tidal policy uses), with the engine's effective limits. ``None``
     (the ``load`` signal stays off) with the reason when the model or GPU is unknown, or when the engine
     does not run with the recommendation's parallelism (its KV capacity would not apply)."""

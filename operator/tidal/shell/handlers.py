@@ -192,6 +192,18 @@ def _gpu_request(container: Mapping[str, Any]) -> Any:
     return (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE, 0))
 
 
+_CHILD_META = ("name", "namespace", "uid", "labels", "ownerReferences", "deletionTimestamp")
+"""What the reconcile compares of a Service or PDB besides its spec (not ``managedFields``: ~2 KiB each)."""
+
+
+def _slim_child(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata", {})
+    return {
+        "metadata": {k: meta.get(k) for k in _CHILD_META if meta.get(k) is not None},
+        "spec": dict(body.get("spec", {}) or {}),
+    }
+
+
 _LLMD_META = ("name", "namespace", "uid", "generation", "labels", "creationTimestamp", "deletionTimestamp")
 """The metadata the reconcile reads (not ``managedFields`` or kopf's annotations, which copy the spec)."""
 
@@ -222,12 +234,7 @@ async def service_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Services by owning deployment."""
-    return {
-        (namespace or "", labels.get(DEPLOYMENT_LABEL, "")): {
-            "metadata": dict(body.meta),
-            "spec": dict(body.spec),
-        }
-    }
+    return {(namespace or "", labels.get(DEPLOYMENT_LABEL, "")): _slim_child(body)}
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=WORKER_SELECTOR)
@@ -235,12 +242,7 @@ async def pdb_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """PodDisruptionBudgets by owning deployment."""
-    return {
-        (namespace or "", labels.get(DEPLOYMENT_LABEL, "")): {
-            "metadata": dict(body.meta),
-            "spec": dict(body.spec),
-        }
-    }
+    return {(namespace or "", labels.get(DEPLOYMENT_LABEL, "")): _slim_child(body)}
 
 
 @kopf.index("nodes")

@@ -1,10 +1,7 @@
-"""Per-replica capacity (modelled and measured), the perfect-foresight oracle, and the policy set.
+"""Measured per-replica capacity, the perfect-foresight oracle, and the policy set.
 
-* :func:`modelled_capacity` — what one replica sustains within the TPOT target, from the step-time
-  model alone (what the operator can know before serving): for a batch ``B`` of sequences with the
-  mean context, a request costs ``P·g`` of prefill plus ``G·d(B)/B`` of decode time, and TPOT is
-  ``d(B)/(1 - λ·P·g)``; the largest ``λ`` over ``B`` is the capacity. It feeds Tidal's ``load`` signal
-  (prompt and generated tokens per replica-second) and the baselines' concurrency targets.
+* :func:`modelled_capacity` (from :mod:`tidal.sim.capacity`, re-exported) — what one replica sustains
+  within the TPOT target from the step-time model alone; it sets the baselines' concurrency targets.
 * :func:`measured_capacity` — the highest Poisson rate at which one simulated replica still meets
   the SLO for 99 % of requests with the trace's own request mix (bisection on short simulations).
   The oracle uses it: it is ground truth inside the simulator.
@@ -32,69 +29,11 @@ from tidal.scaling.policies import (
     TidalPolicy,
 )
 from tidal.scaling.types import ScalingConfig
+from tidal.sim.capacity import Capacity, concurrency_at, modelled_capacity
 from tidal.sim.fleet import SimConfig, simulate
-from tidal.sim.stepmodel import EngineLimits, StepTimeModel
 from tidal.sim.traces import Trace
 
 ORACLE_INTERVAL_S = 60.0
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """One replica's modelled capacity at the SLO for a request mix."""
-
-    requests_per_s: float
-    batch: int
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    concurrency: float
-
-
-def modelled_capacity(
-    model: StepTimeModel, limits: EngineLimits, prompt_mean: float, output_mean: float, tpot_target_s: float
-) -> Capacity:
-    """Largest sustainable request rate of one replica under the TPOT target (see module docstring)."""
-    chunk = limits.max_num_batched_tokens
-    gamma = (model.step_seconds(chunk, 0, 0) - model.step_seconds(0, 0, 0)) / chunk
-    ctx = prompt_mean + output_mean / 2
-    best = Capacity(0.0, 1, 1.0 / gamma, 1.0, 0.0)
-    b = 1
-    while b <= limits.max_num_seqs:
-        if b * (prompt_mean + output_mean) > limits.kv_cache_tokens:
-            break
-        d = model.step_seconds(0, b, int(b * ctx))
-        lam = 1.0 / (prompt_mean * gamma + output_mean * d / b)
-        tpot = d / max(1e-9, 1 - lam * prompt_mean * gamma)
-        if tpot > tpot_target_s:
-            # The TPOT bound binds: the rate at which d/(1 - λPg) equals the target.
-            lam = min(lam, (1 - d / tpot_target_s) / (prompt_mean * gamma))
-        if lam > best.requests_per_s:
-            best = Capacity(lam, b, 1.0 / gamma, b / d, float(b))
-        b = b + 1 if b < 16 else int(b * 1.1) + 1
-    # Decode tokens per replica-second such that prompt/P_cap + generated/D_cap = 1 at the capacity.
-    dec = output_mean / (1.0 / best.requests_per_s - prompt_mean * gamma)
-    return replace(best, decode_tokens_per_s=dec)
-
-
-def concurrency_at(
-    model: StepTimeModel, limits: EngineLimits, prompt_mean: float, output_mean: float, rate: float
-) -> float:
-    """Modelled requests in flight on one replica at ``rate`` (Little's law on the decode fixed point
-    ``B = λ·G·TPOT(B)``, ``TPOT = d(B)/(1 - λ·P·g)``)."""
-    chunk = limits.max_num_batched_tokens
-    gamma = (model.step_seconds(chunk, 0, 0) - model.step_seconds(0, 0, 0)) / chunk
-    busy = rate * prompt_mean * gamma
-    if busy >= 1:
-        return float(limits.max_num_seqs)
-    ctx = prompt_mean + output_mean / 2
-    b = 1.0
-    for _ in range(200):
-        d = model.step_seconds(0, max(1, round(b)), int(b * ctx))
-        nb = rate * output_mean * d / (1 - busy)
-        if abs(nb - b) < 0.01:
-            break
-        b = min(float(limits.max_num_seqs), 0.5 * b + 0.5 * nb)
-    return b
 
 
 def _resample(trace: Trace, rate: float, duration: float, seed: int) -> Trace:
