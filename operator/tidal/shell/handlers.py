@@ -74,6 +74,12 @@ the reconciles' writes need, and a burst of them waits instead of crowding the A
 RECENT_APPLY_SECONDS = 30.0
 """A Service or PodDisruptionBudget applied this recently with the same content is not applied again while
 the watch has not shown it yet (a reconcile that follows at once would otherwise repeat the write)."""
+MAX_CONCURRENT_RECONCILES = 16
+"""Deployments observed, planned and written at once (``$TIDAL_MAX_CONCURRENT_RECONCILES``; controller-runtime
+calls it MaxConcurrentReconciles). The writes are bounded by :data:`API_THREADS` anyway: without this bound a
+burst of new deployments built every plan (pod manifests, Services, status) up front and held them all while
+they queued for the threads. A deployment waiting for a slot coalesces its triggers and is planned from the
+freshest caches when its turn comes."""
 KOPF_CONNECTIONS = 16
 """kopf's own API connections (its patches of finalizers and progress) besides its watch streams. kopf's
 default aiohttp connector has no limit: a burst of new deployments opened one TLS connection per object in
@@ -126,6 +132,8 @@ class Runtime:
     cluster_ip_lane: ThreadPoolExecutor | None = None
     """Threads for applies of ClusterIP Services (see :data:`CLUSTER_IP_THREADS`)."""
     event_lane: ThreadPoolExecutor | None = None
+    slots: asyncio.Semaphore | None = None
+    """At most :func:`max_concurrent_reconciles` reconciles observe, plan and write at once."""
     """Threads that post Events (see :data:`EVENT_THREADS`)."""
     namespaces: int = 1
     """Namespaces kopf watches (1 for the whole cluster): sizes its connection pool."""
@@ -266,7 +274,59 @@ def _values(index: kopf.Index[Key, dict[str, Any]], key: Key) -> list[dict[str, 
 # ----------------------------------------------------------------------------------------------- reconcile
 
 
+@dataclass
+class _Written:
+    """What :func:`_plan_and_write` leaves for after the reconcile slot: the ClusterIP Services."""
+
+    plan: Plan
+    slow: list[dict[str, Any]]
+    state: _KeyState
+    meta: Mapping[str, Any]
+    deployment: LLMDeployment
+    now: datetime
+
+
+def _slots() -> asyncio.Semaphore:
+    if RUNTIME.slots is None:
+        RUNTIME.slots = asyncio.Semaphore(max_concurrent_reconciles())
+    return RUNTIME.slots
+
+
+def max_concurrent_reconciles() -> int:
+    """``$TIDAL_MAX_CONCURRENT_RECONCILES`` (default :data:`MAX_CONCURRENT_RECONCILES`), at least 1."""
+    raw = os.environ.get("TIDAL_MAX_CONCURRENT_RECONCILES", "")
+    try:
+        return max(1, int(raw)) if raw else MAX_CONCURRENT_RECONCILES
+    except ValueError:
+        log.warning(
+            "TIDAL_MAX_CONCURRENT_RECONCILES=%r is not an integer: using %d", raw, MAX_CONCURRENT_RECONCILES
+        )
+        return MAX_CONCURRENT_RECONCILES
+
+
 async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
+    """One reconcile pass. Observing, planning and the writes the status depends on run in one of the
+    reconcile slots; the ClusterIP Services are applied after the slot is released."""
+    async with _slots():
+        written = await _plan_and_write(key, indexes)
+    if written is None:
+        return None
+    plan, deployment = written.plan, written.deployment
+    ns, name = str(written.meta["namespace"]), str(written.meta["name"])
+    if written.slow:
+        kube = RUNTIME.kube
+        assert kube is not None
+        try:
+            await _carry_out(kube, [], written.slow, written.state, RUNTIME.cluster_ip_lane)
+        except WriteError as exc:
+            if exc.permanent:
+                _report_refusal(kube, written.state, written.meta, deployment, exc.message, written.now)
+            raise
+    _export_metrics(ns, name, plan, deployment)
+    return plan
+
+
+async def _plan_and_write(key: Key, indexes: Mapping[str, Any]) -> _Written | None:
     kube = RUNTIME.kube
     assert kube is not None, "tidal.shell.handlers.configure() was not called"
     bodies = _values(indexes["llmd_index"], key)
@@ -357,15 +417,7 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
         _in_background(RUNTIME.event_lane, post_events, kube, meta, plan.events, now)
     if plan.apply or plan.delete or wrote:
         log.info("%s", plan.summary)
-    if slow:
-        try:
-            await _carry_out(kube, [], slow, state, RUNTIME.cluster_ip_lane)
-        except WriteError as exc:
-            if exc.permanent:
-                _report_refusal(kube, state, meta, deployment, exc.message, now)
-            raise
-    _export_metrics(ns, name, plan, deployment)
-    return plan
+    return _Written(plan, slow, state, meta, deployment, now)
 
 
 class WriteError(Exception):
@@ -688,6 +740,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         max_workers=CLUSTER_IP_THREADS, thread_name_prefix="tidal-cluster-ip"
     )
     RUNTIME.event_lane = ThreadPoolExecutor(max_workers=EVENT_THREADS, thread_name_prefix="tidal-events")
+    RUNTIME.slots = asyncio.Semaphore(max_concurrent_reconciles())
     _start_profile()
 
 
