@@ -381,6 +381,18 @@ def test_engine_advice_is_applied_in_apply_mode_only(rig: Rig) -> None:
         lambda: rig.events("tuned", "EngineTuningSkipped"), timeout=20, what="EngineTuningSkipped Event"
     )
     assert "spec.engine.gpuMemoryUtilization=0.9 is set explicitly and wins" in skipped[0].message
+    # The notice that keeps it from repeating survives the API server's schema (not pruned).
+    wait_for(
+        lambda: (
+            rig.get("tuned")["status"]["engineTuning"]
+            .get("notified", {})
+            .get("gpuMemoryUtilization", {})
+            .get("reason")
+            == "explicit"
+        ),
+        timeout=20,
+        what="engineTuning.notified in the status",
+    )
 
     # The override rolls out like a spec change: a new pod with the new value, never below 1 ready.
     def rolled() -> bool:

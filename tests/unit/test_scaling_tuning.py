@@ -15,7 +15,13 @@ import yaml
 from tidal.api import LLMDeployment
 from tidal.builders.engine import recommend_for_spec, resolve_engine, tuned_overrides
 from tidal.builders.pods import build_replica_pods
-from tidal.plan.autoscale import autoscaler_patch, engine_tuning, scaling_config
+from tidal.plan.autoscale import (
+    RENOTIFY_SECONDS,
+    autoscaler_patch,
+    engine_tuning,
+    scaling_config,
+    tuning_status,
+)
 from tidal.plan.reconcile import make_target
 from tidal.scaling import (
     AutoscalerState,
@@ -357,3 +363,28 @@ def test_no_advice_no_tuning_status() -> None:
     assert tuning == TuningDecision({}, None, {}, "no engine advice")
     patch = autoscaler_patch(decision, config, obs, {}, NOW, STAMP, 1, None, tuning)
     assert patch.fields["engineTuning"] is None
+
+
+def test_skipped_event_is_not_repeated_when_advice_comes_and_goes() -> None:
+    """Advice that disappears and comes back within the hour does not post ``EngineTuningSkipped`` again;
+    another reason, or the same one an hour later, does."""
+    d = deployment(maxNumSeqs=64)
+    first, _ = preempting_pass(d, {}, NOW)
+    assert [e.reason for e in first.events].count("EngineTuningSkipped") == 1
+    tuning = first.fields["engineTuning"]
+    assert tuning["notified"] == {"maxNumSeqs": {"reason": "explicit", "time": STAMP}}
+    # The advice goes away: nothing skipped now, but the notice is kept.
+    no_advice = TuningDecision({}, None, {}, "no engine advice")
+    status, events = tuning_status(no_advice, {"engineTuning": tuning}, STAMP, NOW + 60, 600)
+    assert status is not None and not events
+    assert status["skipped"] == {"maxNumSeqs": None} and status["notified"] == tuning["notified"]
+    # ... and comes back within the hour: no second Event.
+    back, _ = preempting_pass(d, {"engineTuning": status}, NOW + 120)
+    assert not [e for e in back.events if e.reason == "EngineTuningSkipped"]
+    # An hour after the first one it is said again.
+    later, _ = preempting_pass(d, {"engineTuning": status}, NOW + RENOTIFY_SECONDS + 1)
+    assert [e.reason for e in later.events].count("EngineTuningSkipped") == 1
+    # Another reason for the same setting is said at once.
+    other = {**status, "notified": {"maxNumSeqs": {"reason": "atBound", "time": STAMP}}}
+    changed, _ = preempting_pass(d, {"engineTuning": other}, NOW + 120)
+    assert [e.reason for e in changed.events].count("EngineTuningSkipped") == 1

@@ -154,6 +154,15 @@ class EngineTuningChange(ApiModel):
     """The observation behind it, with the numbers."""
 
 
+class EngineTuningNotice(ApiModel):
+    """The last ``EngineTuningSkipped`` Event posted for one setting."""
+
+    reason: str = Field(min_length=1, max_length=64)
+    """Why its advice was not applied, as in ``skipped``."""
+    time: Timestamp
+    """When the Event was posted."""
+
+
 class EngineTuningStatus(ApiModel):
     """Engine tuning from live metrics: in ``Apply`` mode the overrides the workers run with (explicit spec
     values still win), at most one change per cool-down; in ``Advise`` mode only why nothing was applied."""
@@ -169,6 +178,10 @@ class EngineTuningStatus(ApiModel):
     ``unknownCurrent``, ``adviceOnly``)."""
     message: Message = ""
     """What the last pass did or did not apply, and why."""
+    notified: dict[str, EngineTuningNotice] = Field(default_factory=dict, max_length=8)
+    """Setting -> the last ``EngineTuningSkipped`` Event about it. Kept when the advice goes away, so advice
+    that comes and goes does not repeat the Event: it is posted again only for another reason or after
+    an hour."""
 
 
 class LLMDeploymentStatus(ApiModel):

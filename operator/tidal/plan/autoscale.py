@@ -61,6 +61,8 @@ REPLICAS_COMPARABLE: Final = "ReplicasComparable"
 """``PerformanceDegraded=False`` reason: no replica is far slower than its peers."""
 ENGINE_TUNED: Final = "EngineTuned"
 ENGINE_TUNING_SKIPPED: Final = "EngineTuningSkipped"
+RENOTIFY_SECONDS: Final = 3600.0
+"""An ``EngineTuningSkipped`` Event for the same setting and reason is not posted again sooner than this."""
 AUTOSCALER_TYPES: Final = (METRICS_AVAILABLE, SCALING_ACTIVE, PERFORMANCE_DEGRADED)
 
 GPU_HOURS_AT: Final = "gpuHoursAt"
@@ -424,9 +426,10 @@ def tuning_status(
     tuning: TuningDecision, old_status: Mapping[str, Any] | None, stamp: str, now: float, cool_down_s: float
 ) -> tuple[dict[str, Any] | None, list[EventSpec]]:
     """``status.engineTuning`` and the Events of one tuning decision: ``EngineTuned`` for an applied change,
-    ``EngineTuningSkipped`` when advice is newly held back for a reason other than the cool-down or
-    ``Advise`` mode (an explicit spec value, a bound, an unknown current value). ``None`` (nothing to
-    record) when there is no override, no advice and no earlier change."""
+    ``EngineTuningSkipped`` when advice is held back for a reason other than the cool-down or ``Advise``
+    mode (an explicit spec value, a bound, an unknown current value) and no Event said so for that setting
+    and reason within :data:`RENOTIFY_SECONDS` (``notified``, kept when the advice goes away). ``None``
+    (nothing to record) when there is no override, no advice, no earlier change and no earlier Event."""
     old = (old_status or {}).get("engineTuning") or {}
     events: list[EventSpec] = []
     last = old.get("lastChange")
@@ -449,11 +452,16 @@ def tuning_status(
             )
         )
     quiet = ("coolDown", "advise")
-    before = {k: v for k, v in (old.get("skipped") or {}).items() if v not in quiet}
-    now_skipped = {k: v for k, v in tuning.skipped.items() if v not in quiet}
-    if any(before.get(k) != v for k, v in now_skipped.items()):
+    notified: dict[str, Any] = dict(old.get("notified") or {})
+    fresh = {
+        k: v
+        for k, v in tuning.skipped.items()
+        if v not in quiet and not _notified_recently(notified.get(k), v, now)
+    }
+    if fresh:
         events.append(EventSpec("Normal", ENGINE_TUNING_SKIPPED, tuning.message[:1024]))
-    if not tuning.overrides and not tuning.skipped and last is None:
+        notified.update({k: {"reason": v, "time": stamp} for k, v in fresh.items()})
+    if not tuning.overrides and not tuning.skipped and last is None and not notified:
         return None, events
     # A merge patch keeps keys it does not name: removed ones are written as null.
     overrides: dict[str, Any] = {k: None for k in old.get("overrides") or {}}
@@ -466,7 +474,16 @@ def tuning_status(
         "coolDownUntil": until,
         "skipped": skipped,
         "message": tuning.message[:1024],
+        "notified": notified,
     }, events
+
+
+def _notified_recently(notice: Mapping[str, Any] | None, reason: str, now: float) -> bool:
+    """An ``EngineTuningSkipped`` Event for this reason was posted less than :data:`RENOTIFY_SECONDS` ago."""
+    if not notice or notice.get("reason") != reason:
+        return False
+    posted = parse_time(str(notice.get("time", "")))
+    return posted is not None and now - posted.timestamp() < RENOTIFY_SECONDS
 
 
 # ------------------------------------------------------------------------------------ decision -> status
