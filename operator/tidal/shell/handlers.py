@@ -132,9 +132,9 @@ class Runtime:
     cluster_ip_lane: ThreadPoolExecutor | None = None
     """Threads for applies of ClusterIP Services (see :data:`CLUSTER_IP_THREADS`)."""
     event_lane: ThreadPoolExecutor | None = None
+    """Threads that post Events (see :data:`EVENT_THREADS`)."""
     slots: asyncio.Semaphore | None = None
     """At most :func:`max_concurrent_reconciles` reconciles observe, plan and write at once."""
-    """Threads that post Events (see :data:`EVENT_THREADS`)."""
     namespaces: int = 1
     """Namespaces kopf watches (1 for the whole cluster): sizes its connection pool."""
 
@@ -314,14 +314,9 @@ async def _run_once(key: Key, indexes: Mapping[str, Any]) -> Plan | None:
     plan, deployment = written.plan, written.deployment
     ns, name = str(written.meta["namespace"]), str(written.meta["name"])
     if written.slow:
-        kube = RUNTIME.kube
-        assert kube is not None
-        try:
-            await _carry_out(kube, [], written.slow, written.state, RUNTIME.cluster_ip_lane)
-        except WriteError as exc:
-            if exc.permanent:
-                _report_refusal(kube, written.state, written.meta, deployment, exc.message, written.now)
-            raise
+        await _carry_out_reporting(
+            [], written.slow, written.state, written.meta, deployment, written.now, RUNTIME.cluster_ip_lane
+        )
     _export_metrics(ns, name, plan, deployment)
     return plan
 
@@ -400,12 +395,8 @@ async def _plan_and_write(key: Key, indexes: Mapping[str, Any]) -> _Written | No
     # and nothing in the status depends on them (a refusal still turns into Degraded/ApplyFailed).
     apply = _not_recently_applied(state, plan.apply, observed)
     slow = [o for o in apply if _allocates_cluster_ip(o)]
-    try:
-        await _carry_out(kube, plan.delete, [o for o in apply if not _allocates_cluster_ip(o)], state)
-    except WriteError as exc:
-        if exc.permanent:
-            _report_refusal(kube, state, meta, deployment, exc.message, now)
-        raise
+    fast = [o for o in apply if not _allocates_cluster_ip(o)]
+    await _carry_out_reporting(plan.delete, fast, state, meta, deployment, now)
     wrote = False
     if plan.status is not None and not _contains_status(state.last_status, plan.status):
         await asyncio.to_thread(kube.patch_status, ns, name, plan.status)
@@ -418,6 +409,26 @@ async def _plan_and_write(key: Key, indexes: Mapping[str, Any]) -> _Written | No
     if plan.apply or plan.delete or wrote:
         log.info("%s", plan.summary)
     return _Written(plan, slow, state, meta, deployment, now)
+
+
+async def _carry_out_reporting(
+    delete: list[ObjectRef],
+    apply: list[dict[str, Any]],
+    state: _KeyState,
+    meta: Mapping[str, Any],
+    deployment: LLMDeployment,
+    now: datetime,
+    lane: ThreadPoolExecutor | None = None,
+) -> None:
+    """:func:`_carry_out`; a write the API server refused for good is also reported (Degraded, an Event)."""
+    kube = RUNTIME.kube
+    assert kube is not None
+    try:
+        await _carry_out(kube, delete, apply, state, lane)
+    except WriteError as exc:
+        if exc.permanent:
+            _report_refusal(kube, state, meta, deployment, exc.message, now)
+        raise
 
 
 class WriteError(Exception):
