@@ -1,5 +1,6 @@
-"""The kopf handlers: one level-based reconcile per LLMDeployment, run on create/update/resume, on a timer,
-and whenever one of its worker pods changes.
+"""The kopf handlers: one level-based reconcile per LLMDeployment, run when it is new or its spec changed
+(``on.event``, by ``metadata.generation``: kopf's diff-based change handlers are not used, see
+:mod:`tidal.shell.diffbase`), on a timer, and whenever one of its worker pods changes.
 
 Observe → plan → apply. Children are observed from kopf indexes fed by watches (no reads per reconcile),
 ``tidal.plan.plan_reconcile`` decides, and ``tidal.shell.kube`` applies with server-side apply (field
@@ -52,6 +53,7 @@ from tidal.shell.autoscale import (
     interval_seconds,
     patch_replicas,
 )
+from tidal.shell.diffbase import NoDiffBaseStorage
 from tidal.shell.events import post_events
 from tidal.shell.kube import Kube
 from tidal.shell.prom import PrometheusSignals
@@ -114,6 +116,8 @@ class _KeyState:
     """Monotonic time of the next autoscaler pass."""
     pending_replicas: int | None = None
     """``spec.replicas`` the autoscaler patched that the watch has not shown yet."""
+    trigger: tuple[Any, dict[str, str]] | None = None
+    """Generation and labels of the LLMDeployment at the last forced reconcile (see :func:`_trigger`)."""
     applied: dict[str, tuple[str, float]] = field(default_factory=dict)
     """``kind/name`` -> (content, monotonic time) of Services and PDBs applied that the watch has not shown
     yet (see :data:`RECENT_APPLY_SECONDS`)."""
@@ -703,6 +707,13 @@ async def _quiet(key: Key, indexes: Mapping[str, Any], force: bool = False) -> N
         log.exception("reconcile of %s/%s failed; retrying", *key)
 
 
+def _forget(key: Key) -> None:
+    """Drop the in-memory state of a deployment that is gone (and its pending requeue)."""
+    state = RUNTIME.states.pop(key, None)
+    if state is not None and state.requeue is not None:
+        state.requeue.cancel()
+
+
 def _indexes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in ("llmd_index", "pod_index", "service_index", "pdb_index", "node_index")}
 
@@ -737,9 +748,7 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | kopf.ConnectionInfo | No
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf settings: progress in annotations (the status schema is ours), few kopf Events, probes."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tidal.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="tidal.dev", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBaseStorage()
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
     # kopf logs every handler run at INFO (thousands of lines a minute with many deployments); the
@@ -774,14 +783,31 @@ def _start_profile() -> None:
     atexit.register(dump)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def on_change(namespace: str | None, name: str, **kwargs: Any) -> None:
-    """Spec changed (or the operator started): reconcile now, even during a backoff (the change may be the
-    fix). A failure is retried by the reconcile's own backoff timer, not by kopf (whose retries would patch
-    the object's progress annotations on every attempt)."""
-    await _quiet((namespace or "", label_value(name)), _indexes(kwargs), force=True)
+def _trigger(meta: Mapping[str, Any]) -> tuple[Any, dict[str, str]]:
+    """What of an LLMDeployment's watch event calls for a reconcile: the generation (the API server bumps
+    it on every spec change) and the labels. Status writes and kopf's own metadata change neither."""
+    return meta.get("generation"), dict(meta.get("labels") or {})
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_deployment_event(
+    type: str | None, namespace: str | None, name: str, meta: Mapping[str, Any], **kwargs: Any
+) -> None:
+    """A new deployment, a spec change, or the operator's first sight of one (its initial listing):
+    reconcile now, even during a backoff (the change may be the fix). Events that change neither the
+    generation nor the labels (status writes, kopf's finalizer) do not reconcile. A failure is retried by the
+    reconcile's own backoff timer. Called on the first event of a new object, before kopf's finalizer patch
+    comes back, so a new deployment is reconciled one API round trip sooner than with ``on.create``."""
+    key = (namespace or "", label_value(name))
+    if type == "DELETED":
+        _forget(key)
+        return
+    state = RUNTIME.states.setdefault(key, _KeyState())
+    trigger = _trigger(meta)
+    if state.trigger == trigger:
+        return
+    state.trigger = trigger
+    await _quiet(key, _indexes(kwargs), force=True)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, idle=TIMER_INTERVAL_SECONDS / 2)
@@ -821,9 +847,7 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
     ]
     for ref in refs:
         await asyncio.to_thread(kube.delete, ref)
-    state = RUNTIME.states.pop(key, None)
-    if state is not None and state.requeue is not None:
-        state.requeue.cancel()
+    _forget(key)
     for gauge in (metrics.DESIRED_REPLICAS, metrics.READY_REPLICAS, metrics.DEGRADED_REPLICAS):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
