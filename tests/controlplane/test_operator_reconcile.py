@@ -117,6 +117,13 @@ class Env:
     def live_pods(self, name: str) -> list[Any]:
         return [p for p in self.pods(name) if p.metadata.deletion_timestamp is None]
 
+    def pdbs(self, name: str) -> list[Any]:
+        return list(
+            client.PolicyV1Api(self.cp.api_client)
+            .list_namespaced_pod_disruption_budget(self.ns, label_selector=f"tidal.dev/deployment={name}")
+            .items
+        )
+
     def ready(self, name: str) -> bool:
         st = self.get(name).get("status", {})
         return bool(
@@ -203,8 +210,7 @@ def test_examples_become_ready_pods(
     assert st["recommendation"]["reasons"]
     svc = env.cp.core.read_namespaced_service(name, env.ns)
     assert {p.port for p in svc.spec.ports} == {8000, 9090}
-    pdb = client.PolicyV1Api(env.cp.api_client).read_namespaced_pod_disruption_budget(name, env.ns)
-    assert pdb.spec.min_available == 0
+    assert not env.pdbs(name), "one replica: no PodDisruptionBudget (it would allow every eviction)"
     # Printer columns: kubectl get llmd shows every column filled.
     table = env.kubectl("get", "llmd", name).splitlines()
     header, row = table[0].split(), table[1].split()
@@ -224,6 +230,7 @@ def test_scale_via_spec_and_scale_subresource(env_factory: Any) -> None:
     wait_for(lambda: env.ready(name), what="ready at 1")
     env.patch_spec(name, {"replicas": 3})
     wait_for(lambda: env.ready(name) and len(env.live_pods(name)) == 3, what="3 replicas")
+    assert [p.spec.min_available for p in env.pdbs(name)] == [2]
     env.kubectl("scale", "llmd", name, "--replicas=2")
     wait_for(lambda: env.ready(name) and len(env.pods(name)) == 2, what="2 replicas after kubectl scale")
     st = env.get(name)["status"]
@@ -250,8 +257,10 @@ def test_multinode_scales_whole_groups(env_factory: Any) -> None:
     assert sorted(sorted(r) for r in groups.values()) == [["ray-head", "ray-worker"]] * 2
     heads = env.cp.core.list_namespaced_service(env.ns, label_selector="app.kubernetes.io/component=ray-head")
     assert len(heads.items) == 2
+    assert [p.spec.min_available for p in env.pdbs(name)] == [2], "all but one group's pods"
     env.patch_spec(name, {"replicas": 1})
     wait_for(lambda: len(env.pods(name)) == 2 and env.ready(name), timeout=90, what="back to one group")
+    wait_for(lambda: not env.pdbs(name), what="the budget of one group deleted")
     assert {p.metadata.labels["tidal.dev/replica"] for p in env.pods(name)} == {"0"} or len(
         {p.metadata.labels["tidal.dev/replica"] for p in env.pods(name)}
     ) == 1

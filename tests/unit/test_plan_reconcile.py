@@ -73,7 +73,7 @@ class FakeCluster:
                 obj["status"] = {"phase": "Pending"}
             store[name] = obj
         for ref in plan.delete:
-            store = {"Pod": self.pods, "Service": self.services}[ref.kind]
+            store = {"Pod": self.pods, "Service": self.services, "PodDisruptionBudget": self.pdbs}[ref.kind]
             obj = store.get(ref.name)
             if obj is not None and obj["metadata"]["uid"] == ref.uid:
                 if ref.kind == "Pod":
@@ -141,7 +141,8 @@ def test_idempotent_create_then_empty_plan() -> None:
     c.apply(first)
     assert c.plan().empty, "apply then re-plan must give an empty plan"
     assert sorted(c.pods) == ["llama-3-1-8b-r0"]
-    assert set(c.services) == {"llama-3-1-8b"} and set(c.pdbs) == {"llama-3-1-8b"}
+    assert set(c.services) == {"llama-3-1-8b"}
+    assert not c.pdbs, "one replica: no PodDisruptionBudget (minAvailable would be 0)"
     st = c.doc["status"]
     assert st["replicas"] == 1 and st["readyReplicas"] == 0 and st["desiredReplicas"] == 1
     assert (
@@ -446,8 +447,10 @@ def test_failed_single_pod_is_replaced() -> None:
 def test_scale_to_zero_and_replicas_override() -> None:
     c = FakeCluster("llama-3.3-70b-fp8-tp2.yaml", replicas=2, minReplicas=0)
     c.converge()
+    assert c.pdbs["llama-3-3-70b-fp8"]["spec"]["minAvailable"] == 1
     c.converge(replicas=1)  # the autoscaler's count wins over spec.replicas
     assert len(c.live_pods()) == 1 and c.doc["status"]["desiredReplicas"] == 1
+    assert not c.pdbs, "down to one replica: the budget that would allow every eviction is deleted"
     c.doc["spec"]["replicas"] = 0
     c.converge()
     assert not c.live_pods() and c.condition("Ready")["reason"] == "ScaledToZero"

@@ -36,7 +36,7 @@ from tidal.builders.engine import RecommendationResult, recommend_for_spec, reso
 from tidal.builders.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE, product_labels
 from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selector
 from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, compute_spec_hash
-from tidal.builders.services import build_api_service, build_group_service, build_pdb
+from tidal.builders.services import build_api_service, build_group_service, build_pdb, pdb_min_available
 from tidal.plan import conditions as C
 from tidal.plan.autoscale import GPU_HOURS_AT, AutoscalerPatch, accumulate_gpu_hours, without_nulls
 from tidal.plan.conditions import Cond, merge_conditions
@@ -293,9 +293,20 @@ def plan_reconcile(
         if svc_name not in wanted_names:
             meta = svc.get("metadata", {})
             plan.delete.append(ObjectRef("v1", "Service", ns, str(svc_name), meta.get("uid"), "group gone"))
-    pdb = build_pdb(deployment, desired, target.group_size)
+    # A budget only while it protects something: with one replica (or none) minAvailable would be 0, a PDB
+    # that allows every eviction and still costs an object, its status updates and their watch events.
+    pdb = build_pdb(deployment, desired, target.group_size) if pdb_min_available(desired, 1) > 0 else None
+    for observed_pdb in observed.pdbs:
+        meta = observed_pdb.get("metadata", {})
+        if pdb is None or meta.get("name") != pdb["metadata"]["name"]:
+            reason = "one replica or none: nothing to protect"
+            plan.delete.append(
+                ObjectRef(
+                    "policy/v1", "PodDisruptionBudget", ns, str(meta.get("name")), meta.get("uid"), reason
+                )
+            )
     pdbs = {p.get("metadata", {}).get("name"): p for p in observed.pdbs}
-    if _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
+    if pdb is not None and _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
         plan.apply.append(pdb)
 
     # 7. Status of the state after this plan.
