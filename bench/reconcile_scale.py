@@ -21,8 +21,9 @@ What is measured, per operator:
 
 The no-op operator mirrors Tidal's kopf registration: the same settings, the same watched resources (the
 LLMDeployments; worker pods, Services and PodDisruptionBudgets by the same label selector, through indexes
-and a pod event handler; nodes through an index), the same handler kinds (create/update/resume, a timer, a
-delete handler and so kopf's finalizer), all ``async`` like Tidal's (no executor threads), with handler
+and a pod event handler; nodes through an index), the same handler kinds (an event handler for the LLMDeployments that acts when
+the generation or labels changed, with kopf's diff base switched off as in ``tidal.shell.diffbase``, a timer,
+a delete handler and so kopf's finalizer), all ``async`` like Tidal's (no executor threads), with handler
 bodies that only write ``status.observedGeneration`` through kopf's patch. What differs: it creates no
 children, so its pod, Service and PDB watches carry no objects; it imports no Tidal code; it keeps kopf's
 default (unbounded) API connection pool. It is kopf's own cost for Tidal's shape, the floor for this
@@ -84,9 +85,7 @@ WORKERS = {WORKER_SELECTOR!r}
 @kopf.on.startup()
 def configure(settings, **_):
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="noop.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="noop.dev", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -111,10 +110,27 @@ async def pdb_index(namespace, name, **_):
 async def node_index(name, **_):
     return {{None: name}}
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def on_change(meta, patch, **_):
+class NoDiffBase(kopf.DiffBaseStorage):
+    def build(self, *, body, extra_fields=None):
+        return {{}}
+
+    def fetch(self, *, body):
+        return None
+
+    def store(self, *, body, patch, essence):
+        pass
+
+SEEN = {{}}
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_deployment_event(type, namespace, name, meta, patch, **_):
+    if type == "DELETED":
+        SEEN.pop((namespace, name), None)
+        return
+    trigger = (meta.get("generation"), dict(meta.get("labels") or {{}}))
+    if SEEN.get((namespace, name)) == trigger:
+        return
+    SEEN[(namespace, name)] = trigger
     patch.status["observedGeneration"] = meta.get("generation")
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval={TIMER_INTERVAL_SECONDS}, idle={TIMER_INTERVAL_SECONDS / 2})
@@ -207,6 +223,43 @@ def rss_breakdown(pid: int) -> dict[str, float]:
     return dict(out)
 
 
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def _process_name(pid: int, comm: str) -> str | None:
+    """Which control plane process ``pid`` is (``None``: another one). kube-apiserver, controller-manager and
+    scheduler are one multi-call binary ``kube``, told apart by its first argument."""
+    if comm == "kube":
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        sub = argv[1].decode() if len(argv) > 1 else ""
+        name = sub if sub.startswith("kube-") else f"kube-{sub}"
+        return name if name in CONTROL_PLANE else None
+    return comm if comm in CONTROL_PLANE else None
+
+
+def cpu_seconds(operator_pid: int) -> Counter[str]:
+    """CPU seconds (user + system) used so far by the control plane's processes (by name, from /proc) and by
+    the operator (``operator``), to see where the 2 cores went during a phase."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: Counter[str] = Counter()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        name = "operator" if pid == operator_pid else _process_name(pid, comm)
+        if name is not None:
+            out[name] += used  # type: ignore[assignment]
+    return out
+
+
 def document(ns: str, i: int) -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
     doc["metadata"] = {"name": f"m{i:04d}", "namespace": ns}
@@ -257,17 +310,21 @@ class Watcher:
                 time.sleep(0.5)
 
 
-def create_all(custom: Any, ns: str, count: int, workers: int) -> dict[str, float]:
-    """Create the N deployments from ``workers`` threads; the acknowledgement time of each."""
+def create_all(custom: Any, ns: str, count: int, workers: int, rate: float = 0.0) -> dict[str, float]:
+    """Create the N deployments from ``workers`` threads; the acknowledgement time of each. ``rate`` > 0:
+    object ``i`` is sent no earlier than ``i / rate`` seconds after the start (a paced producer)."""
     docs = [document(ns, i) for i in range(count)]
     created: dict[str, float] = {}
+    start = time.monotonic()
 
-    def create(doc: dict[str, Any]) -> None:
+    def create(i: int, doc: dict[str, Any]) -> None:
+        if rate > 0:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc, _preload_content=False).read()
         created[doc["metadata"]["name"]] = time.monotonic()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(create, d) for d in docs]:
+        for future in [pool.submit(create, i, d) for i, d in enumerate(docs)]:
             future.result()
     return created
 
@@ -294,13 +351,16 @@ def run_phase(
     idle_rss = rss_mib(proc.pid, "VmRSS")
     watcher = Watcher(custom, ns, args.count, label)
     before = apiserver_requests(cluster)
+    cpu_before = cpu_seconds(proc.pid)
     start = time.monotonic()
-    created = create_all(custom, ns, args.count, args.workers)
+    created = create_all(custom, ns, args.count, args.workers, args.rate)
     created_all = time.monotonic() - start
     watcher.done.wait(timeout=900)
     end = time.monotonic()
     after = apiserver_requests(cluster)
-    result: dict[str, Any] = {}
+    cpu = cpu_seconds(proc.pid)
+    cpu.subtract(cpu_before)
+    result: dict[str, Any] = {"cpu": cpu}
     if metrics_port:
         services_done = math.nan
         deadline = time.monotonic() + 900
@@ -349,6 +409,12 @@ def main() -> int:
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--nodes", type=int, default=0, help="8-GPU KWOK nodes (default: count/8, rounded up)")
     p.add_argument("--workers", type=int, default=16, help="client threads creating the deployments")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="create at most this many deployments per second (default 0: as fast as --workers allow)",
+    )
     p.add_argument("--profile", default="", help="write a cProfile of Tidal's event loop to this file")
     p.add_argument("--memory", default="", help="run Tidal under bench/memprobe.py, report to this file")
     p.add_argument("--operator-src", default="", help="run the operator from this operator/ directory")
@@ -422,7 +488,8 @@ def report(
 ) -> None:
     print(
         f"\n{args.count} LLMDeployments, {nodes} KWOK nodes x 8 GPUs, created from {args.workers} threads "
-        f"(logs {work}); load average {os.getloadavg()[0]:.1f}"
+        + (f"at {args.rate:g}/s " if args.rate > 0 else "")
+        + f"(logs {work}); load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'metric':<26}{'tidal':>12}{'noop kopf':>12}{'ratio':>10}")
     for key in (
@@ -450,6 +517,9 @@ def report(
     for key in sorted(tidal["rss_breakdown"]):
         b = noop.get("rss_breakdown", {}).get(key, math.nan)
         print(f"  {key:<40}{tidal['rss_breakdown'][key]:>8.1f}{b:>8.1f}")
+    print("CPU seconds used until all were reconciled, by process (tidal, noop kopf):")
+    for key in ("operator", *CONTROL_PLANE):
+        print(f"  {key:<40}{tidal['cpu'][key]:>8.1f}{noop.get('cpu', Counter())[key]:>8.1f}")
     print("Tidal's own requests (tidal_kube_requests_total), per deployment:")
     for key, value in sorted(tidal["operator_requests"].items()):
         print(f"  {key:<40}{value / args.count:>8.2f}")
