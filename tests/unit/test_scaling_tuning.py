@@ -21,6 +21,7 @@ from tidal.plan.autoscale import (
     engine_tuning,
     scaling_config,
     tuning_status,
+    without_nulls,
 )
 from tidal.plan.reconcile import make_target
 from tidal.scaling import (
@@ -263,14 +264,17 @@ def deployment(mode: str = "Apply", status: dict[str, Any] | None = None, **engi
     return LLMDeployment.model_validate(doc)
 
 
-def preempting_pass(d: LLMDeployment, old: dict[str, Any], now: float) -> Any:
+def preempting_pass(
+    d: LLMDeployment, old: dict[str, Any], now: float, pods: list[dict[str, Any]] | None = None
+) -> Any:
     """One autoscaler pass over a fleet that preempts a lot (the operator's order: target, config, decision,
     tuning, patch)."""
-    engine = make_target(d, d.spec.replicas).inputs.engine
+    target = make_target(d, d.spec.replicas)
+    engine = target.inputs.engine
     config = scaling_config(d, engine.max_num_seqs, engine.gpu_memory_utilization)
     obs = FleetObservation(now - 1, ttft_p95=0.5, tpot_p95=0.02, waiting=0, running=60, preemption_rate=2.0)
     decision = compute_desired_replicas(config, obs, CapacityView(current=1, ready=1), AutoscalerState(), now)
-    tuning = engine_tuning(d, decision, old, now)
+    tuning = engine_tuning(d, decision, old, now, pods or [], target)
     return autoscaler_patch(decision, config, obs, old, now, STAMP, 1, None, tuning), engine
 
 
@@ -388,3 +392,114 @@ def test_skipped_event_is_not_repeated_when_advice_comes_and_goes() -> None:
     other = {**status, "notified": {"maxNumSeqs": {"reason": "atBound", "time": STAMP}}}
     changed, _ = preempting_pass(d, {"engineTuning": other}, NOW + 120)
     assert [e.reason for e in changed.events].count("EngineTuningSkipped") == 1
+
+
+# ------------------------------------------------------------------------------------------------ rollback
+
+
+def _stored(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``status.engineTuning`` after the merge patch ``patch`` on ``old`` (nulls delete)."""
+    out = dict(old)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _stored(out[k], v)
+        else:
+            out[k] = without_nulls(v)
+    return out
+
+
+def _crashing(spec_hash: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llama-0", "labels": {"tidal.dev/spec-hash": spec_hash}},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "engine",
+                    "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ]
+        },
+    }
+
+
+def test_crash_looping_tuned_rollout_is_rolled_back_once_and_blocked() -> None:
+    d = deployment()
+    first, engine = preempting_pass(d, {}, NOW)
+    rec_seqs, tuned_status = engine.max_num_seqs, first.fields["engineTuning"]
+    to = int(tuned_status["lastChange"]["to"])
+    tuned = deployment(status={"engineTuning": tuned_status})
+    tuned_hash = make_target(tuned, 1).spec_hash
+    assert tuned_status["lastChange"]["specHash"] == tuned_hash != make_target(d, 1).spec_hash
+    # Healthy at the tuned hash: nothing happens (cool-down as before).
+    ok, _ = preempting_pass(tuned, {"engineTuning": tuned_status}, NOW + 120)
+    assert ok.fields["engineTuning"]["rolledBack"] is None
+    assert not [e for e in ok.events if e.reason == "EngineTuningRolledBack"]
+    # OOM-killed in a crash loop at the tuned hash, inside the cool-down: rolled back anyway.
+    crash = [_crashing(tuned_hash)]
+    at = NOW + 300
+    patch, _ = preempting_pass(tuned, {"engineTuning": tuned_status}, at, crash)
+    status = patch.fields["engineTuning"]
+    assert status["overrides"] == {"maxNumSeqs": rec_seqs}
+    assert status["blocked"] == {"maxNumSeqs": to}
+    rolled = status["rolledBack"]
+    assert (rolled["setting"], rolled["from"], rolled["to"], rolled["reason"]) == (
+        "maxNumSeqs",
+        to,
+        rec_seqs,
+        "OOMKilled",
+    )
+    assert status["coolDownUntil"] == "1970-01-12T14:01:40Z"  # restarted: NOW + 300 + 600 s
+    assert status["lastChange"] == tuned_status["lastChange"]  # the change it undid
+    (event,) = [e for e in patch.events if e.reason == "EngineTuningRolledBack"]
+    assert event.type == "Warning"
+    for text in (f"maxNumSeqs {to} -> {rec_seqs}", "pod llama-0 container engine OOMKilled", "3 restarts"):
+        assert text in event.message
+    assert "exit code 137" in event.message and tuned_hash in event.message
+    assert not [e for e in patch.events if e.reason == "EngineTuned"]
+    # The planner runs the workers with the restored value again.
+    back_status = _stored(tuned_status, status)
+    back = deployment(status={"engineTuning": back_status})
+    assert make_target(back, 1).inputs.engine.max_num_seqs == rec_seqs
+    # The next pass (pods still crashing at the tuned hash, replaced soon): no second rollback or Event.
+    again, _ = preempting_pass(back, {"engineTuning": back_status}, at + 15, crash)
+    assert again.fields["engineTuning"]["rolledBack"] == rolled
+    assert not [e for e in again.events if e.reason.startswith("EngineTun")]
+    # The cool-down runs from the rollback (not from the change it undid): no change before it ends.
+    rolled_at = {**rolled, "time": "1970-01-12T13:51:40Z"}  # NOW + 300 s (the pass's STAMP is fixed)
+    unblocked = {**back_status, "blocked": {}, "rolledBack": rolled_at}
+    held, _ = preempting_pass(back, {"engineTuning": unblocked}, NOW + 700)
+    assert held.fields["engineTuning"]["skipped"] == {"maxNumSeqs": "coolDown"}
+    # After the cool-down the same advice comes back: the blocked value is not applied again.
+    later, _ = preempting_pass(back, {"engineTuning": back_status}, at + 601)
+    later_status = later.fields["engineTuning"]
+    assert later_status["overrides"] == {"maxNumSeqs": rec_seqs}
+    assert later_status["skipped"] == {"maxNumSeqs": "blocked"}
+    assert not [e for e in later.events if e.reason == "EngineTuned"]
+    assert f"maxNumSeqs -> {to} is blocked" in later_status["message"]
+    # The rollback Event said so: EngineTuningSkipped only an hour after it.
+    assert not [e for e in later.events if e.reason == "EngineTuningSkipped"]
+    assert later_status["notified"]["maxNumSeqs"] == {"reason": "blocked", "time": STAMP}
+    hour, _ = preempting_pass(back, {"engineTuning": later_status}, at + RENOTIFY_SECONDS + 1)
+    (skipped,) = [e for e in hour.events if e.reason == "EngineTuningSkipped"]
+    assert f"maxNumSeqs -> {to} is blocked: maxNumSeqs {to} crash-looped" in skipped.message
+    assert hour.fields["engineTuning"]["overrides"] == {"maxNumSeqs": rec_seqs}
+
+
+def test_blocked_status_round_trips_through_the_model() -> None:
+    d = deployment()
+    first, _ = preempting_pass(d, {}, NOW)
+    tuned_status = first.fields["engineTuning"]
+    tuned = deployment(status={"engineTuning": tuned_status})
+    crash = [_crashing(make_target(tuned, 1).spec_hash)]
+    patch, _ = preempting_pass(tuned, tuned.status.to_dict(), NOW + 300, crash)
+    stored = _stored(tuned_status, patch.fields["engineTuning"])
+    model = deployment(status={"engineTuning": stored}).status
+    assert model.engine_tuning is not None and model.engine_tuning.rolled_back is not None
+    assert model.engine_tuning.rolled_back.reason == "OOMKilled"
+    assert model.engine_tuning.blocked == {"maxNumSeqs": stored["blocked"]["maxNumSeqs"]}
+    assert model.engine_tuning.last_change is not None
+    assert model.engine_tuning.last_change.spec_hash == crash[0]["metadata"]["labels"]["tidal.dev/spec-hash"]

@@ -152,6 +152,27 @@ class EngineTuningChange(ApiModel):
     """The value after."""
     message: Message = ""
     """The observation behind it, with the numbers."""
+    spec_hash: str | None = Field(default=None, max_length=128)
+    """The pod template hash the change rolls the replicas to; a crash loop of pods at this hash soon after
+    the change rolls it back (``rolledBack``)."""
+
+
+class EngineTuningRollback(ApiModel):
+    """An applied change undone because the replicas it rolled to crash-looped."""
+
+    time: Timestamp
+    """When it was rolled back."""
+    setting: str = Field(min_length=1, max_length=64)
+    """The spec field name (``maxNumSeqs``, ``gpuMemoryUtilization``)."""
+    from_: float = Field(alias="from")
+    """The value that crash-looped (the change's ``to``); it is blocked."""
+    to: float
+    """The value restored (the change's ``from``)."""
+    reason: str = Field(min_length=1, max_length=64)
+    """What the pods at the change's hash showed: ``OOMKilled``, ``CrashLoopBackOff``, ``Error`` or
+    ``Restarting``."""
+    message: Message = ""
+    """The pod, container, restarts and exit code behind it."""
 
 
 class EngineTuningNotice(ApiModel):
@@ -175,13 +196,18 @@ class EngineTuningStatus(ApiModel):
     """No other change before this time."""
     skipped: dict[str, Annotated[str, Field(max_length=64)]] = Field(default_factory=dict, max_length=8)
     """Setting -> why its advice was not applied (``explicit``, ``coolDown``, ``advise``, ``atBound``,
-    ``unknownCurrent``, ``adviceOnly``)."""
+    ``unknownCurrent``, ``adviceOnly``, ``blocked``)."""
     message: Message = ""
     """What the last pass did or did not apply, and why."""
     notified: dict[str, EngineTuningNotice] = Field(default_factory=dict, max_length=8)
     """Setting -> the last ``EngineTuningSkipped`` Event about it. Kept when the advice goes away, so advice
     that comes and goes does not repeat the Event: it is posted again only for another reason or after
     an hour."""
+    rolled_back: EngineTuningRollback | None = None
+    """The last change rolled back because its rollout crash-looped."""
+    blocked: dict[str, float] = Field(default_factory=dict, max_length=8)
+    """Setting -> a value that crash-looped and was rolled back: tuning does not apply it again, nor a value
+    beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``); skipped advice says ``blocked``."""
 
 
 class LLMDeploymentStatus(ApiModel):

@@ -15,6 +15,8 @@ trusted by the SRE on call:
   worked before, which is the user's call.
 * At most one change per :data:`COOL_DOWN_S`: the change rolls the replicas (the effective settings are
   part of the pod template hash), and its effect needs time to show in the metrics before the next one.
+* A value whose rollout crash-looped was rolled back (:mod:`tidal.scaling.rollback`) and is *blocked*: that
+  value, or one beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``), is not applied again.
 
 Pure: the previous overrides and the time of the last change are passed in (they live in
 ``status.engineTuning`` so a restart neither forgets nor repeats a change).
@@ -25,9 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tidal.scaling.types import EngineAdvice
+
+if TYPE_CHECKING:
+    from tidal.scaling.rollback import Rollback
 
 MAX_NUM_SEQS: Final = "maxNumSeqs"
 GPU_MEMORY_UTILIZATION: Final = "gpuMemoryUtilization"
@@ -68,6 +73,19 @@ class TuningChange:
     previous: float
     value: float
     message: str
+    spec_hash: str | None = None
+    """The pod template hash the change rolls the replicas to (filled in by the glue, which knows the
+    builders; :func:`tidal.scaling.rollback.plan_rollback` blames only that hash)."""
+
+
+def is_blocked(setting: str, value: float, blocked: Mapping[str, float]) -> bool:
+    """``value`` is the blocked value of ``setting`` or beyond it in the direction tuning moves it (lower
+    ``maxNumSeqs``, higher ``gpuMemoryUtilization``)."""
+    if setting not in blocked:
+        return False
+    if setting == MAX_NUM_SEQS:
+        return value <= blocked[setting] + 1e-9
+    return value >= blocked[setting] - 1e-9
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,13 @@ class TuningDecision:
     change: TuningChange | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     """Setting -> why its advice was not applied (a stable key for Events: ``explicit``, ``coolDown``,
-    ``advise``, ``unknownCurrent``, ``atBound``, ``adviceOnly``)."""
+    ``advise``, ``unknownCurrent``, ``atBound``, ``adviceOnly``, ``blocked``)."""
     message: str = ""
     """One line for ``status.engineTuning.message``."""
+    blocked: dict[str, float] = field(default_factory=dict)
+    """Setting -> a value that crash-looped and was rolled back: not applied again, nor any beyond it."""
+    rollback: Rollback | None = None
+    """The rollback made in this pass (set by the glue, :func:`tidal.scaling.rollback.plan_rollback`)."""
 
 
 def plan_engine_tuning(
@@ -93,13 +115,16 @@ def plan_engine_tuning(
     last_change: float | None,
     now: float,
     cool_down_s: float = COOL_DOWN_S,
+    blocked: Mapping[str, float] | None = None,
 ) -> TuningDecision:
     """What to do with ``advice`` (see the module docstring). ``explicit``: settings the spec sets, with their
-    values; ``overrides``: the ones applied earlier; ``last_change``: when the last one was applied."""
+    values; ``overrides``: the ones applied earlier; ``last_change``: when the last one was applied;
+    ``blocked``: values rolled back earlier (kept in the decision)."""
+    blocked = dict(blocked or {})
     if not apply_mode:
         held = {a.setting: "advise" for a in advice if a.suggested is not None}
         dropped = f"; earlier overrides {_fmt(overrides)} dropped" if overrides else ""
-        return TuningDecision({}, None, held, f"Advise mode: advice is not applied{dropped}")
+        return TuningDecision({}, None, held, f"Advise mode: advice is not applied{dropped}", blocked)
     kept = {k: v for k, v in overrides.items() if k in TUNABLE and k not in explicit}
     skipped: dict[str, str] = {}
     notes: list[str] = []
@@ -130,6 +155,13 @@ def plan_engine_tuning(
             skipped[a.setting] = "atBound"
             notes.append(f"{a.setting} {a.current:g} is at its bound: not changed")
             continue
+        if is_blocked(a.setting, value, blocked):
+            skipped[a.setting] = "blocked"
+            notes.append(
+                f"{a.setting} -> {value:g} is blocked: {a.setting} {blocked[a.setting]:g} crash-looped "
+                "and was rolled back"
+            )
+            continue
         if change is not None or (until is not None and now < until):
             skipped[a.setting] = "coolDown"
             notes.append(
@@ -147,7 +179,7 @@ def plan_engine_tuning(
     parts += notes
     if not parts:
         parts = [f"overrides {_fmt(kept)}" if kept else "no engine advice"]
-    return TuningDecision(kept, change, skipped, "; ".join(parts))
+    return TuningDecision(kept, change, skipped, "; ".join(parts), blocked)
 
 
 def _fmt(values: Mapping[str, float]) -> str:
@@ -165,5 +197,6 @@ __all__ = [
     "TuningChange",
     "TuningDecision",
     "bounded_value",
+    "is_blocked",
     "plan_engine_tuning",
 ]
