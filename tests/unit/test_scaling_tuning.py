@@ -503,3 +503,46 @@ def test_blocked_status_round_trips_through_the_model() -> None:
     assert model.engine_tuning.blocked == {"maxNumSeqs": stored["blocked"]["maxNumSeqs"]}
     assert model.engine_tuning.last_change is not None
     assert model.engine_tuning.last_change.spec_hash == crash[0]["metadata"]["labels"]["tidal.dev/spec-hash"]
+
+
+class _PreemptingPrometheus:
+    """What ``autoscale_pass`` reads from Prometheus: a fleet that preempts a lot."""
+
+    def observe(self, *_: Any, **__: Any) -> tuple[FleetObservation, None]:
+        obs = FleetObservation(
+            NOW - 1, ttft_p95=0.5, tpot_p95=0.02, waiting=0, running=60, preemption_rate=2.0
+        )
+        return obs, None
+
+
+def test_the_operator_pass_rolls_back_a_crash_looping_tuned_rollout() -> None:
+    """The operator's autoscaler pass (``tidal.shell.autoscale.autoscale_pass``) hands the deployment's pods
+    and its target to the rollback decision."""
+    from datetime import UTC, datetime
+
+    from tidal.shell.autoscale import autoscale_pass
+
+    d = deployment()
+    first, engine = preempting_pass(d, {}, NOW)
+    tuned_status = first.fields["engineTuning"]
+    tuned = deployment(status={"engineTuning": tuned_status})
+    target = make_target(tuned, tuned.spec.replicas)
+    crash = [_crashing(target.spec_hash)]
+    result = autoscale_pass(
+        tuned,
+        target,
+        {"engineTuning": tuned_status},
+        crash,
+        crash,
+        None,
+        _PreemptingPrometheus(),  # type: ignore[arg-type]
+        NOW + 300,
+        datetime.fromtimestamp(NOW + 300, UTC),
+        "1970-01-12T13:51:40Z",
+    )
+    status = result.patch.fields["engineTuning"]
+    assert status["overrides"] == {"maxNumSeqs": engine.max_num_seqs}
+    assert status["rolledBack"]["reason"] == "OOMKilled"
+    assert [e.reason for e in result.patch.events if e.reason == "EngineTuningRolledBack"] == [
+        "EngineTuningRolledBack"
+    ]

@@ -157,7 +157,7 @@ def autoscale_pass(
     capacity = capacity_view(spec.replicas, pods, now_dt, gpr, free_gpus(matching, holders))
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
     gpus_in_use = alive_replicas(pods, now_dt) * gpr
-    tuning = engine_tuning(deployment, decision, status, now)
+    tuning = engine_tuning(deployment, decision, status, now, pods, target)
     patch = autoscaler_patch(
         decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, capacity_text
     )
