@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -578,9 +578,7 @@ def _report_refusal(
             return
         post_events(kube, meta, events, now)
 
-    task = asyncio.get_running_loop().create_task(asyncio.to_thread(write))
-    RUNTIME.tasks.add(task)
-    task.add_done_callback(RUNTIME.tasks.discard)
+    _spawn(asyncio.to_thread(write))
 
 
 def _contains_status(written: Mapping[str, Any] | None, status: Mapping[str, Any]) -> bool:
@@ -689,11 +687,16 @@ def _requeue(key: Key, indexes: Mapping[str, Any], delay: float) -> None:
 
     def fire() -> None:
         state.requeue = None
-        task = loop.create_task(_quiet(key, indexes, force=True))
-        RUNTIME.tasks.add(task)
-        task.add_done_callback(RUNTIME.tasks.discard)
+        _spawn(_quiet(key, indexes, force=True))
 
     state.requeue = loop.call_later(delay, fire)
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` as a task the operator keeps a reference to until it is done."""
+    task = asyncio.get_running_loop().create_task(coro)
+    RUNTIME.tasks.add(task)
+    task.add_done_callback(RUNTIME.tasks.discard)
 
 
 async def _quiet(key: Key, indexes: Mapping[str, Any], force: bool = False) -> None:
@@ -796,8 +799,8 @@ async def on_deployment_event(
     """A new deployment, a spec change, or the operator's first sight of one (its initial listing):
     reconcile now, even during a backoff (the change may be the fix). Events that change neither the
     generation nor the labels (status writes, kopf's finalizer) do not reconcile. A failure is retried by the
-    reconcile's own backoff timer. Called on the first event of a new object, before kopf's finalizer patch
-    comes back, so a new deployment is reconciled one API round trip sooner than with ``on.create``."""
+    reconcile's own backoff timer. Called on the first event of a new object, so a new deployment is
+    reconciled while kopf's finalizer patch is on its way (one API round trip sooner than ``on.create``)."""
     key = (namespace or "", label_value(name))
     if type == "DELETED":
         _forget(key)
@@ -807,7 +810,10 @@ async def on_deployment_event(
     if state.trigger == trigger:
         return
     state.trigger = trigger
-    await _quiet(key, _indexes(kwargs), force=True)
+    # In the background: kopf adds its finalizer after this handler returns, with a JSON patch conditional
+    # on the resourceVersion it saw. Waiting here would let the reconcile's status write land first, fail
+    # that patch (422) and make kopf diff the whole object again on its next try.
+    _spawn(_quiet(key, _indexes(kwargs), force=True))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, idle=TIMER_INTERVAL_SECONDS / 2)
