@@ -54,7 +54,12 @@ def test_only_generation_or_label_changes_force_a_reconcile(monkeypatch: pytest.
 
     def event(kind: str | None, doc: dict[str, Any]) -> None:
         handler: Any = handlers.on_deployment_event  # kopf's decorator types it as WatchingFn
-        asyncio.run(handler(type=kind, namespace="ns", name="m", meta=doc["metadata"], **indexes))
+
+        async def deliver() -> None:
+            await handler(type=kind, namespace="ns", name="m", meta=doc["metadata"], **indexes)
+            await asyncio.gather(*handlers.RUNTIME.tasks)  # the reconcile runs in the background
+
+        asyncio.run(deliver())
 
     event(None, body())  # the operator's initial listing: reconcile (what on.resume did)
     event("MODIFIED", body(readyReplicas=1))  # our own status write
