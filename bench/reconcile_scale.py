@@ -21,13 +21,13 @@ What is measured, per operator:
 
 The no-op operator mirrors Tidal's kopf registration: the same settings, the same watched resources (the
 LLMDeployments; worker pods, Services and PodDisruptionBudgets by the same label selector, through indexes
-and a pod event handler; nodes through an index), the same handler kinds (an event handler for the LLMDeployments that acts when
-the generation or labels changed, with kopf's diff base switched off as in ``tidal.shell.diffbase``, a timer,
-a delete handler and so kopf's finalizer), all ``async`` like Tidal's (no executor threads), with handler
-bodies that only write ``status.observedGeneration`` through kopf's patch. What differs: it creates no
-children, so its pod, Service and PDB watches carry no objects; it imports no Tidal code; it keeps kopf's
-default (unbounded) API connection pool. It is kopf's own cost for Tidal's shape, the floor for this
-operator. The report says this too.
+and a pod event handler; nodes through an index), the same handler kinds (an event handler for the
+LLMDeployments that acts when the generation or labels changed, with kopf's diff base switched off as in
+``tidal.shell.diffbase``, a timer, a delete handler and so kopf's finalizer), all ``async`` like Tidal's (no
+executor threads), with handler bodies that only write ``status.observedGeneration`` through kopf's patch.
+What differs: it creates no children, so its pod, Service and PDB watches carry no objects; it imports no
+Tidal code; it keeps kopf's default (unbounded) API connection pool. It is kopf's own cost for Tidal's
+shape, the floor for this operator. The report says this too.
 
 For Tidal it also prints when every deployment's API Service existed (``all_services_seconds``): the API
 server allocates ClusterIPs one at a time, so Tidal writes the status first and the Services trail.
