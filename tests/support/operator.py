@@ -154,6 +154,8 @@ class OperatorProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment of the operator (e.g. ``TIDAL_AUTOSCALER_INTERVAL_SECONDS``)."""
+    peering: str | None = None
+    """Join this kopf peering (``--peering``) instead of running ``--standalone``."""
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     health_port: int = 0
@@ -164,7 +166,7 @@ class OperatorProcess:
         argv = [
             str(TIDAL),
             "run",
-            "--standalone",
+            "--standalone" if self.peering is None else f"--peering={self.peering}",
             "--all-namespaces",
             f"--kubeconfig={self.kubeconfig}",
             f"--metrics-port={self.metrics_port}",

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import socket
+from typing import Any, cast
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -55,10 +58,18 @@ def _run(args: argparse.Namespace) -> int:
 
     from tidal.shell import handlers
     from tidal.shell.kube import Kube, make_api_client
+    from tidal.shell.leadership import PeeringGate
     from tidal.shell.metrics import REGISTRY
 
     namespaces = list(args.namespace)
-    handlers.configure(Kube(make_api_client(args.kubeconfig)), namespaces=len(namespaces))
+    kube = Kube(make_api_client(args.kubeconfig))
+    identity = None
+    gate = None
+    if not args.standalone:
+        # The identity kopf registers under in the peering: the reconcile's own timers follow the same rule.
+        identity = f"tidal@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        gate = PeeringGate(kube, args.peering, namespaces, identity, args.priority)
+    handlers.configure(kube, namespaces=len(namespaces), gate=gate)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     kopf.run(
@@ -68,5 +79,6 @@ def _run(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         clusterwide=not namespaces,
         liveness_endpoint=args.liveness or None,
+        identity=cast(Any, identity),
     )
     return 0

@@ -56,6 +56,7 @@ from tidal.shell.autoscale import (
 from tidal.shell.diffbase import NoDiffBaseStorage
 from tidal.shell.events import post_events
 from tidal.shell.kube import Kube
+from tidal.shell.leadership import POLL_SECONDS, PeeringGate
 from tidal.shell.prom import PrometheusSignals
 
 log = logging.getLogger("tidal.operator")
@@ -141,16 +142,27 @@ class Runtime:
     """At most :func:`max_concurrent_reconciles` reconciles observe, plan and write at once."""
     namespaces: int = 1
     """Namespaces kopf watches (1 for the whole cluster): sizes its connection pool."""
+    gate: PeeringGate | None = None
+    """kopf's peering rule for the reconcile's own timers (``None``: standalone, always acting)."""
+    acting: bool = True
+    """The gate's last answer: while ``False`` reconciles are deferred (kopf is paused too)."""
+    deferred: set[Key] = field(default_factory=set)
+    """Deployments whose reconcile came while paused: reconciled when the operator acts again."""
+    indexes: Mapping[str, Any] | None = None
+    """kopf's indexes (the same objects for the operator's lifetime), for the deferred reconciles."""
 
 
 RUNTIME = Runtime()
 
 
-def configure(kube: Kube, config: BuilderConfig | None = None, namespaces: int = 1) -> None:
+def configure(
+    kube: Kube, config: BuilderConfig | None = None, namespaces: int = 1, gate: PeeringGate | None = None
+) -> None:
     """Give the handlers their client (called by ``tidal run`` before kopf starts); ``namespaces``: how many
-    namespaces kopf watches (1 for the whole cluster)."""
+    namespaces kopf watches (1 for the whole cluster); ``gate``: the peering this operator joined."""
     RUNTIME.kube = kube
     RUNTIME.namespaces = max(1, namespaces)
+    RUNTIME.gate = gate
     if config is not None:
         RUNTIME.config = config
 
@@ -643,6 +655,10 @@ async def reconcile(key: Key, indexes: Mapping[str, Any], force: bool = False) -
     """Reconcile one deployment, coalescing triggers that arrive while it runs. Raises what failed. After a
     failure only ``force`` (a spec change, the retry timer) reconciles before the backoff is over."""
     state = RUNTIME.states.setdefault(key, _KeyState())
+    RUNTIME.indexes = indexes
+    if not RUNTIME.acting:
+        RUNTIME.deferred.add(key)  # another operator acts (kopf is paused): catch up when we act again
+        return
     if state.running:
         state.dirty = True
         return
@@ -764,7 +780,24 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     RUNTIME.event_lane = ThreadPoolExecutor(max_workers=EVENT_THREADS, thread_name_prefix="tidal-events")
     RUNTIME.slots = asyncio.Semaphore(max_concurrent_reconciles())
+    if RUNTIME.gate is not None:
+        RUNTIME.acting = await asyncio.to_thread(RUNTIME.gate.poll, datetime.now(UTC))
+        _spawn(_follow_peering(RUNTIME.gate))
     _start_profile()
+
+
+async def _follow_peering(gate: PeeringGate) -> None:
+    """Every :data:`~tidal.shell.leadership.POLL_SECONDS`: whether this operator may act; when it may again,
+    reconcile what was deferred while it could not."""
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        acting = await asyncio.to_thread(gate.poll, datetime.now(UTC))
+        resumed = acting and not RUNTIME.acting
+        RUNTIME.acting = acting
+        if resumed and RUNTIME.indexes is not None:
+            deferred, RUNTIME.deferred = RUNTIME.deferred, set()
+            for key in deferred:
+                _spawn(_quiet(key, RUNTIME.indexes, force=True))
 
 
 def _start_profile() -> None:
