@@ -12,7 +12,8 @@ pod exists). Short windows and a 1 s autoscaler interval keep it fast.
     PerformanceDegraded condition naming the pod, no scale-out; cleared when it recovers;
 (e) frequent preemptions: in Apply mode max_num_seqs is lowered (status.engineTuning, EngineTuned Event) and
     the pods roll to the new engine arguments; the explicit gpuMemoryUtilization is left alone and the Event
-    says so; in Advise mode the same metrics change nothing but the status;
+    says so; in Advise mode the same metrics change nothing but the status; the tuned pod then crash-loops
+    (OOM) and the change is rolled back (EngineTuningRolledBack, the value blocked, the pods roll back);
 (f) a pod of another workload holding GPUs on the deployment's node blocks the scale-up (InsufficientGPU);
     once it is gone the deployment scales up.
 """
@@ -34,6 +35,7 @@ from kubernetes import client
 
 from tests.support.cluster import ControlPlane
 from tests.support.fakevllm import FakeVLLM, worker_labels
+from tests.support.faults import oom_crash_loop
 from tests.support.operator import OperatorProcess, install_crds, operator_kubeconfig, wait_for
 from tests.support.prometheus import PrometheusServer, ScrapeTarget, running_prometheus
 from tidal.devcluster import GPUNodeSpec
@@ -406,6 +408,26 @@ def test_engine_advice_is_applied_in_apply_mode_only(rig: Rig) -> None:
     # Still preempting: the cool-down holds the next change.
     _stays(lambda: len(rig.events("tuned", "EngineTuned")) == 1, 6, "one change per cool-down")
     assert rig.get("tuned")["status"]["engineTuning"]["skipped"].get("maxNumSeqs") == "coolDown"
+
+    # The tuned pod crash-loops (OOM, as a kubelet would report it): the change is rolled back to the value
+    # before it, that value blocked, the pods roll back; preemptions go on, but lower is not tried again.
+    oom_crash_loop(rig.cp.core, after)
+    (back,) = wait_for(
+        lambda: rig.events("tuned", "EngineTuningRolledBack"), timeout=60, what="EngineTuningRolledBack Event"
+    )
+    assert back.type == "Warning" and f"maxNumSeqs {halved} -> {recommended}" in back.message, back.message
+    assert after.metadata.name in back.message and "OOMKilled" in back.message, back.message
+    tuning = rig.get("tuned")["status"]["engineTuning"]
+    assert tuning["overrides"] == {"maxNumSeqs": recommended}, tuning
+    assert tuning["blocked"] == {"maxNumSeqs": halved}, tuning
+    assert tuning["rolledBack"]["reason"] == "OOMKilled", tuning
+
+    def rolled_back() -> bool:
+        pods = rig.pods("tuned")
+        return bool(pods) and all(_env(p, "TIDAL_MAX_NUM_SEQS") == str(recommended) for p in pods)
+
+    wait_for(rolled_back, timeout=90, what="the pods rolled back to the value before the change")
+    _stays(lambda: len(rig.events("tuned", "EngineTuned")) == 1, 4, "the blocked value is not applied again")
 
     # Advise: advice in the status, nothing applied, the pod untouched.
     st = rig.get("advised")["status"]

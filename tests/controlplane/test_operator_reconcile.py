@@ -25,6 +25,7 @@ from kubernetes import watch as kwatch
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.cluster import ControlPlane
+from tests.support.faults import evicted, oom_crash_loop, running_again
 from tests.support.operator import OperatorProcess, operator_process, wait_for  # noqa: F401
 from tidal.devcluster import GPUNodeSpec
 
@@ -264,6 +265,68 @@ def test_multinode_scales_whole_groups(env_factory: Any) -> None:
     assert {p.metadata.labels["tidal.dev/replica"] for p in env.pods(name)} == {"0"} or len(
         {p.metadata.labels["tidal.dev/replica"] for p in env.pods(name)}
     ) == 1
+
+
+def test_failed_member_restarts_its_group_only(env_factory: Any) -> None:
+    env = env_factory(4)
+    env.add_model_pvc("model-cache")
+    name = env.create(env.example("llama-3.1-405b-multinode.yaml", replicas=2))
+    wait_for(lambda: env.ready(name) and len(env.live_pods(name)) == 4, timeout=90, what="2 groups ready")
+    by_replica: dict[str, set[str]] = {}
+    for p in env.live_pods(name):
+        by_replica.setdefault(p.metadata.labels["tidal.dev/replica"], set()).add(p.metadata.uid)
+    (worker,) = [
+        p
+        for p in env.live_pods(name)
+        if p.metadata.labels["tidal.dev/replica"] == "1"
+        and p.metadata.labels["tidal.dev/role"] == "ray-worker"
+    ]
+    evicted(env.cp.core, worker)  # the Ray worker of group 1, as its kubelet would report it
+
+    def groups() -> dict[str, set[str]]:
+        now: dict[str, set[str]] = {}
+        for p in env.live_pods(name):
+            now.setdefault(p.metadata.labels["tidal.dev/replica"], set()).add(p.metadata.uid)
+        return now
+
+    # Group 1 is deleted whole and a new group (a fresh index, head and worker) takes its place.
+    after = wait_for(
+        lambda: env.ready(name) and "1" not in (g := groups()) and len(g) == 2 and g,
+        timeout=90,
+        what="group 1 replaced whole",
+    )
+    assert after["0"] == by_replica["0"], "group 0 must not be touched"
+    (new,) = set(after) - {"0"}
+    assert len(after[new]) == 2 and not after[new] & by_replica["1"], after
+    restarts = [e for e in env.events(name) if e.reason == "ReplicaRestarted"]
+    assert restarts and "replica 1 restarts as a unit: a pod failed" in restarts[0].message, [
+        e.message for e in restarts
+    ]
+
+
+def test_crash_looping_worker_is_degraded_with_its_termination_reason(env_factory: Any) -> None:
+    env = env_factory(1)
+    name = env.create(env.example("llama-3.1-8b.yaml", replicas=1))
+    wait_for(lambda: env.ready(name), what="ready")
+    (pod,) = env.live_pods(name)
+    oom_crash_loop(env.cp.core, pod)  # as a kubelet would report it
+    degraded = wait_for(
+        lambda: (c := env.condition(name, "Degraded")).get("status") == "True" and c,
+        what="Degraded=True",
+    )
+    assert degraded["reason"] == "OOMKilled", degraded
+    assert pod.metadata.name in degraded["message"] and "exit code 137" in degraded["message"], degraded
+    assert "3 restarts" in degraded["message"], degraded
+    ready = env.condition(name, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "OOMKilled"), ready
+    assert any(e.reason == "OOMKilled" and e.type == "Warning" for e in env.events(name)), [
+        (e.type, e.reason) for e in env.events(name)
+    ]
+    (still,) = env.live_pods(name)
+    assert still.metadata.uid == pod.metadata.uid, "a single-node replica is left to the kubelet's restarts"
+    running_again(env.cp.core, pod)  # the container comes back: Degraded clears
+    wait_for(lambda: env.condition(name, "Degraded").get("status") == "False", what="Degraded cleared")
+    wait_for(lambda: env.ready(name), what="ready again")
 
 
 # ------------------------------------------------------------------------------------------- must-show 3
