@@ -3,7 +3,8 @@
 scaling through the spec and the scale subresource converges (multi-node: whole groups); an engine change
 rolls without dropping below the desired ready replicas; too few GPUs gives InsufficientGPU and an Event with
 no hot loop of API calls; a killed operator converges after restart without duplicates; deleting removes
-every child; an action outside the operator's RBAC is refused.
+every child; an action outside the operator's RBAC is refused. Faults a kubelet would report (injected into
+the KWOK pods' status): an evicted Ray worker replaces its whole group, an OOM crash loop gives ``Degraded``.
 """
 
 from __future__ import annotations
