@@ -273,9 +273,15 @@ def test_failed_member_restarts_its_group_only(env_factory: Any) -> None:
     env.add_model_pvc("model-cache")
     name = env.create(env.example("llama-3.1-405b-multinode.yaml", replicas=2))
     wait_for(lambda: env.ready(name) and len(env.live_pods(name)) == 4, timeout=90, what="2 groups ready")
-    by_replica: dict[str, set[str]] = {}
-    for p in env.live_pods(name):
-        by_replica.setdefault(p.metadata.labels["tidal.dev/replica"], set()).add(p.metadata.uid)
+
+    def groups() -> dict[str, set[str]]:
+        """Replica index -> UIDs of its live pods."""
+        now: dict[str, set[str]] = {}
+        for p in env.live_pods(name):
+            now.setdefault(p.metadata.labels["tidal.dev/replica"], set()).add(p.metadata.uid)
+        return now
+
+    by_replica = groups()
     (worker,) = [
         p
         for p in env.live_pods(name)
@@ -283,13 +289,6 @@ def test_failed_member_restarts_its_group_only(env_factory: Any) -> None:
         and p.metadata.labels["tidal.dev/role"] == "ray-worker"
     ]
     evicted(env.cp.core, worker)  # the Ray worker of group 1, as its kubelet would report it
-
-    def groups() -> dict[str, set[str]]:
-        now: dict[str, set[str]] = {}
-        for p in env.live_pods(name):
-            now.setdefault(p.metadata.labels["tidal.dev/replica"], set()).add(p.metadata.uid)
-        return now
-
     # Group 1 is deleted whole and a new group (a fresh index, head and worker) takes its place.
     after = wait_for(
         lambda: env.ready(name) and "1" not in (g := groups()) and len(g) == 2 and g,
