@@ -630,7 +630,7 @@ def test_merge_pods_keeps_each_pod_once() -> None:
 def test_load_signal_capacity_from_the_performance_model() -> None:
     d = deployment()  # Llama-3.1-8B on H100, TP 1, Apply mode
     target = make_target(d, 1)
-    cap, text = replica_capacity(d, target.inputs.engine, target.recommendation)
+    cap, text, _ = replica_capacity(d, target.inputs.engine, target.recommendation)
     assert cap is not None, text
     # A roofline replica of an 8B model on an H100 serves thousands of tokens/s, prefill faster than decode.
     assert (
@@ -661,7 +661,7 @@ def test_load_signal_capacity_from_the_performance_model() -> None:
     )
     # A tight TPOT target caps the batch: less capacity.
     tight = deployment(autoscaling={"enabled": True, "targets": {"tpotP95Seconds": 0.015}})
-    cap2, _ = replica_capacity(
+    cap2, _, _ = replica_capacity(
         tight, make_target(tight, 1).inputs.engine, make_target(tight, 1).recommendation
     )
     assert cap2 is not None and cap2.decode_tokens_per_s < cap.decode_tokens_per_s
@@ -670,7 +670,7 @@ def test_load_signal_capacity_from_the_performance_model() -> None:
 def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() -> None:
     unknown = deployment(model={"uri": "hf://someone/unknown-model"})
     t = make_target(unknown, 1)
-    cap, text = replica_capacity(unknown, t.inputs.engine, t.recommendation)
+    cap, text, _ = replica_capacity(unknown, t.inputs.engine, t.recommendation)
     assert cap is None and "not in the built-in catalogue" in text
     # Advise mode with TP left auto runs TP=1 while a 70B model is recommended TP>1: no capacity model.
     doc = yaml.safe_load((ROOT / "examples" / "llama-3.3-70b-fp8-tp2.yaml").read_text())
@@ -678,7 +678,7 @@ def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() 
     doc["spec"]["recommendation"] = {"mode": "Advise"}
     big = LLMDeployment.model_validate(doc)
     t = make_target(big, 1)
-    cap, text = replica_capacity(big, t.inputs.engine, t.recommendation)
+    cap, text, _ = replica_capacity(big, t.inputs.engine, t.recommendation)
     assert t.inputs.engine.tensor_parallel_size == 1
     assert cap is None and "the engine runs TP=1" in text, text
 

@@ -51,6 +51,8 @@ _WARNING_REASONS = frozenset(
         APPLY_FAILED,
         "MetricsStale",
         "ReplicaDegraded",
+        "TargetUnreachable",
+        "AutoscalerFailed",
         "ImagePullBackOff",
         "ErrImagePull",
         "CreateContainerConfigError",

@@ -28,10 +28,10 @@ from pydantic import ValidationError
 
 from tidal.api import LLMDeployment
 from tidal.builders.pods import BuilderConfig
-from tidal.plan import NodeInfo, Observed, Plan, Resolved, plan_reconcile, resolve, rfc3339
+from tidal.plan import NodeInfo, Observed, Plan, plan_reconcile, resolve
 from tidal.plan.autoscale.status import disabled_conditions
 from tidal.shell import metrics
-from tidal.shell.autoscale import PassResult, autoscale_pass, export_metrics, interval_seconds, patch_replicas
+from tidal.shell.autoscale import guarded_pass, next_interval
 from tidal.shell.events import post_events
 from tidal.shell.indexes import Key, values
 from tidal.shell.kube import Kube
@@ -300,34 +300,6 @@ class Reconciler:
         )
         return meta, deployment, observed
 
-    async def autoscale(
-        self,
-        deployment: LLMDeployment,
-        observed: Observed,
-        resolved: Resolved,
-        indexes: Mapping[str, Any],
-        now: datetime,
-    ) -> PassResult:
-        """One autoscaler pass (Prometheus is read in a thread, never on the event loop)."""
-        if self.signals is None:
-            self.signals = PrometheusSignals()
-        pod_store = indexes["pod_index"]
-        all_pods = [p for k in list(pod_store) for p in values(pod_store, k)]
-        return await asyncio.to_thread(
-            autoscale_pass,
-            deployment,
-            resolved,
-            deployment.status.to_dict(),
-            observed.pods,
-            all_pods,
-            observed.nodes,
-            self.signals,
-            time.time(),
-            now,
-            rfc3339(now),
-            self.writer.kube,
-        )
-
     async def plan_and_write(self, key: Key, indexes: Mapping[str, Any]) -> Written | None:
         """Observe, run the autoscaler's pass when due, plan, and write all but the ClusterIP Services."""
         kube = self.writer.client()
@@ -344,14 +316,16 @@ class Reconciler:
         autoscaling = deployment.spec.autoscaling.enabled
         patch = None
         if autoscaling and time.monotonic() >= state.next_autoscale:
-            state.next_autoscale = time.monotonic() + interval_seconds()
-            result = await self.autoscale(deployment, observed, resolved, indexes, now)
-            patch = result.patch
-            if result.decision.changed:
-                await asyncio.to_thread(patch_replicas, kube, ns, name, result.decision.desired)
-                state.pending_replicas = result.decision.desired
-                log.info("%s/%s: %s", ns, name, result.decision.message)
-            export_metrics(ns, name, result)
+            state.next_autoscale = time.monotonic() + next_interval()
+            if self.signals is None:
+                self.signals = PrometheusSignals()
+            pod_store = indexes["pod_index"]
+            all_pods = [p for k in list(pod_store) for p in values(pod_store, k)]
+            held = effective_replicas(deployment, state.pending_replicas)
+            patch, patched = await guarded_pass(
+                kube, deployment, resolved, observed, all_pods, self.signals, now, held
+            )
+            state.pending_replicas = patched if patched is not None else state.pending_replicas
         elif not autoscaling:
             state.pending_replicas = None
         plan = plan_reconcile(

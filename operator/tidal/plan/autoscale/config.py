@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from tidal.api import LLMDeployment
 from tidal.builders.engine import EffectiveEngine, RecommendationResult, model_profile
 from tidal.recommender.gpus import UnknownGPUError, get_gpu
 from tidal.recommender.perf import performance_model
 from tidal.scaling import ScalingConfig
-from tidal.sim.capacity import modelled_capacity
+from tidal.sim.capacity import TargetUnreachable, modelled_capacity
 from tidal.sim.stepmodel import EngineLimits
+
+MIN_TARGET: Final = 1e-9
+"""The smallest target the algorithm is given: a signal over a denormal target (``1e-308``) is an infinite
+ratio, which no replica count expresses; over ``1e-9`` it stays finite (and asks for ``maxReplicas``)."""
 
 
 def scaling_config(
@@ -29,16 +33,17 @@ def scaling_config(
 ) -> ScalingConfig:
     """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs`` and
     ``gpu_memory_utilization`` are the engine's effective values (explicit, tuned or recommended), for
-    engine advice; ``capacity`` (:func:`replica_capacity`) turns the ``load`` signal on."""
+    engine advice; ``capacity`` (:func:`replica_capacity`) turns the ``load`` signal on. Targets below
+    :data:`MIN_TARGET` (the API accepts any positive number) are read as :data:`MIN_TARGET`."""
     spec = deployment.spec
     a = spec.autoscaling
     t = a.targets
     engine_seqs = spec.engine.max_num_seqs
     return ScalingConfig(
-        ttft_p95_s=t.ttft_p95_seconds,
-        tpot_p95_s=t.tpot_p95_seconds,
-        queue_per_replica=t.queue_length_per_replica,
-        kv_cache_usage=t.kv_cache_usage,
+        ttft_p95_s=max(MIN_TARGET, t.ttft_p95_seconds),
+        tpot_p95_s=max(MIN_TARGET, t.tpot_p95_seconds),
+        queue_per_replica=max(MIN_TARGET, t.queue_length_per_replica),
+        kv_cache_usage=max(MIN_TARGET, t.kv_cache_usage),
         tolerance=a.tolerance,
         panic_threshold=a.panic_threshold,
         panic_window_s=a.panic_window_seconds,
@@ -68,37 +73,49 @@ class ReplicaCapacity:
     source: str
 
 
+class LoadModel(NamedTuple):
+    """One replica's modelled capacity (``None``: the ``load`` signal stays off), what ``text`` says about
+    it (``status.autoscaler.loadCapacity``), and why the TPOT target cannot be met, when the model says so
+    (a ``TargetUnreachable`` condition)."""
+
+    capacity: ReplicaCapacity | None
+    text: str
+    unreachable: str | None = None
+
+
 def replica_capacity(
     deployment: LLMDeployment, engine: EffectiveEngine, recommendation: RecommendationResult | None
-) -> tuple[ReplicaCapacity | None, str]:
+) -> LoadModel:
     """One replica's modelled capacity for the ``load`` signal, from the recommender's performance model
     (:func:`tidal.recommender.perf.performance_model`) of the deployment's model, GPU and TP x PP, at the
     expected prompt and output lengths and the TPOT target (:func:`tidal.sim.capacity.modelled_capacity`,
     the same arithmetic the simulator's Tidal policy uses), with the engine's effective limits. ``None``
     (the ``load`` signal stays off) with the reason when the model or GPU is unknown, or when the engine
-    does not run with the recommendation's parallelism (its KV capacity would not apply)."""
+    does not run with the recommendation's parallelism (its KV capacity would not apply), or when the TPOT
+    target is out of reach (``unreachable`` says why, naming the field)."""
     spec = deployment.spec
     rec = recommendation.status if recommendation is not None else None
     if rec is None or not rec.feasible or rec.values.tensor_parallel_size is None:
         why = "; ".join(rec.reasons[:1]) if rec is not None and rec.reasons else "no recommendation"
-        return None, f"load signal off: {why}"
+        return LoadModel(None, f"load signal off: {why}")
     if (engine.tensor_parallel_size, engine.pipeline_parallel_size) != (
         rec.values.tensor_parallel_size,
         rec.values.pipeline_parallel_size,
     ):
-        return None, (
+        return LoadModel(
+            None,
             f"load signal off: the engine runs TP={engine.tensor_parallel_size} "
             f"PP={engine.pipeline_parallel_size}, "
             f"the recommendation is sized for TP={rec.values.tensor_parallel_size} "
-            f"PP={rec.values.pipeline_parallel_size}"
+            f"PP={rec.values.pipeline_parallel_size}",
         )
     profile, _ = model_profile(spec.model)
     try:
         gpu = get_gpu(spec.resources.gpu_type)
     except UnknownGPUError as exc:
-        return None, f"load signal off: {exc}"
+        return LoadModel(None, f"load signal off: {exc}")
     if profile is None:
-        return None, "load signal off: the model is not known"
+        return LoadModel(None, "load signal off: the model is not known")
     return _capacity(
         profile,
         gpu,
@@ -131,20 +148,24 @@ def _capacity(
     prompt: int,
     output: int,
     tpot_s: float,
-) -> tuple[ReplicaCapacity | None, str]:
+) -> LoadModel:
     if limits.kv_cache_tokens < prompt + output:
-        return (
+        return LoadModel(
             None,
             f"load signal off: a KV cache of {limits.kv_cache_tokens} tokens holds no expected request",
         )
     pm = performance_model(profile, gpu, tp, pp, dtype, kv_dtype, quantization)
-    cap = modelled_capacity(pm, limits, float(prompt), float(output), tpot_s)
+    try:
+        cap = modelled_capacity(pm, limits, float(prompt), float(output), tpot_s)
+    except TargetUnreachable as exc:
+        why = f"spec.autoscaling.targets.tpotP95Seconds={tpot_s:g} cannot be met: {exc} ({pm.source})"
+        return LoadModel(None, f"load signal off: {why}", why)
     source = (
         f"modelled replica capacity {cap.prefill_tokens_per_s:.0f} prompt + {cap.decode_tokens_per_s:.0f} "
         f"generated tokens/s ({cap.requests_per_s:.2f} requests/s of {prompt}+{output} tokens at TPOT "
         f"{tpot_s:g}s, batch {cap.batch}; {pm.source})"
     )
-    return ReplicaCapacity(cap.prefill_tokens_per_s, cap.decode_tokens_per_s, source), source
+    return LoadModel(ReplicaCapacity(cap.prefill_tokens_per_s, cap.decode_tokens_per_s, source), source)
 
 
-__all__ = ["ReplicaCapacity", "replica_capacity", "scaling_config"]
+__all__ = ["LoadModel", "ReplicaCapacity", "replica_capacity", "scaling_config"]

@@ -37,7 +37,13 @@ PERFORMANCE_DEGRADED: Final = "PerformanceDegraded"
 loops and refused writes, and the two must not overwrite each other)."""
 REPLICAS_COMPARABLE: Final = "ReplicasComparable"
 """``PerformanceDegraded=False`` reason: no replica is far slower than its peers."""
-AUTOSCALER_TYPES: Final = (METRICS_AVAILABLE, SCALING_ACTIVE, PERFORMANCE_DEGRADED)
+TARGETS_REACHABLE: Final = "TargetsReachable"
+"""Condition: False (reason ``TargetUnreachable``) while the capacity model says a target cannot be met."""
+TARGET_UNREACHABLE: Final = "TargetUnreachable"
+TARGETS_WITHIN_MODEL: Final = "TargetsWithinModel"
+AUTOSCALER_FAILED: Final = "AutoscalerFailed"
+"""``ScalingActive=False`` reason: the pass raised; the replicas are held and the pods still reconciled."""
+AUTOSCALER_TYPES: Final = (METRICS_AVAILABLE, SCALING_ACTIVE, PERFORMANCE_DEGRADED, TARGETS_REACHABLE)
 
 DEGRADED_KEY: Final = "degraded"
 """Key in ``status.autoscaler``: replicas flagged degraded at the last pass (an Event only for new ones)."""
@@ -121,9 +127,10 @@ def autoscaler_patch(
     metrics_error: str | None = None,
     tuning: TuningDecision | None = None,
     load_capacity: str | None = None,
+    unreachable: str | None = None,
 ) -> AutoscalerPatch:
     """Turn a decision (and what tuning did with its advice) into status fields, conditions and Events (all
-    quoting the numbers)."""
+    quoting the numbers). ``unreachable``: why a target cannot be met (``TargetsReachable=False``)."""
     old = old_status or {}
     old_as = old.get("autoscaler") or {}
     events: list[EventSpec] = []
@@ -170,7 +177,7 @@ def autoscaler_patch(
     if tuning is not None:
         fields["engineTuning"], tuning_events = tuning_status(tuning, old, stamp, now, COOL_DOWN_S)
         events.extend(tuning_events)
-    conditions = autoscaler_conditions(decision, metrics_error)
+    conditions = [*autoscaler_conditions(decision, metrics_error), *target_conditions(unreachable, old)]
     was_degraded = any(
         c.get("type") == PERFORMANCE_DEGRADED and c.get("status") == "True"
         for c in old.get("conditions") or []
@@ -239,6 +246,25 @@ def performance_condition(decision: ScalingDecision) -> Cond:
     )
 
 
+def target_conditions(unreachable: str | None, old_status: Mapping[str, Any] | None) -> list[Cond]:
+    """``TargetsReachable=False`` (reason ``TargetUnreachable``, naming the target) while the capacity model
+    says a target cannot be met; ``True`` once it can again, if an earlier pass had said it could not (a
+    deployment whose targets were never out of reach carries no such condition)."""
+    if unreachable is not None:
+        return [Cond(TARGETS_REACHABLE, False, TARGET_UNREACHABLE, unreachable)]
+    if any(c.get("type") == TARGETS_REACHABLE for c in (old_status or {}).get("conditions") or []):
+        return [Cond(TARGETS_REACHABLE, True, TARGETS_WITHIN_MODEL, "no target is known to be out of reach")]
+    return []
+
+
+def failed_pass_patch(desired: int, error: str) -> AutoscalerPatch:
+    """What a pass that raised writes: ``ScalingActive=False`` (reason ``AutoscalerFailed``, the error in the
+    message; its transition posts a Warning Event) and the replica count held at ``desired``, so the pods are
+    reconciled as if autoscaling were paused."""
+    message = f"the autoscaler pass failed ({error[:512]}); replicas held at {desired}"
+    return AutoscalerPatch(desired, conditions=[Cond(SCALING_ACTIVE, False, AUTOSCALER_FAILED, message)])
+
+
 def disabled_conditions(old_status: Mapping[str, Any] | None) -> list[Cond]:
     """When autoscaling is off: ``ScalingActive=False`` if an earlier pass had set the condition (else
     nothing, so a deployment that never autoscaled carries no autoscaler conditions)."""
@@ -255,8 +281,9 @@ def disabled_conditions(old_status: Mapping[str, Any] | None) -> list[Cond]:
                 "replicas are not compared while autoscaling is off",
             )
         )
+    if any(c.get("type") == TARGETS_REACHABLE and c.get("status") == "False" for c in conds):
+        out.append(Cond(TARGETS_REACHABLE, True, AUTOSCALING_DISABLED, "the targets are not used"))
     return out
-
 
 
 __all__ = [
@@ -265,6 +292,8 @@ __all__ = [
     "autoscaler_conditions",
     "autoscaler_patch",
     "disabled_conditions",
+    "failed_pass_patch",
     "performance_condition",
     "signal_status",
+    "target_conditions",
 ]
