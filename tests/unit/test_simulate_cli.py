@@ -23,15 +23,20 @@ SMALL = ["simulate", "--synthetic", "step", "--rate", "8", "--duration", "180", 
 
 
 def _json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, dict[str, Any]]:
+    """The per-policy rows; the references (target, right-sized static, clairvoyant) are checked apart."""
     assert main([*SMALL, "--json", *extra]) == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out, dict)
+    refs = out.pop("_references")
+    assert set(refs) == {"target", "capacity_error", "right_sized_static", "clairvoyant_met_target"}
     return out
 
 
 def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _json(capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "oracle")
-    assert list(out) == ["tidal", "static-peak", "oracle"]
+    out = _json(
+        capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "clairvoyant"
+    )
+    assert list(out) == ["tidal", "static-peak", "clairvoyant"]
     for name, row in out.items():
         assert set(row) == FIELDS | {"policy"}, name
         assert row["policy"] == name
@@ -42,7 +47,9 @@ def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> 
         assert row["flaps_per_hour"] >= 0
     assert out["static-peak"]["scale_events"] == 0  # a fixed count never scales
     # Same seed, same numbers; another seed, another trace.
-    again = _json(capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "oracle")
+    again = _json(
+        capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "clairvoyant"
+    )
     assert again == out
     other = _json(capsys, "--seed", "4", "--policy", "tidal")
     assert other["tidal"] != out["tidal"]
@@ -50,14 +57,23 @@ def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_default_is_every_policy(capsys: pytest.CaptureFixture[str]) -> None:
     out = _json(capsys, "--duration", "60")
-    assert set(out) == {"tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "enova", "oracle"}
+    assert set(out) == {
+        "tidal",
+        "static-peak",
+        "hpa",
+        "kpa",
+        "apa",
+        "queue-threshold",
+        "enova",
+        "clairvoyant",
+    }
 
 
 def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "sim.png"
-    assert main([*SMALL, "--policy", "tidal", "--policy", "oracle", "--plot", str(png)]) == 0
+    assert main([*SMALL, "--policy", "tidal", "--policy", "clairvoyant", "--plot", str(png)]) == 0
     captured = capsys.readouterr()
-    assert "tidal" in captured.out and "oracle" in captured.out  # the table
+    assert "tidal" in captured.out and "clairvoyant" in captured.out  # the table
     assert f"wrote {png}" in captured.err
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -106,11 +122,22 @@ def test_azure_csv_with_time_scale(tmp_path: Path, capsys: pytest.CaptureFixture
     csv_path = tmp_path / "AzureLLMInferenceTrace_conv.csv"
     _azure_csv(csv_path, rows=600, span_s=400.0)  # 1.5 req/s over 400 s
     assert "2023-11-16 18:15:46.6805900," in csv_path.read_text()
-    base = ["simulate", "--trace", str(csv_path), "--no-progress", "--policy", "tidal", "--policy", "oracle"]
+    base = [
+        "simulate",
+        "--trace",
+        str(csv_path),
+        "--no-progress",
+        "--policy",
+        "tidal",
+        "--policy",
+        "clairvoyant",
+    ]
+    base += ["--no-right-size"]
     assert main(base) == 0
     assert "600 requests over 400s" in capsys.readouterr().out
     assert main([*base, "--time-scale", "4"]) == 0  # 4x faster: the same requests in 100 s
     assert "600 requests over 100s" in capsys.readouterr().out
     assert main([*base, "--time-scale", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"tidal", "oracle"} and out["tidal"]["slo_attainment"] > 0.9
+    assert out.pop("_references")["right_sized_static"] is None  # --no-right-size
+    assert set(out) == {"tidal", "clairvoyant"} and out["tidal"]["slo_attainment"] > 0.9

@@ -23,8 +23,9 @@ Baselines (parameters are the published defaults; docs/autoscaling.md cites them
   configuration module chose; after 300 s without anomaly it releases one replica at a time when the
   concurrency fits in one fewer. The paper's detector is a semi-supervised VAE; this deterministic
   rule stands in for its trigger.
-* ``static-peak`` — a fixed count (the count that serves the trace's peak).
-* ``oracle`` — a precomputed schedule (the simulator computes it with perfect foresight).
+* ``static-peak`` — a fixed count (the count that serves the trace's peak); ``static:N`` — N replicas.
+* ``clairvoyant`` — a precomputed schedule (the simulator builds it knowing the trace and the cold start,
+  and verifies it reaches the SLO-attainment target: :mod:`tidal.sim.clairvoyant`).
 """
 
 from __future__ import annotations
@@ -379,12 +380,12 @@ class StaticPolicy:
 
 
 class SchedulePolicy:
-    """Follows a precomputed ``[(time, replicas), ...]`` schedule (the simulator's ``oracle``)."""
+    """Follows a precomputed ``[(time, replicas), ...]`` schedule (the simulator's ``clairvoyant``)."""
 
     reads_metrics = False
 
     def __init__(
-        self, schedule: Sequence[tuple[float, int]], name: str = "oracle", sync_period_s: float = 1.0
+        self, schedule: Sequence[tuple[float, int]], name: str = "clairvoyant", sync_period_s: float = 1.0
     ):
         self.schedule = sorted(schedule)
         self.name = name
@@ -398,4 +399,23 @@ class SchedulePolicy:
         return _limit(self.name, n, capacity, 0, 10**9, "precomputed schedule", Reason.SCHEDULED)
 
 
-POLICY_NAMES = ("tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "enova", "oracle")
+POLICY_NAMES = ("tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "enova", "clairvoyant")
+"""The named policies; ``static:N`` (any N >= 1) is accepted beside them."""
+
+
+def static_count(name: str) -> int | None:
+    """N for a ``static:N`` policy name, None for any other name; a malformed ``static:`` name raises."""
+    if not name.startswith("static:"):
+        return None
+    text = name.removeprefix("static:")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name!r}: static:N needs a whole number N >= 1")
+    return int(text)
+
+
+def is_policy_name(name: str) -> bool:
+    """Whether ``name`` is a named policy or a well-formed ``static:N``."""
+    try:
+        return name in POLICY_NAMES or static_count(name) is not None
+    except ValueError:
+        return False
