@@ -141,3 +141,31 @@ def test_azure_csv_with_time_scale(tmp_path: Path, capsys: pytest.CaptureFixture
     out = json.loads(capsys.readouterr().out)
     assert out.pop("_references")["right_sized_static"] is None  # --no-right-size
     assert set(out) == {"tidal", "clairvoyant"} and out["tidal"]["slo_attainment"] > 0.9
+
+
+def test_static_n_capacity_error_and_target(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--policy", "static:1", "--policy", "static:3", "--target", "0.95", "--capacity-error", "-0.3"]
+    assert main([*SMALL, "--json", *argv]) == 0
+    out = json.loads(capsys.readouterr().out)
+    refs = out.pop("_references")
+    assert list(out) == ["static:1", "static:3"] and refs["target"] == 0.95 and refs["capacity_error"] == -0.3
+    rs = refs["right_sized_static"]
+    assert rs["slo_attainment"] >= 0.95 and 1 <= rs["replicas"] <= 3
+    assert out["static:3"]["gpu_hours"] > out["static:1"]["gpu_hours"]
+
+
+@pytest.mark.parametrize("argv", [["--policy", "static:0"], ["--target", "1.5"], ["--capacity-error", "-1"]])
+def test_bad_evaluation_flags_fail_before_simulating(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*SMALL, *argv]) == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_table_names_the_target_and_the_right_sized_static(capsys: pytest.CaptureFixture[str]) -> None:
+    """And no progress bar: stderr is not a terminal here, though --no-progress is not given."""
+    argv = [a for a in SMALL if a != "--no-progress"]
+    assert main([*argv, "--policy", "tidal"]) == 0
+    captured = capsys.readouterr()
+    assert "SLO-attainment target 99.00%" in captured.out and "(right-sized)" in captured.out
+    assert "right-sized static" in captured.out and "[#" not in captured.err and "%" not in captured.err
