@@ -101,8 +101,8 @@ def render_table(c: Comparison) -> str:
     lines.append(
         f"\ntrace {c.trace.name}: {len(c.trace)} requests over {c.trace.duration:.0f}s; "
         f"SLO-attainment target {c.target:.2%}; per-replica capacity modelled (given to the policies) "
-        f"{s.modelled.requests_per_s:.1f} req/s, measured on the simulated engine {s.measured_rps:.1f} req/s; static peak {s.static_peak} "
-        f"replicas; {sized}"
+        f"{s.modelled.requests_per_s:.1f} req/s, measured on the simulated engine {s.measured_rps:.1f} "
+        f"req/s; static peak {s.static_peak} replicas; {sized}"
     )
     if c.clairvoyant is not None and not c.clairvoyant.met:
         lines.append(
