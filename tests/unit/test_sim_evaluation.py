@@ -186,3 +186,13 @@ def test_the_clairvoyant_reaches_the_target_where_the_mean_rate_schedule_does_no
     assert cv.result.policy == "clairvoyant" and cv.result.request_log is None
     first = simulate(trace, make_policy("static:1", setup_policies(trace, cfg), cfg), replace(cfg))
     assert first.slo_attainment < 0.99  # what the unrepaired schedule would have served
+
+
+@pytest.mark.parametrize(("name", "interval"), [("kpa", 1.0), ("hpa", 5.0), ("static:1", 5.0)])
+def test_the_fleet_scrapes_at_the_policys_metric_cadence(name: str, interval: float) -> None:
+    """Knative's autoscaler scrapes every second; other policies get the fleet's 5 s Prometheus scrape."""
+    trace = synthetic("poisson", 5, 60, seed=1)
+    cfg = _cfg()
+    res = simulate(trace, make_policy(name, setup_policies(trace, cfg), cfg), cfg)
+    gaps = {round(b.time - a.time, 6) for a, b in zip(res.timeline, res.timeline[1:], strict=False)}
+    assert gaps == {interval}

@@ -64,6 +64,7 @@ def test_default_is_every_policy(capsys: pytest.CaptureFixture[str]) -> None:
         "kpa",
         "apa",
         "queue-threshold",
+        "keda",
         "enova",
         "clairvoyant",
     }

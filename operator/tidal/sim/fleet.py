@@ -205,6 +205,9 @@ def simulate(
         ready_list = [r for r in replicas if r.state == READY]
 
     next_scrape = 0.0
+    # A policy fed at a finer metric cadence than the fleet's scrape interval (Knative: every second)
+    # gets its own: the simulated Prometheus scrapes as often as the policy's metric pipeline does.
+    scrape_every = min(cfg.scrape_interval_s, float(getattr(policy, "metric_interval_s", math.inf)))
 
     def kick(r: Replica, now: float) -> None:
         if not r.stepping and r.engine.has_work():
@@ -392,7 +395,7 @@ def simulate(
                     route(gateway.popleft(), now)
         elif kind == SCRAPE:
             latest_obs = scrape(now)
-            next_scrape = now + cfg.scrape_interval_s
+            next_scrape = now + scrape_every
             done = i >= n_req and finished_reqs >= n_req
             if not done and now < horizon_end:
                 push(next_scrape, SCRAPE)

@@ -23,6 +23,7 @@ from tidal.scaling.policies import (
     ApaPolicy,
     EnovaPolicy,
     HpaPolicy,
+    KedaPolicy,
     KpaPolicy,
     QueueThresholdPolicy,
     ScalingPolicy,
@@ -136,6 +137,8 @@ def make_policy(
         return ApaPolicy(conc, min_replicas, max_replicas)
     if name == "queue-threshold":
         return QueueThresholdPolicy(5.0, min_replicas, max_replicas)
+    if name == "keda":
+        return KedaPolicy(5.0, min_replicas, max_replicas)
     if name == "enova":
         return EnovaPolicy(setup.concurrency_full, cfg.slo_ttft_s, cfg.slo_tpot_s, min_replicas, max_replicas)
     raise ValueError(f"unknown policy {name!r} (the clairvoyant is built by tidal.sim.clairvoyant)")
