@@ -115,14 +115,14 @@ def render(rows: list[Row], policies: tuple[str, ...], target: float) -> str:
         if not sub:
             continue
         met = sum(r.results["tidal"][0] >= target for r in sub)
-        dom = sum(bool(dominators(r)) for r in sub)
+        n_dom = sum(bool(dominators(r)) for r in sub)
         cheaper = sum(
             r.right_sized is not None and r.results["tidal"][1] <= r.statics[r.right_sized][1] for r in sub
         )
         cv_missed = sum(r.clairvoyant_met is False for r in sub)
         lines.append(
             f"capacity error {err:+g}: tidal meets the target on {met}/{len(sub)} traces, is dominated on "
-            f"{dom}/{len(sub)}, costs <= the right-sized static on {cheaper}/{len(sub)}; the clairvoyant "
+            f"{n_dom}/{len(sub)}, costs <= the right-sized static on {cheaper}/{len(sub)}; the clairvoyant "
             f"missed the target on {cv_missed}."
         )
     return "\n".join(lines)
