@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,35 @@ def test_the_fleet_scrapes_at_the_policys_metric_cadence(name: str, interval: fl
     res = simulate(trace, make_policy(name, setup_policies(trace, cfg), cfg), cfg)
     gaps = {round(b.time - a.time, 6) for a, b in zip(res.timeline, res.timeline[1:], strict=False)}
     assert gaps == {interval}
+
+
+class _WithHeadroom:
+    """A static policy that exposes a headroom, as the simulator's plots read it."""
+
+    name = "with-headroom"
+    sync_period_s = 10.0
+    reads_metrics = False
+
+    def __init__(self) -> None:
+        self.headroom = 0.0
+        self.inner = make_policy(
+            "static:2", setup_policies(synthetic("poisson", 1, 10, seed=1), _cfg()), _cfg()
+        )
+
+    def decide(self, obs: object, capacity: object, now: float) -> object:
+        self.headroom = now / 100
+        return self.inner.decide(obs, capacity, now)  # type: ignore[arg-type]
+
+
+def test_a_policys_headroom_is_recorded_for_the_plot(tmp_path: Path) -> None:
+    from tidal.cli.simulate import plot
+    from tidal.sim.runner import Comparison
+
+    trace = synthetic("poisson", 3, 60, seed=1)
+    cfg = replace(_cfg(), record_requests=True)
+    res = simulate(trace, _WithHeadroom(), cfg)  # type: ignore[arg-type]
+    assert res.headroom is not None and res.headroom[:2] == [(0.0, 0.0), (10.0, 0.1)]
+    assert simulate(trace, make_policy("static:1", setup_policies(trace, cfg), cfg), cfg).headroom is None
+    png = tmp_path / "h.png"
+    plot(Comparison(trace, setup_policies(trace, cfg), [res], {}), str(png), cfg)
+    assert png.read_bytes()[:4] == b"\x89PNG"
