@@ -15,10 +15,12 @@ both attainment and GPU-hours. Tune on ``--seeds tune``; report ``--seeds test``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tidal.scaling.policies import POLICY_NAMES
 from tidal.sim import SimConfig, load_step_model
@@ -62,6 +64,14 @@ def run_one(job: tuple[SuiteTrace, float, tuple[str, ...], float]) -> Row:
         None if c.clairvoyant is None else c.clairvoyant.met,
         time.perf_counter() - t0,
     )
+
+
+def load_row(line: str) -> Row:
+    """A row saved with ``--save`` (JSON turns tuples into lists and int keys into strings)."""
+    d = json.loads(line)
+    d["results"] = {k: (v[0], v[1]) for k, v in d["results"].items()}
+    d["statics"] = {int(k): (v[0], v[1]) for k, v in d["statics"].items()}
+    return Row(**d)
 
 
 def dominators(row: Row, subject: str = "tidal") -> list[str]:
@@ -138,8 +148,14 @@ def main() -> int:
     ap.add_argument("--policies", default=",".join(POLICY_NAMES))
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (one trace each)")
     ap.add_argument("--azure-trace", default=None, help="path of azure_conv_2023.csv (default ../shared)")
+    ap.add_argument("--save", help="append each finished row to this JSON-lines file as it completes")
+    ap.add_argument("--load", nargs="+", help="render the table from saved rows instead of running")
     args = ap.parse_args()
     policies = tuple(args.policies.split(","))
+    if args.load:
+        saved = [load_row(line) for path in args.load for line in Path(path).read_text().splitlines() if line]
+        print(render(saved, policies, args.target))
+        return 0
     errors = [float(e) for e in args.capacity_errors.split(",")]
     suite = load_suite(args.families.split(","), args.seeds, args.quick, args.azure_trace)
     jobs = [(st, e, policies, args.target) for e in errors for st in suite]
@@ -154,6 +170,9 @@ def main() -> int:
         for row in pool.map(run_one, jobs):
             rows.append(row)
             print(f"  {row.trace} err {row.error:+g}: {row.wall_s:.0f}s", file=sys.stderr, flush=True)
+            if args.save:
+                with open(args.save, "a") as fh:
+                    fh.write(json.dumps(asdict(row)) + "\n")
     print(f"# wall {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     for fam in dict.fromkeys(r.family for r in rows):
         cpu = sum(r.wall_s for r in rows if r.family == fam)

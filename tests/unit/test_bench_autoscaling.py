@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,13 @@ def test_render_marks_misses_the_right_sized_static_and_domination() -> None:
     assert "DOMINATED" not in lines[3]
     assert "tidal meets the target on 1/2 traces, is dominated on 1/2" in out
     assert "the clairvoyant missed the target on 1" in out
+
+
+def test_saved_rows_render_the_same(tmp_path: Path) -> None:
+    import json
+    from dataclasses import asdict
+
+    row = _row({"tidal": (0.95, 2.0), "hpa": (0.999, 1.5)}, {2: (0.995, 1.2), 1: (0.5, 0.6)})
+    back = BENCH.load_row(json.dumps(asdict(row)))
+    assert back == row
+    assert BENCH.render([back], ("tidal", "hpa"), 0.99) == BENCH.render([row], ("tidal", "hpa"), 0.99)
