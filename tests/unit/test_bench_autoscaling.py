@@ -30,7 +30,7 @@ BENCH = _bench()
 
 def _row(
     results: dict[str, tuple[float, float]], statics: dict[int, tuple[float, float]], met: bool = True
-) -> object:
+) -> Any:
     return BENCH.Row("f", "trace", 1, 0.0, results, statics, min(statics) if statics else None, met, 1.0)
 
 
