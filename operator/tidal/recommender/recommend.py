@@ -26,15 +26,13 @@ from typing import Any
 from tidal.recommender.gpus import GPUSpec
 from tidal.recommender.memory import (
     DEFAULT_BLOCK_SIZE,
-    MemoryPlan,
     check_tp,
     effective_quantization,
-    infeasibility,
-    memory_plan,
     normalize_quantization,
     resolve_dtype,
     resolve_kv_dtype,
 )
+from tidal.recommender.memplan import MemoryPlan, infeasibility, memory_plan
 from tidal.recommender.models import ModelProfile, gib
 from tidal.recommender.perf import LatencyPrediction, PerformanceModel, performance_model, predict
 
