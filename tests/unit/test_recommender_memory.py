@@ -47,11 +47,11 @@ def test_kv_bytes_per_token_by_hand() -> None:
     assert kv_bytes_per_token(llama8, pp=2) == 131072 // 2
 
 
-def test_float32_model_kv_auto_follows_dtype() -> None:
+def test_float32_checkpoint_is_downcast_under_dtype_auto() -> None:
     fp32 = dataclasses.replace(TINY, torch_dtype="float32")
-    assert kv_bytes_per_token(fp32) == 2048
-    assert kv_bytes_per_token(fp32, dtype="bfloat16") == 1024
-    assert kv_bytes_per_token(fp32, kv_cache_dtype="fp8_e4m3") == 512
+    assert kv_bytes_per_token(fp32) == 1024  # vLLM's _resolve_auto_dtype: float32 -> bfloat16 on GPUs
+    assert kv_bytes_per_token(fp32, dtype="float32") == 2048
+    assert kv_bytes_per_token(fp32, dtype="float32", kv_cache_dtype="fp8_e4m3") == 512
 
 
 def test_kv_heads_replicated_when_fewer_than_tp() -> None:

@@ -61,17 +61,25 @@ DEFAULT_BLOCK_SIZE = 16
 
 
 def resolve_dtype(profile: ModelProfile, dtype: str = "auto") -> str:
-    """The activation/weight dtype vLLM uses: ``auto`` is the checkpoint's (float32 stays float32)."""
+    """The activation/weight dtype vLLM uses. ``auto`` is the checkpoint's, except that vLLM downcasts a
+    float32 checkpoint to its platform's preferred dtype (bfloat16 on GPUs; ``_resolve_auto_dtype``)."""
     d = profile.torch_dtype if dtype in ("auto", "") else dtype
-    d = d.lower().removeprefix("torch.")
-    if d in ("float", "fp32"):
-        d = "float32"
-    if d in ("half", "fp16"):
-        d = "float16"
-    if d in ("bf16",):
+    d = _canonical_dtype(d)
+    if dtype in ("auto", "") and d == "float32":
         d = "bfloat16"
     dtype_bytes(d)  # validates
     return d
+
+
+def _canonical_dtype(d: str) -> str:
+    d = d.lower().removeprefix("torch.")
+    return {
+        "float": "float32",
+        "fp32": "float32",
+        "half": "float16",
+        "fp16": "float16",
+        "bf16": "bfloat16",
+    }.get(d, d)
 
 
 def resolve_kv_dtype(profile: ModelProfile, kv_cache_dtype: str = "auto", dtype: str = "auto") -> str:
@@ -275,7 +283,7 @@ def checkpoint_scale(profile: ModelProfile) -> float:
     """The checkpoint's own bytes over what the config implies in the checkpoint's dtype/quantization."""
     if not profile.checkpoint_bytes:
         return 1.0
-    stored = dtype_bytes(resolve_dtype(profile, "auto"))
+    stored = dtype_bytes(_canonical_dtype(profile.torch_dtype))
     q = effective_quantization(profile, None)
     linear_b, experts_b = _bytes_per_param(profile, q, stored)
     b = profile.parameter_breakdown()

@@ -202,7 +202,12 @@ def infeasibility(plan: MemoryPlan, max_model_len: int) -> list[str]:
             "sequence, "
             f"but only {gib(max(plan.kv_cache_bytes, 0)):.2f} GiB ({plan.kv_tokens:,} tokens) is available"
         )
-    if plan.cuda_graph_bytes + plan.cuda_context_bytes > plan.margin_bytes:
+    if plan.cuda_context_bytes > plan.margin_bytes:
+        reasons.append(
+            f"gpu_memory_utilization {plan.gpu_memory_utilization:.3f} asks for more than the memory free "
+            f"after the CUDA context ({gib(plan.cuda_context_bytes):.2f} GiB): vLLM refuses to start"
+        )
+    elif plan.cuda_graph_bytes + plan.cuda_context_bytes > plan.margin_bytes:
         reasons.append(
             f"CUDA graphs (≈{gib(plan.cuda_graph_bytes):.2f} GiB) and the CUDA context "
             f"({gib(plan.cuda_context_bytes):.2f} GiB) do not fit in the {gib(plan.margin_bytes):.2f} GiB "
