@@ -11,18 +11,20 @@ Given values in :class:`RecommendInput` are fixed; the rest are chosen in this o
 3. ``max_model_len``: the model's maximum, capped so that one maximum-length sequence uses at most
    ``1/LEN_HEADROOM`` of the KV cache (rounded down to 1,024 tokens).
 4. ``max_num_seqs``: the largest batch the KV cache holds at full expected length whose predicted TPOT and
-   TTFT (:mod:`tidal.recommender.perf`) meet the targets; ``max_num_batched_tokens``: vLLM's default for the
-   GPU class (8,192 on >= 70 GiB GPUs, else 2,048), raised to cover the batch's steady-state prefill.
+   TTFT (:mod:`tidal.recommender.perf`) meet the targets; ``max_num_batched_tokens``: the largest chunk
+   whose worst step (decodes + the prompt mix's largest prefill) meets the TPOT target, at least what keeps
+   the batch full, at most vLLM's default for the GPU class (8,192 on >= 70 GiB GPUs, else 2,048) unless the
+   steady state needs more (:mod:`tidal.recommender.chunking`).
 
 Explicit values that vLLM would refuse make the recommendation ``feasible=False`` with the reason.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tidal.recommender.chunking import ChunkChoice, choose_chunk
 from tidal.recommender.gpus import GPUSpec
 from tidal.recommender.memory import (
     DEFAULT_BLOCK_SIZE,
@@ -84,6 +86,10 @@ class RecommendInput:
     """Sequences of the expected length the KV cache must hold for a parallelism to count as fitting."""
     block_size: int = DEFAULT_BLOCK_SIZE
     enforce_eager: bool = False
+    long_input_tokens: int | None = None
+    """The long prompts of the expected mix (e.g. p90); None: 2 x ``input_tokens`` (chunk sizing)."""
+    vllm_release: str | None = None
+    """vLLM release whose overheads to use (None: the calibrated default, v0.19)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,7 @@ def evaluate_parallelism(inp: RecommendInput, tp: int, pp: int) -> ParallelFit:
         max_num_seqs=seqs,
         block_size=inp.block_size,
         enforce_eager=inp.enforce_eager,
+        vllm_release=inp.vllm_release,
     )
     min_len = inp.max_model_len or min(inp.model.max_position_embeddings, expected_len(inp))
     reasons.extend(infeasibility(plan, min_len))
@@ -319,6 +326,19 @@ def slo_targets(inp: RecommendInput) -> tuple[float, float]:
     return ttft, tpot
 
 
+def chunk_for(inp: RecommendInput, pm: PerformanceModel, batch: int, mbt_default: int) -> ChunkChoice:
+    """The chunk budget for ``batch`` from the TPOT target and the prompt mix (:mod:`.chunking`)."""
+    return choose_chunk(
+        pm,
+        batch=batch,
+        input_tokens=inp.input_tokens,
+        output_tokens=inp.output_tokens,
+        tpot_target_s=slo_targets(inp)[1],
+        default_tokens=mbt_default,
+        long_input_tokens=inp.long_input_tokens,
+    )
+
+
 def _choose_batch(
     inp: RecommendInput, pm: PerformanceModel, kv_tokens: int, mbt_default: int
 ) -> tuple[int, int, LatencyPrediction, bool, list[str]]:
@@ -336,11 +356,7 @@ def _choose_batch(
     def mbt_for(batch: int) -> int:
         if inp.max_num_batched_tokens is not None:
             return inp.max_num_batched_tokens
-        steady = batch + math.ceil(batch * inp.input_tokens / max(1, inp.output_tokens))
-        need = max(mbt_default, batch)
-        while need < steady and need < 4 * mbt_default:
-            need *= 2
-        return need
+        return chunk_for(inp, pm, batch, mbt_default).tokens
 
     def meets(p: LatencyPrediction) -> bool:
         return p.tpot_seconds <= tpot_target and p.ttft_seconds <= ttft_target
@@ -447,9 +463,10 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
     seqs, mbt, pred, slo_met, batch_lines = _choose_batch(inp, pm, plan.kv_tokens, mbt_default)
     reasons.extend(batch_lines)
     if inp.max_num_batched_tokens is None:
+        chunk = chunk_for(inp, pm, seqs, mbt_default)
         reasons.append(
-            f"max_num_batched_tokens {mbt:,}: vLLM's default for this GPU class is {mbt_default:,}"
-            + (" (raised to cover the batch's steady-state prefill)" if mbt != mbt_default else "")
+            f"max_num_batched_tokens {mbt:,}: {chunk.reason} (vLLM's default for this GPU class is "
+            f"{mbt_default:,}; the batch needs {chunk.steady_tokens:,} tokens a step to stay full)"
         )
     if mbt < seqs:
         feasible = False
@@ -468,6 +485,7 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
         max_num_seqs=seqs,
         block_size=inp.block_size,
         enforce_eager=inp.enforce_eager,
+        vllm_release=inp.vllm_release,
     )
     refused = infeasibility(final, max_len)
     if refused and feasible:
