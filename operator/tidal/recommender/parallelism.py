@@ -44,6 +44,26 @@ def _defaults(inp: RecommendInput) -> tuple[int, int, float]:
     )
 
 
+def plan_for(inp: RecommendInput, tp: int, pp: int, util: float, seqs: int, mbt: int) -> MemoryPlan:
+    """The memory plan of ``inp`` at ``tp`` x ``pp`` with these limits (the activation peak depends on
+    them)."""
+    return memory_plan(
+        inp.model,
+        inp.gpu.memory_bytes,
+        tp=tp,
+        pp=pp,
+        gpu_memory_utilization=util,
+        dtype=inp.dtype,
+        quantization=inp.quantization,
+        kv_cache_dtype=inp.kv_cache_dtype,
+        max_num_batched_tokens=mbt,
+        max_num_seqs=seqs,
+        block_size=inp.block_size,
+        enforce_eager=inp.enforce_eager,
+        vllm_release=inp.vllm_release,
+    )
+
+
 def evaluate_parallelism(inp: RecommendInput, tp: int, pp: int) -> ParallelFit:
     """Does ``tp`` x ``pp`` fit (see the module docstring, step 1)? Pure arithmetic, no search."""
     reasons: list[str] = []
@@ -63,21 +83,7 @@ def evaluate_parallelism(inp: RecommendInput, tp: int, pp: int) -> ParallelFit:
             tp, pp, None, (f"pipeline_parallel_size {pp} must be in 1..{inp.model.num_layers}",)
         )
     mbt, seqs, util = _defaults(inp)
-    plan = memory_plan(
-        inp.model,
-        inp.gpu.memory_bytes,
-        tp=tp,
-        pp=pp,
-        gpu_memory_utilization=util,
-        dtype=inp.dtype,
-        quantization=inp.quantization,
-        kv_cache_dtype=inp.kv_cache_dtype,
-        max_num_batched_tokens=mbt,
-        max_num_seqs=seqs,
-        block_size=inp.block_size,
-        enforce_eager=inp.enforce_eager,
-        vllm_release=inp.vllm_release,
-    )
+    plan = plan_for(inp, tp, pp, util, seqs, mbt)
     min_len = inp.max_model_len or min(inp.model.max_position_embeddings, expected_len(inp))
     reasons.extend(infeasibility(plan, min_len))
     if not reasons:

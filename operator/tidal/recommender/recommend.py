@@ -35,9 +35,9 @@ from tidal.recommender.memory import (
     resolve_dtype,
     resolve_kv_dtype,
 )
-from tidal.recommender.memplan import MemoryPlan, infeasibility, memory_plan
+from tidal.recommender.memplan import MemoryPlan, infeasibility
 from tidal.recommender.models import ModelProfile, gib
-from tidal.recommender.parallelism import ParallelFit, choose_parallelism, evaluate_parallelism
+from tidal.recommender.parallelism import ParallelFit, choose_parallelism, evaluate_parallelism, plan_for
 from tidal.recommender.perf import LatencyPrediction, PerformanceModel, performance_model
 from tidal.recommender.recommendation import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -65,25 +65,6 @@ def _parallel_reasons(inp: RecommendInput, fit: ParallelFit, plan: MemoryPlan) -
     how = "given" if inp.tp is not None and (inp.pp is not None or pp == 1) else "smallest that fits"
     gpus = f"{tp * pp} GPU{'s' if tp * pp > 1 else ''}"
     return [f"TP={tp} PP={pp} ({gpus}): {how}; weights {gib(plan.weights_bytes):.2f} GiB/GPU"]
-
-
-def _final_plan(inp: RecommendInput, tp: int, pp: int, util: float, seqs: int, mbt: int) -> MemoryPlan:
-    """The memory plan with the chosen limits (the activation peak depends on them)."""
-    return memory_plan(
-        inp.model,
-        inp.gpu.memory_bytes,
-        tp=tp,
-        pp=pp,
-        gpu_memory_utilization=util,
-        dtype=inp.dtype,
-        quantization=inp.quantization,
-        kv_cache_dtype=inp.kv_cache_dtype,
-        max_num_batched_tokens=mbt,
-        max_num_seqs=seqs,
-        block_size=inp.block_size,
-        enforce_eager=inp.enforce_eager,
-        vllm_release=inp.vllm_release,
-    )
 
 
 def _arithmetic(
@@ -149,7 +130,7 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
     if mbt < seqs:
         feasible = False
         reasons.append(f"max_num_batched_tokens {mbt:,} < max_num_seqs {seqs}: vLLM refuses this")
-    final = _final_plan(inp, tp, pp, util, seqs, mbt)
+    final = plan_for(inp, tp, pp, util, seqs, mbt)  # with the chosen limits
     refused = infeasibility(final, max_len)
     if refused and feasible:
         feasible = False
