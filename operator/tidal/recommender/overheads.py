@@ -82,13 +82,17 @@ OVERHEADS: dict[str, VllmOverheads] = {V0_19.release: V0_19}
 DEFAULT_VLLM_RELEASE = "v0.19"
 
 
+def release_key(release: str) -> str:
+    """``v0.19.0``, ``0.19``, ``V0.19`` -> ``v0.19`` (the key of :data:`OVERHEADS`)."""
+    parts = release.strip().lower().removeprefix("v").split(".")
+    return "v" + ".".join(parts[:2])
+
+
 def overheads_for(release: str | None = None) -> VllmOverheads:
     """The constants of ``release`` (``v0.19.0``, ``0.19``, ...); the default release for unknown ones."""
     if not release:
         return OVERHEADS[DEFAULT_VLLM_RELEASE]
-    parts = release.strip().lower().removeprefix("v").split(".")
-    key = "v" + ".".join(parts[:2])
-    return OVERHEADS.get(key, OVERHEADS[DEFAULT_VLLM_RELEASE])
+    return OVERHEADS.get(release_key(release), OVERHEADS[DEFAULT_VLLM_RELEASE])
 
 
 def moe_workspace_elements(profile: ModelProfile, tp: int, tokens: int) -> float:
