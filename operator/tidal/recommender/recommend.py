@@ -108,7 +108,13 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
     feasible = fit.fits
     head = _parallel_reasons(inp, fit, plan)
     reasons = [*head, *reasons] if feasible else [*reasons, *head]
-    max_len, len_reason = choose_max_model_len(inp, plan.kv_tokens)
+    kv_tokens = inp.measured_kv_tokens or plan.kv_tokens
+    if inp.measured_kv_tokens:
+        reasons.append(
+            f"KV capacity {kv_tokens:,} tokens per GPU as the running engine reports it (the memory model "
+            f"predicted {plan.kv_tokens:,}): max_model_len and max_num_seqs are sized from the measurement"
+        )
+    max_len, len_reason = choose_max_model_len(inp, kv_tokens)
     reasons.append(len_reason)
     if max_len > profile.max_position_embeddings:
         feasible = False
@@ -119,7 +125,7 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
     pm = performance_model(
         profile, gpu, tp=tp, pp=pp, weight_dtype=dtype, kv_cache_dtype=kv_dtype, quantization=quant
     )
-    seqs, mbt, pred, slo_met, batch_lines = choose_batch(inp, pm, plan.kv_tokens, mbt_default)
+    seqs, mbt, pred, slo_met, batch_lines = choose_batch(inp, pm, kv_tokens, mbt_default)
     reasons.extend(batch_lines)
     if inp.max_num_batched_tokens is None:
         chunk = chunk_for(inp, pm, seqs, mbt_default)
@@ -131,7 +137,8 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
         feasible = False
         reasons.append(f"max_num_batched_tokens {mbt:,} < max_num_seqs {seqs}: vLLM refuses this")
     final = plan_for(inp, tp, pp, util, seqs, mbt)  # with the chosen limits
-    refused = infeasibility(final, max_len)
+    judged = replace(final, kv_tokens=kv_tokens) if inp.measured_kv_tokens else final
+    refused = infeasibility(judged, max_len)
     if refused and feasible:
         feasible = False
         reasons.extend(refused)
@@ -150,7 +157,7 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
         block_size=inp.block_size,
         weights_gib_per_gpu=gib(final.weights_bytes),
         kv_cache_gib_per_gpu=gib(max(0, final.kv_cache_bytes)),
-        kv_cache_tokens=final.kv_tokens,
+        kv_cache_tokens=inp.measured_kv_tokens or final.kv_tokens,
         kv_bytes_per_token=final.kv_bytes_per_token,
         feasible=feasible,
         slo_met=slo_met,

@@ -67,6 +67,10 @@ class RecommendInput:
     """The long prompts of the expected mix (e.g. p90); None: 2 x ``input_tokens`` (chunk sizing)."""
     vllm_release: str | None = None
     """vLLM release whose overheads to use (None: the calibrated default, v0.19)."""
+    measured_kv_tokens: int | None = None
+    """KV capacity the running engine reported (the online check, :mod:`tidal.recommender.kvcheck`): when set
+    it replaces the memory plan's prediction for ``max_model_len`` and ``max_num_seqs`` (parallelism and the
+    memory fraction are still chosen from the plan, so the engine it was measured on keeps its shape)."""
 
 
 @dataclass(frozen=True)

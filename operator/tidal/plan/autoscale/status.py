@@ -20,6 +20,7 @@ from tidal.plan.autoscale.tuning import tuning_status
 from tidal.plan.conditions import Cond
 from tidal.plan.documents import without_nulls
 from tidal.plan.gpuhours import GPU_HOURS_AT, accumulate_gpu_hours
+from tidal.plan.kvcapacity import KVCapacityUpdate
 from tidal.plan.types import EventSpec
 from tidal.scaling import FleetObservation, Reason, ScalingConfig, ScalingDecision
 from tidal.scaling.tuning import COOL_DOWN_S, TuningDecision
@@ -128,9 +129,11 @@ def autoscaler_patch(
     tuning: TuningDecision | None = None,
     load_capacity: str | None = None,
     unreachable: str | None = None,
+    kv_capacity: KVCapacityUpdate | None = None,
 ) -> AutoscalerPatch:
     """Turn a decision (and what tuning did with its advice) into status fields, conditions and Events (all
-    quoting the numbers). ``unreachable``: why a target cannot be met (``TargetsReachable=False``)."""
+    quoting the numbers). ``unreachable``: why a target cannot be met (``TargetsReachable=False``);
+    ``kv_capacity``: the online KV-capacity check (``status.kvCapacity``, :mod:`tidal.plan.kvcapacity`)."""
     old = old_status or {}
     old_as = old.get("autoscaler") or {}
     events: list[EventSpec] = []
@@ -177,6 +180,10 @@ def autoscaler_patch(
     if tuning is not None:
         fields["engineTuning"], tuning_events = tuning_status(tuning, old, stamp, now, COOL_DOWN_S)
         events.extend(tuning_events)
+    # The online KV-capacity check (its own block: status.kvCapacity and KVCapacityMismatch Events).
+    if kv_capacity is not None and kv_capacity.status is not None:
+        fields["kvCapacity"] = kv_capacity.status
+        events.extend(kv_capacity.events)
     conditions = [*autoscaler_conditions(decision, metrics_error), *target_conditions(unreachable, old)]
     was_degraded = any(
         c.get("type") == PERFORMANCE_DEGRADED and c.get("status") == "True"
