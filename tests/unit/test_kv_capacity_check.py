@@ -11,7 +11,7 @@ import pytest
 
 from tidal.api import LLMDeployment
 from tidal.plan import resolve
-from tidal.plan.autoscale.status import autoscaler_patch
+from tidal.plan.autoscale.status import autoscaler_patch, with_kv_capacity
 from tidal.plan.kvcapacity import KV_CAPACITY_MISMATCH, KVCapacityUpdate, kv_capacity_update, tokens_in_use
 from tidal.recommender.catalog import catalog_profile
 from tidal.recommender.gpus import get_gpu
@@ -154,7 +154,7 @@ def test_autoscaler_patch_carries_the_check_in_its_own_field() -> None:
     d = _deployment()
     update = _update(d, int(_predicted(d) * 0.5) // 16 * 16)
     decision = ScalingDecision(desired=1, proposed=1, current=1, reason=Reason.WITHIN_TOLERANCE, message="x")
-    patch = autoscaler_patch(decision, ScalingConfig(), None, {}, 0.0, STAMP, 1, kv_capacity=update)
+    patch = with_kv_capacity(autoscaler_patch(decision, ScalingConfig(), None, {}, 0.0, STAMP, 1), update)
     assert patch.fields["kvCapacity"] == update.status
     assert KV_CAPACITY_MISMATCH in [e.reason for e in patch.events]
 

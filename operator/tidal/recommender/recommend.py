@@ -67,6 +67,15 @@ def _parallel_reasons(inp: RecommendInput, fit: ParallelFit, plan: MemoryPlan) -
     return [f"TP={tp} PP={pp} ({gpus}): {how}; weights {gib(plan.weights_bytes):.2f} GiB/GPU"]
 
 
+def _measured_reason(inp: RecommendInput, plan: MemoryPlan) -> list[str]:
+    if not inp.measured_kv_tokens:
+        return []
+    return [
+        f"KV capacity {inp.measured_kv_tokens:,} tokens per GPU as the running engine reports it (the memory "
+        f"model predicted {plan.kv_tokens:,}): max_model_len and max_num_seqs are sized from the measurement"
+    ]
+
+
 def _arithmetic(
     inp: RecommendInput, final: MemoryPlan, pm: PerformanceModel, seqs: int, pred: LatencyPrediction
 ) -> tuple[str, ...]:
@@ -109,11 +118,7 @@ def recommend_config(inp: RecommendInput) -> Recommendation:
     head = _parallel_reasons(inp, fit, plan)
     reasons = [*head, *reasons] if feasible else [*reasons, *head]
     kv_tokens = inp.measured_kv_tokens or plan.kv_tokens
-    if inp.measured_kv_tokens:
-        reasons.append(
-            f"KV capacity {kv_tokens:,} tokens per GPU as the running engine reports it (the memory model "
-            f"predicted {plan.kv_tokens:,}): max_model_len and max_num_seqs are sized from the measurement"
-        )
+    reasons.extend(_measured_reason(inp, plan))
     max_len, len_reason = choose_max_model_len(inp, kv_tokens)
     reasons.append(len_reason)
     if max_len > profile.max_position_embeddings:

@@ -41,6 +41,7 @@ from tidal.plan.autoscale.status import (
     AutoscalerPatch,
     autoscaler_patch,
     failed_pass_patch,
+    with_kv_capacity,
 )
 from tidal.plan.autoscale.tuning import engine_tuning
 from tidal.plan.kvcapacity import kv_capacity_update, reporting_pods
@@ -173,9 +174,9 @@ def autoscale_pass(
     )  # fmt: skip
     kv = kv_capacity_update(deployment, engine, reports, status, stamp)
     patch = autoscaler_patch(
-        decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, load.text, load.unreachable,
-        kv,
-    )  # fmt: skip
+        decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, load.text, load.unreachable
+    )
+    patch = with_kv_capacity(patch, kv)
     return PassResult(decision, patch, obs)
 
 

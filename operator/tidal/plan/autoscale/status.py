@@ -129,11 +129,9 @@ def autoscaler_patch(
     tuning: TuningDecision | None = None,
     load_capacity: str | None = None,
     unreachable: str | None = None,
-    kv_capacity: KVCapacityUpdate | None = None,
 ) -> AutoscalerPatch:
     """Turn a decision (and what tuning did with its advice) into status fields, conditions and Events (all
-    quoting the numbers). ``unreachable``: why a target cannot be met (``TargetsReachable=False``);
-    ``kv_capacity``: the online KV-capacity check (``status.kvCapacity``, :mod:`tidal.plan.kvcapacity`)."""
+    quoting the numbers). ``unreachable``: why a target cannot be met (``TargetsReachable=False``)."""
     old = old_status or {}
     old_as = old.get("autoscaler") or {}
     events: list[EventSpec] = []
@@ -180,10 +178,6 @@ def autoscaler_patch(
     if tuning is not None:
         fields["engineTuning"], tuning_events = tuning_status(tuning, old, stamp, now, COOL_DOWN_S)
         events.extend(tuning_events)
-    # The online KV-capacity check (its own block: status.kvCapacity and KVCapacityMismatch Events).
-    if kv_capacity is not None and kv_capacity.status is not None:
-        fields["kvCapacity"] = kv_capacity.status
-        events.extend(kv_capacity.events)
     conditions = [*autoscaler_conditions(decision, metrics_error), *target_conditions(unreachable, old)]
     was_degraded = any(
         c.get("type") == PERFORMANCE_DEGRADED and c.get("status") == "True"
@@ -203,6 +197,15 @@ def autoscaler_patch(
         state[GPU_HOURS_AT] = old_as.get(GPU_HOURS_AT, now)
         delta = 0.0
     return AutoscalerPatch(decision.desired, fields, conditions, events, delta)
+
+
+def with_kv_capacity(patch: AutoscalerPatch, update: KVCapacityUpdate) -> AutoscalerPatch:
+    """``patch`` plus the online KV-capacity check (:mod:`tidal.plan.kvcapacity`): ``status.kvCapacity`` and
+    its ``KVCapacityMismatch`` Events, in the same status write (nothing when no engine reported)."""
+    if update.status is not None:
+        patch.fields["kvCapacity"] = update.status
+        patch.events.extend(update.events)
+    return patch
 
 
 def _differs(old: Mapping[str, Any], fields: Mapping[str, Any], conditions: Sequence[Cond]) -> bool:
@@ -303,4 +306,5 @@ __all__ = [
     "performance_condition",
     "signal_status",
     "target_conditions",
+    "with_kv_capacity",
 ]
