@@ -81,6 +81,7 @@ def test_infeasible_exits_1_and_says_why(capsys: pytest.CaptureFixture[str]) -> 
         (["--model", "Llama-3.1-8B", "--gpu", "TPU"], "unknown GPU"),
         (["--model", "Llama-3.1-8B", "--quantization", "int3"], "unknown quantization"),
         ([], "--model is required"),
+        (["--model", "Llama-3.1-8B", "--vllm-release", "v0.7"], "calibrated releases: v0.19"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,3 +121,35 @@ def test_gpu_catalog_file_and_config_path(tmp_path: Path, capsys: pytest.Capture
     assert rc == 0 and d["gpu"] == "Tiny-GPU" and d["tensor_parallel_size"] == 1
     (tmp_path / "bad.yaml").write_text("- memory_gib: 1\n")
     assert main(["recommend", "--model", "Llama-3.1-8B", "--gpu-catalog", str(tmp_path / "bad.yaml")]) == 2
+
+
+def _json_of(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    assert main(["recommend", "--model", "Llama-3.1-8B", *args, "--json"]) == 0
+    out: dict[str, object] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_long_input_tokens_and_vllm_release_reach_the_recommender(capsys: pytest.CaptureFixture[str]) -> None:
+    """--long-input-tokens sizes the chunk for the long prompts of the mix (the same answer as the library's
+    RecommendInput.long_input_tokens); --vllm-release picks the overheads (named in the arithmetic)."""
+    from tidal.recommender.catalog import catalog_profile
+    from tidal.recommender.gpus import get_gpu
+    from tidal.recommender.recommend import RecommendInput, recommend
+
+    base = ["--input-tokens", "1000", "--slo-tpot", "0.1"]
+    short = _json_of(base, capsys)
+    long = _json_of([*base, "--long-input-tokens", "4000"], capsys)
+    lib = recommend(
+        RecommendInput(
+            model=catalog_profile("Llama-3.1-8B"),
+            gpu=get_gpu("H100-80GB"),
+            input_tokens=1000,
+            slo_tpot_seconds=0.1,
+            long_input_tokens=4000,
+        )
+    )
+    assert long["max_num_batched_tokens"] == lib.max_num_batched_tokens
+    assert long["max_num_batched_tokens"] != short["max_num_batched_tokens"]
+    pinned = _json_of([*base, "--vllm-release", "0.19.1"], capsys)
+    assert pinned["kv_cache_tokens"] == short["kv_cache_tokens"]
+    assert any("vLLM v0.19" in str(line) for line in pinned["arithmetic"])  # type: ignore[attr-defined]

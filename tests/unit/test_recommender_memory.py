@@ -11,14 +11,14 @@ from tidal.recommender.gpus import get_gpu
 from tidal.recommender.memory import (
     QUANT_BYTES_PER_PARAM,
     check_tp,
-    infeasibility,
     kv_bytes_per_token,
     kv_heads_per_gpu,
     kv_tokens_for_kv_memory,
-    memory_plan,
     pp_partition,
+    rope_cache_elements,
     weight_bytes,
 )
+from tidal.recommender.memplan import infeasibility, memory_plan
 from tidal.recommender.models import ModelProfile
 
 MiB = 2**20
@@ -47,11 +47,11 @@ def test_kv_bytes_per_token_by_hand() -> None:
     assert kv_bytes_per_token(llama8, pp=2) == 131072 // 2
 
 
-def test_float32_model_kv_auto_follows_dtype() -> None:
+def test_float32_checkpoint_is_downcast_under_dtype_auto() -> None:
     fp32 = dataclasses.replace(TINY, torch_dtype="float32")
-    assert kv_bytes_per_token(fp32) == 2048
-    assert kv_bytes_per_token(fp32, dtype="bfloat16") == 1024
-    assert kv_bytes_per_token(fp32, kv_cache_dtype="fp8_e4m3") == 512
+    assert kv_bytes_per_token(fp32) == 1024  # vLLM's _resolve_auto_dtype: float32 -> bfloat16 on GPUs
+    assert kv_bytes_per_token(fp32, dtype="float32") == 2048
+    assert kv_bytes_per_token(fp32, dtype="float32", kv_cache_dtype="fp8_e4m3") == 512
 
 
 def test_kv_heads_replicated_when_fewer_than_tp() -> None:
@@ -93,15 +93,17 @@ def test_pp_partition_like_vllm() -> None:
 
 def test_weights_by_dtype() -> None:
     p = catalog_profile("Llama-3.1-8B")  # vocab 128256 is a multiple of 64: no padding
-    assert weight_bytes(p).per_gpu == pytest.approx(p.total_params * 2, rel=1e-9)
-    assert weight_bytes(p, dtype="float32").per_gpu == pytest.approx(p.total_params * 4, rel=1e-9)
+    rope = rope_cache_elements(p)  # vLLM's rotary cos/sin cache, in the model dtype
+    assert rope == 131072 * 128
+    assert weight_bytes(p).per_gpu == pytest.approx((p.total_params + rope) * 2, rel=1e-9)
+    assert weight_bytes(p, dtype="float32").per_gpu == pytest.approx((p.total_params + rope) * 4, rel=1e-9)
 
 
 def test_weights_fp8_and_int4_quantize_linear_layers_only() -> None:
     p = catalog_profile("Llama-3.1-8B")
     b = p.parameter_breakdown()
     linear = b.attention + b.dense_mlp
-    rest = b.embedding + b.lm_head + b.other
+    rest = b.embedding + b.lm_head + b.other + rope_cache_elements(p)
     fp8 = weight_bytes(p, quantization="fp8").per_gpu
     assert fp8 == pytest.approx(linear * QUANT_BYTES_PER_PARAM["fp8"] + rest * 2, rel=1e-6)
     assert fp8 / 2**30 == pytest.approx(8.46, abs=0.05)  # ~1 B/param body + bf16 embeddings and head
@@ -116,7 +118,8 @@ def test_mxfp4_quantizes_only_gpt_oss_experts() -> None:
     w = weight_bytes(p)
     assert w.bytes_per_param_experts == 0.5 + 1 / 32 and w.bytes_per_param_linear == 2.0
     pad = (-(-p.vocab_size // 64) * 64 - p.vocab_size) * p.hidden_size * 2 * 2
-    expected = b.experts * (0.5 + 1 / 32) + (b.total - b.experts) * 2 + pad
+    rope = rope_cache_elements(p) * 2
+    expected = b.experts * (0.5 + 1 / 32) + (b.total - b.experts) * 2 + pad + rope
     assert w.per_gpu == pytest.approx(expected, rel=1e-6)
     assert 60 < w.per_gpu / 2**30 < 63  # gpt-oss-120b runs on one 80 GB GPU
 

@@ -65,8 +65,9 @@ def test_fp8_weights_halve_the_gpus() -> None:
 
 
 def test_fp8_kv_doubles_kv_tokens() -> None:
-    auto = recommend(_inp("Llama-3.1-8B"))
-    fp8 = recommend(_inp("Llama-3.1-8B", kv_cache_dtype="fp8"))
+    # Same max_num_seqs: the sampler's profiling peak (and so the KV space) depends on it.
+    auto = recommend(_inp("Llama-3.1-8B", max_num_seqs=256))
+    fp8 = recommend(_inp("Llama-3.1-8B", kv_cache_dtype="fp8", max_num_seqs=256))
     assert fp8.kv_bytes_per_token * 2 == auto.kv_bytes_per_token
     assert fp8.kv_cache_tokens == pytest.approx(2 * auto.kv_cache_tokens, rel=0.001)
 

@@ -101,6 +101,37 @@ class RecommendationStatus(ApiModel):
     """The ``metadata.generation`` the recommendation was made for."""
 
 
+class KVCapacityStatus(ApiModel):
+    """The online check of the KV-capacity prediction: what the ready engines report
+    (``vllm:cache_config_info``) beside what the memory model predicted for the settings they run with."""
+
+    predicted_tokens: int = Field(ge=0)
+    """KV tokens per GPU the memory model predicts for the running engine's settings."""
+    measured_tokens: int = Field(ge=0)
+    """KV tokens the smallest ready engine reports: ``numBlocks x blockSize``."""
+    num_blocks: int = Field(ge=0)
+    """``num_gpu_blocks`` of that engine (on vLLM's CPU build: its CPU KV blocks)."""
+    block_size: int = Field(ge=1)
+    """Tokens per KV block of that engine."""
+    pod: str = Field(default="", max_length=253)
+    """The pod whose engine reported the smallest capacity."""
+    engines: int = Field(default=1, ge=1)
+    """Ready engines that reported a capacity."""
+    relative_error: float
+    """(predicted - measured) / measured."""
+    mismatch: bool = False
+    """The two differ by more than 5 % (a ``KVCapacityMismatch`` Warning Event)."""
+    tokens_in_use: int | None = Field(default=None, ge=1)
+    """The KV capacity the recommendation (and so ``Apply`` mode) and the autoscaler's capacity model size
+    with instead of the prediction: set after a mismatch, while the engines run on ``basis``."""
+    basis: str = Field(default="", max_length=256)
+    """The engine settings the measurement depends on (TP, PP, memory fraction)."""
+    measured_at: Timestamp | None = None
+    """When these numbers were first seen."""
+    message: Message = ""
+    """The comparison in words."""
+
+
 class ScaleEvent(ApiModel):
     """One scaling decision that changed ``spec.replicas`` (or was blocked)."""
 
@@ -254,3 +285,6 @@ class LLMDeploymentStatus(ApiModel):
     """GPU-hours consumed by this deployment's workers so far."""
     engine_tuning: EngineTuningStatus | None = None
     """Engine settings tuned from live metrics (``Apply`` mode), or why advice was not applied."""
+    kv_capacity: KVCapacityStatus | None = None
+    """The engines' reported KV capacity beside the prediction (the online check, read with the autoscaler's
+    metrics)."""

@@ -214,9 +214,12 @@ def _cut(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
-def recommend_for_spec(spec: LLMDeploymentSpec, generation: int | None) -> RecommendationResult | None:
+def recommend_for_spec(
+    spec: LLMDeploymentSpec, generation: int | None, measured_kv_tokens: int | None = None
+) -> RecommendationResult | None:
     """Run the recommender for ``spec`` (``None`` when neither the model nor the GPU is known: the reason
-    is returned in a status without values)."""
+    is returned in a status without values). ``measured_kv_tokens``: the KV capacity the running engines
+    reported, in place of the prediction (``status.kvCapacity.tokensInUse``)."""
     apply = spec.recommendation.mode == "Apply"
     profile, source = model_profile(spec.model)
     try:
@@ -243,6 +246,7 @@ def recommend_for_spec(spec: LLMDeploymentSpec, generation: int | None) -> Recom
         output_tokens=spec.recommendation.expected_output_tokens,
         slo_ttft_seconds=targets.ttft_p95_seconds,
         slo_tpot_seconds=targets.tpot_p95_seconds,
+        measured_kv_tokens=measured_kv_tokens,
     )
     explicit = _explicit(spec)
     overrides: dict[str, Any] = {rf: explicit[ef] for ef, _, rf in TUNABLE if ef in explicit}

@@ -3,7 +3,8 @@
 Flags that are given are fixed; the others are recommended (see ``tidal.recommender.recommend``).
 
 Exit codes: 0 feasible; 1 infeasible (vLLM would refuse these settings; the table or JSON still says
-why); 2 usage error (unknown model, GPU, dtype or quantization, unreadable ``--gpu-catalog``).
+why); 2 usage error (unknown model, GPU, dtype, quantization or ``--vllm-release``, unreadable
+``--gpu-catalog``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from tidal.recommender.catalog import UnknownModelError, catalog_names, catalog_profile, get_model
 from tidal.recommender.gpus import GPUSpec, UnknownGPUError, builtin_catalog, get_gpu, load_gpu_catalog
+from tidal.recommender.overheads import OVERHEADS, release_key
 from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
 
 
@@ -38,6 +40,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-dtype", default="auto", help="auto (model dtype) or fp8")
     p.add_argument("--input-tokens", type=int, default=1024, help="expected prompt tokens (default 1024)")
     p.add_argument("--output-tokens", type=int, default=256, help="expected output tokens (default 256)")
+    p.add_argument(
+        "--long-input-tokens",
+        type=int,
+        help="long prompts of the mix, e.g. p90 (chunk sizing; default 2x input)",
+    )
+    p.add_argument("--vllm-release", help="vLLM release whose overheads to use, e.g. v0.19 (default v0.19)")
     p.add_argument("--slo-ttft", type=float, help="TTFT target in seconds (default 2)")
     p.add_argument("--slo-tpot", type=float, help="TPOT target in seconds (default 0.1)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the table")
@@ -152,6 +160,10 @@ def _run(args: argparse.Namespace) -> int:
         return _list_models(args.json)
     if args.list_gpus:
         return _list_gpus(catalog, args.json)
+    if args.vllm_release and release_key(args.vllm_release) not in OVERHEADS:
+        return _fail(
+            f"--vllm-release {args.vllm_release}: unknown; calibrated releases: {', '.join(OVERHEADS)}"
+        )
     if not args.model:
         return _fail("--model is required (a catalogue name from --list-models or a config.json path)")
     try:
@@ -178,6 +190,8 @@ def _run(args: argparse.Namespace) -> int:
         output_tokens=args.output_tokens,
         slo_ttft_seconds=args.slo_ttft,
         slo_tpot_seconds=args.slo_tpot,
+        long_input_tokens=args.long_input_tokens,
+        vllm_release=args.vllm_release,
     )
     try:
         rec = recommend_config(inp)

@@ -19,6 +19,7 @@ from tidal.api import LLMDeployment
 from tidal.builders.engine import RecommendationResult, recommend_for_spec, resolve_engine, tuned_overrides
 from tidal.builders.gpus import GPU_PRODUCT_LABEL, product_labels
 from tidal.builders.pods import BuilderConfig, ReplicaInputs, compute_spec_hash
+from tidal.plan.kvcapacity import engine_settings, tokens_in_use
 from tidal.plan.replicas import ReplicaView, group_replicas
 from tidal.plan.types import NodeInfo
 
@@ -42,9 +43,18 @@ class Target:
 
 def make_target(deployment: LLMDeployment, replicas: int, config: BuilderConfig = DEFAULT_CONFIG) -> Target:
     """Resolve the effective engine (recommendation and tuned overrides in Apply mode), the pod template
-    hash and the count."""
-    rec = recommend_for_spec(deployment.spec, deployment.metadata.generation)
-    engine = resolve_engine(deployment.spec, rec, tuned_overrides(deployment.status))
+    hash and the count. The recommendation sizes with the measured KV capacity once the online check found
+    the prediction off (:func:`tidal.plan.kvcapacity.tokens_in_use`)."""
+    generation, overrides = deployment.metadata.generation, tuned_overrides(deployment.status)
+    rec = recommend_for_spec(deployment.spec, generation)
+    engine = resolve_engine(deployment.spec, rec, overrides)
+    settings = engine_settings(deployment, engine)
+    measured = tokens_in_use(deployment.status, settings, rec.status.values if rec is not None else None)
+    if measured is not None:
+        # The online check found the prediction off: size with what the engines report (same TP, PP and
+        # memory fraction, so the engine keeps the basis it was measured on).
+        rec = recommend_for_spec(deployment.spec, generation, measured)
+        engine = resolve_engine(deployment.spec, rec, overrides)
     inputs = ReplicaInputs(deployment, engine, config)
     return Target(inputs, compute_spec_hash(inputs), replicas, rec)
 

@@ -19,6 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tidal.recommender.hfconfig import (
+    NON_GATED_MLP_TYPES,
+    TIED_BY_DEFAULT_TYPES,
+    first_key,
+    layer_types,
+    moe_fields,
+    quant_details,
+    unwrap_text_config,
+)
+
 DTYPE_BYTES: dict[str, float] = {
     "float32": 4.0,
     "float": 4.0,
@@ -105,8 +115,29 @@ class ModelProfile:
     v_head_dim: int = 0
     quantization: str | None = None
     """Checkpoint quantization from ``quantization_config.quant_method`` (fp8, awq, gptq, mxfp4, ...)."""
+    quant_bits: int | None = None
+    """``quantization_config.bits`` / ``num_bits`` (AWQ/GPTQ/compressed-tensors), when given."""
+    quant_group_size: int | None = None
+    """``quantization_config.group_size`` (-1: one scale per output channel), when given."""
     sliding_window: int | None = None
-    """Window of the sliding-window layers, if any (sized as full attention here: conservative)."""
+    """Window of the sliding-window layers, if any."""
+    layer_types: tuple[str, ...] = ()
+    """Attention kind per layer (``full`` / ``sliding`` / ``chunked``); empty: every layer full attention."""
+    gated_mlp: bool = True
+    """Gate, up and down projections (SwiGLU/GeGLU); False: fc1/fc2 only (Phi, GPT-2 style)."""
+    mlp_bias: bool = False
+    """MLP projections carry biases (Phi)."""
+    lm_head_bias: bool = False
+    shared_expert_width: int = 0
+    """Width of a shared expert when it differs from the routed ones (Qwen2-MoE); 0: ``expert_width``."""
+    moe_layer_step: int = 1
+    """Every ``moe_layer_step``-th layer has experts (Llama-4 ``interleave_moe_layer_step``)."""
+    dense_only_layers: tuple[int, ...] = ()
+    """Layers that keep a dense MLP in a MoE model (Qwen-MoE ``mlp_only_layers``)."""
+    rotary_dim: int = 0
+    """Rotary embedding width (``head_dim x partial_rotary_factor``); 0: ``head_dim``."""
+    checkpoint_bytes: int | None = None
+    """Bytes of the checkpoint's tensors (``model.safetensors.index.json`` ``metadata.total_size``)."""
     published_params_b: float | None = None
     """Published total parameter count in billions (catalogue entries; only used to check the arithmetic)."""
 
@@ -120,10 +151,34 @@ class ModelProfile:
         """Has routed experts."""
         return self.num_experts > 0
 
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether ``layer``'s MLP is a set of routed experts."""
+        if not self.is_moe or layer < self.first_k_dense_layers or layer in self.dense_only_layers:
+            return False
+        return (layer + 1) % max(1, self.moe_layer_step) == 0
+
     @property
     def num_moe_layers(self) -> int:
         """Layers whose MLP is a set of routed experts."""
-        return self.num_layers - self.first_k_dense_layers if self.is_moe else 0
+        return sum(1 for layer in range(self.num_layers) if self.is_moe_layer(layer))
+
+    @property
+    def shared_width(self) -> int:
+        """Intermediate size of one shared expert."""
+        return self.shared_expert_width or self.expert_width
+
+    def dense_mlp_params(self, width: int) -> int:
+        """Parameters of one dense MLP of ``width`` (3 matrices when gated, else 2; biases if any)."""
+        h = self.hidden_size
+        n = (3 if self.gated_mlp else 2) * h * width
+        if self.mlp_bias:
+            n += width * (2 if self.gated_mlp else 1) + h
+        return n
+
+    @property
+    def hybrid_attention(self) -> bool:
+        """Some layers use sliding-window or chunked attention and some full attention."""
+        return len(set(self.layer_types)) > 1
 
     @property
     def expert_width(self) -> int:
@@ -171,11 +226,15 @@ class ModelProfile:
         lm_head = 0 if self.tie_word_embeddings else self.vocab_size * h
         attention = self.num_layers * self.attention_params_per_layer()
         dense_layers = self.num_layers - self.num_moe_layers
-        dense_mlp = dense_layers * 3 * h * self.intermediate_size
-        dense_mlp += self.num_moe_layers * self.num_shared_experts * 3 * h * self.expert_width
+        dense_mlp = dense_layers * self.dense_mlp_params(self.intermediate_size)
+        dense_mlp += self.num_moe_layers * self.num_shared_experts * 3 * h * self.shared_width
         experts = self.num_moe_layers * self.num_experts * self.expert_params()
         norms = self.num_layers * 2 * h + h
         router = self.num_moe_layers * (h * self.num_experts + (self.num_experts if self.expert_bias else 0))
+        if self.shared_expert_width:
+            router += self.num_moe_layers * h  # shared_expert_gate (Qwen2-MoE)
+        if self.lm_head_bias:
+            router += self.vocab_size
         if self.is_mla and self.is_moe:
             router += self.num_moe_layers * self.num_experts  # e_score_correction_bias
         sinks = self.num_layers * self.num_attention_heads if self.architecture.startswith("GptOss") else 0
@@ -210,20 +269,12 @@ class ModelProfile:
         return e * (1.0 - (1.0 - k / e) ** tokens)
 
 
-def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if k in cfg and cfg[k] is not None:
-            return cfg[k]
-    return default
-
-
 def profile_from_config(cfg: dict[str, Any], name: str = "config.json") -> ModelProfile:
-    """Build a profile from a Hugging Face ``config.json`` dictionary (text configs of VLMs are unwrapped)."""
-    if "text_config" in cfg and "num_hidden_layers" not in cfg:
-        inner = dict(cfg["text_config"])
-        inner.setdefault("architectures", cfg.get("architectures"))
-        inner.setdefault("quantization_config", cfg.get("quantization_config"))
-        cfg = inner
+    """Build a profile from a Hugging Face ``config.json`` dictionary (text configs of VLMs are unwrapped).
+
+    A stable entry point: the Hugging Face fetch and the catalogue call it with the parsed JSON.
+    """
+    cfg = unwrap_text_config(cfg)
     try:
         layers = int(cfg["num_hidden_layers"])
         hidden = int(cfg["hidden_size"])
@@ -231,21 +282,24 @@ def profile_from_config(cfg: dict[str, Any], name: str = "config.json") -> Model
         vocab = int(cfg["vocab_size"])
     except KeyError as exc:
         raise ValueError(f"{name}: config.json lacks {exc.args[0]!r}") from exc
-    kv_heads = int(_get(cfg, "num_key_value_heads", default=heads))
-    head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
+    kv_heads = int(first_key(cfg, "num_key_value_heads", default=heads))
+    head_dim = int(first_key(cfg, "head_dim", default=hidden // heads))
     archs = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
     arch = str(archs[0])
     model_type = str(cfg.get("model_type", "")).lower()
-    num_experts = int(_get(cfg, "num_local_experts", "n_routed_experts", "num_experts", default=0))
-    quant_cfg = cfg.get("quantization_config") or {}
-    quant = quant_cfg.get("quant_method") if isinstance(quant_cfg, dict) else None
-    first_k_dense = int(_get(cfg, "first_k_dense_replace", default=0)) if num_experts else 0
+    quant, bits, group = quant_details(cfg)
     is_gpt_oss = model_type == "gpt_oss" or arch.startswith("GptOss")
+    is_phi = model_type == "phi"
     sliding = cfg.get("sliding_window")
     if is_gpt_oss and not arch.startswith("GptOss"):
         arch = "GptOssForCausalLM"
     if model_type.startswith("qwen3") and not arch.startswith("Qwen3"):
         arch = "Qwen3ForCausalLM"
+    tie_default = model_type.startswith(TIED_BY_DEFAULT_TYPES)
+    fields: dict[str, Any] = {
+        "intermediate_size": int(first_key(cfg, "intermediate_size", default=4 * hidden))
+    }
+    fields.update(moe_fields(cfg, model_type))
     return ModelProfile(
         name=name,
         architecture=arch,
@@ -254,26 +308,31 @@ def profile_from_config(cfg: dict[str, Any], name: str = "config.json") -> Model
         num_attention_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        intermediate_size=int(_get(cfg, "intermediate_size", default=4 * hidden)),
         vocab_size=vocab,
-        max_position_embeddings=int(_get(cfg, "max_position_embeddings", default=4096)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        torch_dtype=str(_get(cfg, "torch_dtype", "dtype", default="bfloat16")).removeprefix("torch."),
-        attention_bias=bool(cfg.get("attention_bias", False)) or model_type == "qwen2" or is_gpt_oss,
-        o_bias=is_gpt_oss,
-        num_experts=num_experts,
-        num_experts_per_tok=int(_get(cfg, "num_experts_per_tok", "experts_per_token", default=0)),
-        moe_intermediate_size=int(_get(cfg, "moe_intermediate_size", default=0)),
-        num_shared_experts=int(_get(cfg, "n_shared_experts", default=0)),
-        first_k_dense_layers=first_k_dense,
+        max_position_embeddings=int(first_key(cfg, "max_position_embeddings", default=4096)),
+        tie_word_embeddings=bool(first_key(cfg, "tie_word_embeddings", default=tie_default)),
+        torch_dtype=str(first_key(cfg, "torch_dtype", "dtype", default="bfloat16")).removeprefix("torch."),
+        attention_bias=bool(cfg.get("attention_bias", False))
+        or model_type == "qwen2"
+        or is_gpt_oss
+        or is_phi,
+        o_bias=is_gpt_oss or is_phi,
         expert_bias=is_gpt_oss,
-        kv_lora_rank=int(_get(cfg, "kv_lora_rank", default=0)),
-        q_lora_rank=int(_get(cfg, "q_lora_rank", default=0)),
-        qk_rope_head_dim=int(_get(cfg, "qk_rope_head_dim", default=0)),
-        qk_nope_head_dim=int(_get(cfg, "qk_nope_head_dim", default=0)),
-        v_head_dim=int(_get(cfg, "v_head_dim", default=0)),
-        quantization=str(quant).lower() if quant else None,
+        kv_lora_rank=int(first_key(cfg, "kv_lora_rank", default=0)),
+        q_lora_rank=int(first_key(cfg, "q_lora_rank", default=0)),
+        qk_rope_head_dim=int(first_key(cfg, "qk_rope_head_dim", default=0)),
+        qk_nope_head_dim=int(first_key(cfg, "qk_nope_head_dim", default=0)),
+        v_head_dim=int(first_key(cfg, "v_head_dim", default=0)),
+        quantization=quant,
+        quant_bits=bits,
+        quant_group_size=group,
         sliding_window=int(sliding) if isinstance(sliding, int) and sliding > 0 else None,
+        layer_types=layer_types(cfg, model_type, layers),
+        gated_mlp=model_type not in NON_GATED_MLP_TYPES,
+        mlp_bias=is_phi,
+        lm_head_bias=is_phi,
+        rotary_dim=int(head_dim * float(first_key(cfg, "partial_rotary_factor", default=1.0))),
+        **fields,
     )
 
 

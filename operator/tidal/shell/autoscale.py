@@ -41,13 +41,16 @@ from tidal.plan.autoscale.status import (
     AutoscalerPatch,
     autoscaler_patch,
     failed_pass_patch,
+    with_kv_capacity,
 )
 from tidal.plan.autoscale.tuning import engine_tuning
+from tidal.plan.kvcapacity import kv_capacity_update, reporting_pods
 from tidal.plan.replicas import pod_gpus
 from tidal.plan.target import Resolved, node_matches
 from tidal.scaling import FleetObservation, ScalingDecision, compute_desired_replicas
 from tidal.shell import metrics
 from tidal.shell.kube import MERGE, Kube
+from tidal.shell.kvcapacity import read_kv_reports
 from tidal.shell.prom import PrometheusSignals
 
 log = logging.getLogger(__name__)
@@ -145,7 +148,8 @@ def autoscale_pass(
     kube: Kube | None = None,
 ) -> PassResult:
     """Observe Prometheus (and, with ``kube``, the cluster's GPU pods) and decide (blocking I/O: run it in a
-    thread). ``resolved``: the pass's target and the replica views of ``pods``."""
+    thread). ``resolved``: the pass's target and the replica views of ``pods``. The same pass reads the ready
+    engines' KV capacity for the online check (``status.kvCapacity``)."""
     spec = deployment.spec
     target = resolved.target
     name = deployment.metadata.name or ""
@@ -164,9 +168,15 @@ def autoscale_pass(
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
     gpus_in_use = alive_replicas(resolved.views) * gpr
     tuning = engine_tuning(deployment, decision, status, now, pods, target)
+    reports = read_kv_reports(
+        reader, prom.url, ns, label_value(name), prom.selector, reporting_pods(resolved.views.values(),
+        target.spec_hash),
+    )  # fmt: skip
+    kv = kv_capacity_update(deployment, engine, reports, status, stamp)
     patch = autoscaler_patch(
         decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, load.text, load.unreachable
     )
+    patch = with_kv_capacity(patch, kv)
     return PassResult(decision, patch, obs)
 
 

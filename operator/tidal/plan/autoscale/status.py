@@ -20,6 +20,7 @@ from tidal.plan.autoscale.tuning import tuning_status
 from tidal.plan.conditions import Cond
 from tidal.plan.documents import without_nulls
 from tidal.plan.gpuhours import GPU_HOURS_AT, accumulate_gpu_hours
+from tidal.plan.kvcapacity import KVCapacityUpdate
 from tidal.plan.types import EventSpec
 from tidal.scaling import FleetObservation, Reason, ScalingConfig, ScalingDecision
 from tidal.scaling.tuning import COOL_DOWN_S, TuningDecision
@@ -198,6 +199,15 @@ def autoscaler_patch(
     return AutoscalerPatch(decision.desired, fields, conditions, events, delta)
 
 
+def with_kv_capacity(patch: AutoscalerPatch, update: KVCapacityUpdate) -> AutoscalerPatch:
+    """``patch`` plus the online KV-capacity check (:mod:`tidal.plan.kvcapacity`): ``status.kvCapacity`` and
+    its ``KVCapacityMismatch`` Events, in the same status write (nothing when no engine reported)."""
+    if update.status is not None:
+        patch.fields["kvCapacity"] = update.status
+        patch.events.extend(update.events)
+    return patch
+
+
 def _differs(old: Mapping[str, Any], fields: Mapping[str, Any], conditions: Sequence[Cond]) -> bool:
     """Whether the autoscaler's fields or conditions differ from ``old``, GPU-hours aside."""
     for key, value in fields.items():
@@ -296,4 +306,5 @@ __all__ = [
     "performance_condition",
     "signal_status",
     "target_conditions",
+    "with_kv_capacity",
 ]
