@@ -178,6 +178,7 @@ def rig(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     )
     try:
         with running_prometheus(targets) as prom:
+            op.extra_args.append(f"--prometheus-allow={prom.url}")  # the operator queries only allowed URLs
             op.start()
             yield Rig(cp, ns, tag, prom, fakes, op, client.CustomObjectsApi(cp.api_client))
     finally:

@@ -158,6 +158,7 @@ def test_real_workers_scale_up_on_ttft_and_down_after_the_window(
     try:
         with running_prometheus(targets) as prom:
             prom.wait_for_targets_up(timeout=60)
+            op.extra_args.append(f"--prometheus-allow={prom.url}")  # the operator queries only allowed URLs
             op.start()
             doc = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
             doc["metadata"] = {"name": NAME, "namespace": ns}

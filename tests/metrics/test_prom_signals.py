@@ -21,6 +21,7 @@ from tests.support.prometheus import PrometheusServer, ScrapeTarget, free_port, 
 
 from tidal.scaling import FleetObservation
 from tidal.shell.prom import QUERIES, PrometheusSignals, matchers
+from tidal.shell.promaccess import PrometheusAccess
 
 pytestmark = pytest.mark.metrics
 
@@ -91,7 +92,7 @@ def fleet() -> Iterator[Fleet]:
 
 
 def observe(fleet: Fleet, deployment: str, selector: str = "") -> FleetObservation:
-    reader = PrometheusSignals(window=WINDOW)
+    reader = PrometheusSignals(window=WINDOW, access=PrometheusAccess(allow=(fleet.prom.url,)))
     obs, why = reader.observe(fleet.prom.url, NS, deployment, selector, pod_prefix=deployment)
     assert obs is not None, why
     assert why is None
@@ -149,10 +150,10 @@ def test_latency_change_shows_within_the_window(fleet: Fleet) -> None:
 
 
 def test_no_series_and_unreachable_give_no_observation(fleet: Fleet) -> None:
-    reader = PrometheusSignals(window=WINDOW)
+    dead = f"http://127.0.0.1:{free_port()}"
+    reader = PrometheusSignals(window=WINDOW, access=PrometheusAccess(allow=(fleet.prom.url, dead)))
     obs, why = reader.observe(fleet.prom.url, NS, "absent", "", "absent")
     assert obs is None and why is not None and "no vLLM series" in why
-    dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     obs, why = reader.observe(dead, NS, "new")
     assert obs is None and why is not None and dead in why and "ConnectionError" in why
