@@ -421,7 +421,7 @@ def test_insufficient_gpu_condition_event_and_no_hot_loop(
     ev = wait_for(
         lambda: [e for e in env.events(name) if e.reason == "InsufficientGPU"], what="InsufficientGPU Event"
     )
-    assert ev[0].type == "Warning"
+    assert all(e.type == "Warning" for e in ev), [(e.type, e.message) for e in ev]
     assert len([p for p in env.pods(name) if p.status.phase == "Pending"]) == 1
     # No hot loop: over 20 s the operator makes (almost) no API calls for this stuck deployment.
     time.sleep(2)

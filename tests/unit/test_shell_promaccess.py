@@ -5,15 +5,13 @@ observation is as old as its newest sample (so metricsStaleAfterSeconds fires on
 
 from __future__ import annotations
 
-import http.server
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from tests.support.listener import CountingListener
 
 from tidal.scaling import AutoscalerState, CapacityView, Reason, ScalingConfig, compute_desired_replicas
 from tidal.shell.prom import NAMES_QUERY, SAMPLE_TIME_QUERY, PrometheusSignals, matchers
@@ -120,45 +118,14 @@ def test_errors_are_reduced_to_class_and_status() -> None:
     assert redact("https://user:pw@prom:9090/x") == "https://prom:9090/x"
 
 
-class Listener:
-    """An HTTP server that counts the connections it accepts and answers 500 with a secret body."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(500)
-                self.end_headers()
-                self.wfile.write(b"secret-token-in-body")
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            def get_request(self) -> tuple[socket.socket, Any]:
-                outer.connections += 1
-                return super().get_request()
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def listener() -> Iterator[Listener]:
-    server = Listener()
+def listener() -> Iterator[CountingListener]:
+    server = CountingListener()
     yield server
     server.close()
 
 
-def test_url_outside_the_allowlist_is_never_fetched(listener: Listener) -> None:
+def test_url_outside_the_allowlist_is_never_fetched(listener: CountingListener) -> None:
     reader = PrometheusSignals(window="1m", access=PrometheusAccess(allow=("http://prom.monitoring:9090",)))
     for _ in range(3):
         obs, why = reader.observe(listener.url, "ns", "d")
@@ -172,7 +139,7 @@ def test_url_outside_the_allowlist_is_never_fetched(listener: Listener) -> None:
     assert obs is None and why is not None and "HTTP 500" in why and "secret" not in why
 
 
-def test_malformed_selector_is_refused_before_any_connection(listener: Listener) -> None:
+def test_malformed_selector_is_refused_before_any_connection(listener: CountingListener) -> None:
     reader = PrometheusSignals(window="1m", access=PrometheusAccess(allow=(listener.url,)))
     obs, why = reader.observe(listener.url, "ns", "d", 'a="b"}) or vector(1) #')
     assert obs is None and why is not None and "selector refused" in why
