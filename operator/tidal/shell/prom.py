@@ -14,8 +14,8 @@ version: ``vllm:kv_cache_usage_perc`` (V1) or ``vllm:gpu_cache_usage_perc`` (old
 
 Only URLs the operator's allowlist allows are queried, with TLS verified, and a failure reaches the
 condition as its class and HTTP status only (:mod:`tidal.shell.promaccess`). An observation is as old as
-its newest gauge sample (``timestamp()`` of the deployment's ``vllm:num_requests_*`` series), not the time
-of the query, so ``metricsStaleAfterSeconds`` holds the count when Prometheus only has old samples.
+its newest gauge sample (``timestamp()`` of the deployment's ``vllm:num_requests_running`` series), not
+the time of the query, so ``metricsStaleAfterSeconds`` holds the count when Prometheus only has old samples.
 
 Synchronous (``requests`` underneath): the handlers call it through ``asyncio.to_thread``. An unreachable
 Prometheus or a deployment without series gives no observation (the algorithm then holds the replica count,
@@ -92,8 +92,9 @@ NAMES_QUERY: Final = 'group by (__name__) ({{__name__=~"{regex}",{m}}})'
 DCGM_QUERY: Final = 'count({dcgm}{{namespace="{ns}",pod=~"{pods}"}})'
 """Whether the DCGM exporter reports GPUs of the deployment's pods (a separate query: ``or`` would match
 on the labels without ``__name__`` and drop it)."""
-SAMPLE_TIME_QUERY: Final = 'max(timestamp({{__name__=~"vllm:num_requests_(running|waiting)",{m}}}))'
-"""When the deployment's newest gauge sample was scraped (the observation's time)."""
+SAMPLE_TIME_QUERY: Final = "max(timestamp(vllm:num_requests_running{{{m}}}))"
+"""When the deployment's newest gauge sample was scraped (the observation's time). One metric name:
+``timestamp()`` drops the name, so two names would give duplicate label sets (an error)."""
 _WANTED = (TTFT, *TPOT_NAMES, *KV_NAMES)
 
 
