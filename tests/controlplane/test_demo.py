@@ -35,6 +35,7 @@ from tidal.demo.model import LoadProfile, ReplicaModel, ReplicaState, split_load
 from tidal.demo.prometheus import FLEET_JOB, Prometheus, demo_config, start_prometheus
 from tidal.demo.runner import demo_deployment, load_example
 from tidal.shell.prom import PrometheusSignals
+from tidal.shell.promaccess import PrometheusAccess
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "llama-3.1-8b.yaml"
@@ -242,7 +243,7 @@ def test_prometheus_follows_targets_file_with_label_contract(
         "tidal_dev_replica": "1",
     }
     # The autoscaler's own reader sees the fleet (load 2x one replica's capacity over 2 replicas: busy).
-    reader = PrometheusSignals(window="5s")
+    reader = PrometheusSignals(window="5s", access=PrometheusAccess(allow=(prom.url,)))
     obs = pump_until(
         lambda: (
             (o := reader.observe(prom.url, "demo-ns", "llama")[0]) is not None
@@ -266,7 +267,7 @@ def test_load_shows_in_the_autoscaler_signals(model: ReplicaModel, tmp_path: Pat
     step = LoadProfile(40.0, low=0.3, high=2.0, rise_start=0.5, rise_end=0.5, fall_start=1.0, fall_end=1.0)
     fleet = SimulatedFleet(model, step, tmp_path / "t.json", "m")
     prom = start_prometheus(tmp_path / "prom", fleet.targets_file)
-    reader = PrometheusSignals(window="5s")
+    reader = PrometheusSignals(window="5s", access=PrometheusAccess(allow=(prom.url,)))
     try:
         fleet.sync([_pod("llama-r0", "0")])
         start = time.monotonic()

@@ -26,6 +26,14 @@ GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
 RECONCILES = "tidal_reconcile_total"
 
 
+def _steady(op: OperatorProcess, seconds: float) -> float | None:
+    """The reconcile count when it did not change for ``seconds`` (else ``None``)."""
+    before = op.metric(RECONCILES)
+    time.sleep(seconds)
+    after = op.metric(RECONCILES)
+    return after if after == before else None
+
+
 def test_a_paused_operator_stops_its_own_timers(control_plane: ControlPlane, tmp_path: Path) -> None:
     cp = control_plane
     install_crds(cp)
@@ -49,11 +57,13 @@ def test_a_paused_operator_stops_its_own_timers(control_plane: ControlPlane, tmp
 
         second.start()
         wait_for(lambda: second.metric(RECONCILES) > 0, timeout=60, what="the second operator acting")
-        time.sleep(10)  # kopf pauses at once; Tidal's gate reads the peering every 5 s
-        paused_at = first.metric(RECONCILES)
+        # kopf pauses at once; Tidal's gate reads the peering every 5 s and says so in one line.
+        wait_for(
+            lambda: "reconciles deferred" in first.logs(200), timeout=30, what="the first operator paused"
+        )
+        paused_at = wait_for(lambda: _steady(first, 3.0), timeout=30, what="in-flight reconciles finished")
         time.sleep(15)  # ~7 autoscaler intervals
         assert first.metric(RECONCILES) == paused_at, "a paused operator reconciled from its own timers"
-        assert "reconciles deferred" in first.logs(200)
 
         second.kill(signal.SIGTERM)  # kopf leaves the peering on a clean exit
         wait_for(lambda: first.metric(RECONCILES) > paused_at, timeout=90, what="the first operator again")

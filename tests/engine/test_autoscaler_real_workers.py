@@ -158,6 +158,7 @@ def test_real_workers_scale_up_on_ttft_and_down_after_the_window(
     try:
         with running_prometheus(targets) as prom:
             prom.wait_for_targets_up(timeout=60)
+            op.extra_args.append(f"--prometheus-allow={prom.url}")  # the operator queries only allowed URLs
             op.start()
             doc = yaml.safe_load((ROOT / "examples" / "llama-3.1-8b.yaml").read_text())
             doc["metadata"] = {"name": NAME, "namespace": ns}
@@ -226,8 +227,19 @@ def test_real_workers_scale_up_on_ttft_and_down_after_the_window(
                 time.sleep(1)
             wait_for(lambda: get()["spec"]["replicas"] == 2, timeout=120, interval=1, what="scale-down")
             assert time.monotonic() - stopped >= WINDOW_S - 3
-            history = [h["reason"] for h in get()["status"]["scalingHistory"]]
-            assert [r for r in history if r in ("ScaledUp", "ScaledDown")][-2:] == ["ScaledUp", "ScaledDown"]
+
+            # spec.replicas is patched before the status that records why is written: wait for the record
+            # (reading it at once saw [ScaledUp, ScaledUp]: the initial count and 2 -> 3, not yet 3 -> 2).
+            def scale_history() -> list[str]:
+                history = get()["status"].get("scalingHistory") or []
+                return [h["reason"] for h in history if h["reason"] in ("ScaledUp", "ScaledDown")]
+
+            wait_for(
+                lambda: scale_history()[-2:] == ["ScaledUp", "ScaledDown"],
+                timeout=30,
+                what="scalingHistory ending ScaledUp, ScaledDown",
+            )
+            assert get()["spec"]["replicas"] == 2, "scaled again after the scale-down"
             print(
                 f"\nidle TTFT {idle * 1000:.0f} ms, target {target:.2f} s, client TTFT p95 under load "
                 f"{client_p95}, requests {len(load.ttfts)}, errors {load.errors}; event: {msg}"

@@ -5,8 +5,10 @@ narrows it; an unreachable Prometheus or a deployment without series gives no ob
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from tests.support.fakevllm import (
@@ -20,7 +22,8 @@ from tests.support.fakevllm import (
 from tests.support.prometheus import PrometheusServer, ScrapeTarget, free_port, running_prometheus
 
 from tidal.scaling import FleetObservation
-from tidal.shell.prom import QUERIES, PrometheusSignals, matchers
+from tidal.shell.prom import QUERIES, SAMPLE_TIME_QUERY, PrometheusSignals, matchers
+from tidal.shell.promaccess import PrometheusAccess
 
 pytestmark = pytest.mark.metrics
 
@@ -91,7 +94,7 @@ def fleet() -> Iterator[Fleet]:
 
 
 def observe(fleet: Fleet, deployment: str, selector: str = "") -> FleetObservation:
-    reader = PrometheusSignals(window=WINDOW)
+    reader = PrometheusSignals(window=WINDOW, access=PrometheusAccess(allow=(fleet.prom.url,)))
     obs, why = reader.observe(fleet.prom.url, NS, deployment, selector, pod_prefix=deployment)
     assert obs is not None, why
     assert why is None
@@ -149,10 +152,10 @@ def test_latency_change_shows_within_the_window(fleet: Fleet) -> None:
 
 
 def test_no_series_and_unreachable_give_no_observation(fleet: Fleet) -> None:
-    reader = PrometheusSignals(window=WINDOW)
+    dead = f"http://127.0.0.1:{free_port()}"
+    reader = PrometheusSignals(window=WINDOW, access=PrometheusAccess(allow=(fleet.prom.url, dead)))
     obs, why = reader.observe(fleet.prom.url, NS, "absent", "", "absent")
     assert obs is None and why is not None and "no vLLM series" in why
-    dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     obs, why = reader.observe(dead, NS, "new")
     assert obs is None and why is not None and dead in why and "ConnectionError" in why
@@ -170,6 +173,63 @@ def test_every_query_is_valid_promql(fleet: Fleet) -> None:
         "ns": NS,
         "pods": "new-r[0-9]+",
     }
-    for key, template in QUERIES.items():
+    for key, template in {**QUERIES, "sample_time": SAMPLE_TIME_QUERY}.items():
         answer = fleet.prom.query(template.format(**fmt))
         assert answer["status"] == "success", (key, answer.get("error"))
+
+
+class OldSamples:
+    """A /metrics endpoint whose gauge samples carry an explicit timestamp ``age_s`` in the past (what a
+    Prometheus that stopped scraping, or a lagging remote store, answers within its 5-minute lookback)."""
+
+    def __init__(self, age_s: float) -> None:
+        self.stamp_ms = int((time.time() - age_s) * 1000)
+        body = "".join(
+            f"{name} {value} {self.stamp_ms}\n"
+            for name, value in (
+                ("vllm:num_requests_running", 2),
+                ("vllm:num_requests_waiting", 1),
+                ("vllm:kv_cache_usage_perc", 0.5),
+            )
+        ).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_observation_time_is_the_samples_time_so_old_samples_go_stale(fleet: Fleet) -> None:
+    from tidal.scaling import AutoscalerState, CapacityView, Reason, ScalingConfig, compute_desired_replicas
+
+    fresh = observe(fleet, "new")
+    assert time.time() - fresh.time < 10, "a fleet scraped every second is seconds old"
+    exporter = OldSamples(age_s=120)
+    labels = worker_labels(NS, "stale", "0", "stale-r0")
+    try:
+        with running_prometheus([ScrapeTarget("stale", [exporter.address], labels)]) as prom:
+            prom.wait_for_targets_up()
+            prom.wait_for_series('vllm:num_requests_running{tidal_dev_deployment="stale"}')
+            reader = PrometheusSignals(window=WINDOW, access=PrometheusAccess(allow=(prom.url,)))
+            obs, why = reader.observe(prom.url, NS, "stale", pod_prefix="stale")
+    finally:
+        exporter.close()
+    assert obs is not None, why
+    assert obs.time == pytest.approx(exporter.stamp_ms / 1000, abs=0.01)
+    now = time.time()
+    config = ScalingConfig(min_replicas=1, max_replicas=4, metrics_stale_after_s=60)
+    decision = compute_desired_replicas(config, obs, CapacityView(current=2, ready=2), AutoscalerState(), now)
+    assert decision.reason is Reason.METRICS_STALE and decision.desired == 2, decision.message

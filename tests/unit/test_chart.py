@@ -65,6 +65,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "replicaCount": 1,
         "operator": {"peering": {"enabled": True, "name": "p", "priority": 7}},
     },
+    "prometheus-tls": {
+        "operator": {
+            "prometheus": {
+                "allow": ["https://thanos.monitoring.svc:10902/prom", "http://prom.example:9090"],
+                "caBundle": {"configMap": "monitoring-ca", "key": "bundle.pem"},
+            }
+        }
+    },
 }
 
 # Kinds kubernetes-validate has no schema for: checked by shape below.
@@ -423,6 +431,23 @@ def test_namespaced_and_fixed_priority_args_parse(chart: helm.Chart, fake_tidal:
     assert args.priority == 7 and args.peering == "p"
 
 
+def test_prometheus_allowlist_and_ca_bundle_reach_tidal_run(chart: helm.Chart) -> None:
+    default = operator_container(manifests(render(chart, {})))
+    args = build_parser().parse_args(default["args"])
+    assert args.prometheus_allow == ["http://prometheus-operated.monitoring.svc:9090"]
+    assert args.prometheus_ca_bundle is None
+    docs = manifests(render(chart, VALUE_SETS["prometheus-tls"]))
+    c = operator_container(docs)
+    args = build_parser().parse_args(c["args"])
+    assert args.prometheus_allow == ["https://thanos.monitoring.svc:10902/prom", "http://prom.example:9090"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "prometheus-ca")
+    assert args.prometheus_ca_bundle == f"{mount['mountPath']}/bundle.pem" and mount["readOnly"] is True
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    ca = next(v for v in volumes if v["name"] == "prometheus-ca")
+    items = [{"key": "bundle.pem", "path": "bundle.pem"}]
+    assert ca["configMap"] == {"name": "monitoring-ca", "items": items}
+
+
 # --- values.schema.json ----------------------------------------------------------------------------
 
 
@@ -456,6 +481,11 @@ def test_schema_accepts_good_values(chart: helm.Chart, values_name: str) -> None
         {"metrics": {"podMonitor": {"path": "metrics"}}},
         {"metrics": {"grafana": {}}},
         {"podDisruptionBudget": {"enabled": "yes"}},
+        {"operator": {"prometheus": {"allow": ["prometheus:9090"]}}},
+        {"operator": {"prometheus": {"allow": []}}},
+        {"operator": {"prometheus": {"allow": ["http://user:pw@prom:9090"]}}},
+        {"operator": {"prometheus": {"caBundle": {"configMap": "ca", "key": "a/b"}}}},
+        {"operator": {"prometheus": {"insecureSkipVerify": True}}},
     ],
     ids=lambda v: json.dumps(v, separators=(",", ":")),
 )

@@ -107,3 +107,88 @@ def test_reconciles_wait_while_paused_and_catch_up(monkeypatch: pytest.MonkeyPat
     asyncio.run(scenario())
     assert sorted(ran) == [("ns", "a"), ("ns", "b")]
     assert runtime.acting and not runtime.deferred
+
+
+def api_error(status: int, reason: str) -> Exception:
+    from kubernetes.client.exceptions import ApiException
+
+    exc = ApiException(status=status, reason=reason)
+    exc.headers = {"Audit-Id": "0f0f", "Content-Type": "application/json"}  # what str(exc) would dump
+    exc.body = '{"kind":"Status","message":"the server could not find the requested resource"}'
+    return exc
+
+
+def test_an_absent_peering_pauses_with_one_line_and_no_header_dump(caplog: pytest.LogCaptureFixture) -> None:
+    custom = FakeCustom(api_error(404, "Not Found"))
+    gate = PeeringGate(FakeKube(custom), "tidal", [], "me", 1)  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG", logger="tidal.operator"):
+        for _ in range(5):
+            assert gate.poll(NOW) is False
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert "ClusterKopfPeering 'tidal'" in lines[0] and "404 Not Found" in lines[0]
+    assert "Audit-Id" not in lines[0] and "HTTP response" not in lines[0] and "\n" not in lines[0]
+    custom.status = {"me": peer(1)}  # created: acting again, said once
+    with caplog.at_level("DEBUG", logger="tidal.operator"):
+        assert gate.poll(NOW) is True
+    assert "acting again" in caplog.records[-1].getMessage()
+
+
+def test_a_failing_read_is_logged_once_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    custom = FakeCustom(api_error(500, "Internal Server Error"))
+    gate = PeeringGate(FakeKube(custom), "tidal", [], "me", 1)  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG", logger="tidal.operator"):
+        for _ in range(4):
+            assert gate.poll(NOW) is True  # keeps the last answer
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "500 Internal Server Error" in warnings[0].getMessage()
+    assert all("Audit-Id" not in r.getMessage() for r in caplog.records)
+
+
+class PeeringLookup:
+    """``get_*_custom_object`` answering from a set of (namespace, name) that exist, else ``error``."""
+
+    def __init__(self, present: set[tuple[str | None, str]], error: Exception | None = None) -> None:
+        self.present, self.error = present, error
+
+    def get_cluster_custom_object(self, _g: str, _v: str, _p: str, name: str) -> dict[str, Any]:
+        return self._get(None, name)
+
+    def get_namespaced_custom_object(self, _g: str, _v: str, ns: str, _p: str, name: str) -> dict[str, Any]:
+        return self._get(ns, name)
+
+    def _get(self, ns: str | None, name: str) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        if (ns, name) not in self.present:
+            raise api_error(404, "Not Found")
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("explicit", "present", "namespaces", "error", "joined"),
+    [
+        (None, set(), [], None, None),  # only the LLMDeployment CRD: standalone
+        (None, {(None, "tidal")}, [], None, "tidal"),
+        (None, {("b", "tidal")}, ["a", "b"], None, "tidal"),
+        (None, {(None, "tidal")}, ["a"], None, None),  # namespaced operators use KopfPeering objects
+        ("mine", set(), [], None, "mine"),  # named: joined even when absent (paused until created)
+        (None, set(), [], "forbidden", "tidal"),  # cannot tell: never risk two acting operators
+    ],
+)
+def test_resolve_peering(
+    explicit: str | None,
+    present: set[tuple[str | None, str]],
+    namespaces: list[str],
+    error: str | None,
+    joined: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tidal.shell.peering import resolve_peering
+
+    kube = FakeKube(PeeringLookup(present, api_error(403, "Forbidden") if error else None))  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="tidal.operator"):
+        assert resolve_peering(kube, explicit, namespaces) == joined  # type: ignore[arg-type]
+    assert len(caplog.records) <= 1 and all("\n" not in r.getMessage() for r in caplog.records)
+    if joined is None:
+        assert "standalone" in caplog.records[0].getMessage()

@@ -82,6 +82,12 @@ app.kubernetes.io/component: operator
 {{- end }}
 - --liveness=http://0.0.0.0:{{ .Values.operator.healthPort }}/healthz
 - --metrics-port={{ .Values.operator.metricsPort }}
+{{- range .Values.operator.prometheus.allow }}
+- --prometheus-allow={{ . }}
+{{- end }}
+{{- if .Values.operator.prometheus.caBundle.configMap }}
+- --prometheus-ca-bundle=/etc/tidal/prometheus-ca/{{ .Values.operator.prometheus.caBundle.key }}
+{{- end }}
 {{- if .Values.operator.verbose }}
 - --verbose
 {{- end }}

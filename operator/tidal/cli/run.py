@@ -1,19 +1,29 @@
 """``tidal run``: start the operator (kopf) with leader election, health probes and Prometheus metrics.
 
-With ``--peering NAME`` (the default, ``tidal``) several copies may run: kopf's peering objects (see
-``tidal.shell.peering``) let only the highest-priority one act, so two operators never reconcile at once.
-``--standalone`` skips peering for development. ``--namespace`` (repeatable) restricts the operator to some
+With ``--peering NAME`` several copies may run: kopf's peering objects (see ``tidal.shell.peering``) let only
+the highest-priority one act, so two operators never reconcile at once; a named peering that does not exist
+pauses the operator until it is created. Without ``--peering`` the ``tidal`` peering is joined when it
+exists, and the operator runs standalone (one warning) when it does not. ``--standalone`` skips peering.
+
+``--prometheus-allow`` (repeatable, plus ``$TIDAL_PROMETHEUS_ALLOW``) lists the Prometheus URL prefixes CRs
+may name; ``--prometheus-ca-bundle`` the CAs for https ones (see ``tidal.shell.promaccess``). A metrics or
+health port already in use, or a bad setting, ends the command with one line on stderr and exit code 1.
+
+``--namespace`` (repeatable) restricts the operator to some
 namespaces; ``--all-namespaces`` (the default when no namespace is given) watches all.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import secrets
 import socket
+import sys
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +39,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
     peer = p.add_mutually_exclusive_group()
     peer.add_argument(
-        "--peering", default="tidal", help="kopf peering name for leader election (default tidal)"
+        "--peering",
+        default=None,
+        help="join this kopf peering for leader election (paused until it exists); default: join 'tidal' "
+        "when it exists, else run standalone",
     )
     peer.add_argument("--standalone", action="store_true", help="no peering/leader election (development)")
     p.add_argument("--priority", type=int, default=0, help="peering priority (the highest active copy acts)")
@@ -40,11 +53,75 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 to disable)")
     p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics server binds")
+    p.add_argument(
+        "--prometheus-allow",
+        action="append",
+        default=[],
+        metavar="URL_PREFIX",
+        help="a Prometheus URL prefix LLMDeployments may name (repeatable; also $TIDAL_PROMETHEUS_ALLOW; "
+        "default: only http://prometheus-operated.monitoring.svc:9090)",
+    )
+    p.add_argument(
+        "--prometheus-ca-bundle",
+        metavar="PEM",
+        help="CA bundle for https Prometheus URLs (also $TIDAL_PROMETHEUS_CA_BUNDLE; default: system CAs)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(handler=_run)
 
 
+class StartError(Exception):
+    """A setting or a port that stops ``tidal run`` before the operator starts (one line, exit code 1)."""
+
+
+def _fail(message: str) -> int:
+    print(f"tidal run: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _port_free(what: str, host: str, port: int) -> None:
+    """Raise :class:`StartError` when ``host:port`` cannot be bound (kopf would fail later, in a task, with a
+    traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp and http.server bind
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            why = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise StartError(f"{what} port {port} on {host or '0.0.0.0'}: {why}") from None
+
+
+def _start_metrics(port: int, address: str) -> None:
+    import prometheus_client
+
+    from tidal.shell.metrics import REGISTRY
+
+    try:
+        prometheus_client.start_http_server(port, addr=address, registry=REGISTRY)
+    except OSError as exc:
+        raise StartError(f"metrics port {port} on {address}: {exc.strerror or exc}") from None
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _start(args)
+    except StartError as exc:
+        return _fail(str(exc))
+
+
+def _start(args: argparse.Namespace) -> int:
+    from tidal.shell import promaccess
+
+    try:
+        access = promaccess.access_from(args.prometheus_allow, args.prometheus_ca_bundle)
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
+    if args.liveness:
+        live = urlsplit(args.liveness)
+        _port_free("health", live.hostname or "0.0.0.0", live.port or 80)
+    if args.metrics_port:
+        _port_free("metrics", args.metrics_address, args.metrics_port)
     if args.kubeconfig:
         # kopf's own login reads $KUBECONFIG; our client gets the same file explicitly.
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -54,27 +131,28 @@ def _run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     import kopf
-    import prometheus_client
 
     from tidal.shell import handlers
     from tidal.shell.kube import Kube, make_api_client
     from tidal.shell.leadership import PeeringGate
-    from tidal.shell.metrics import REGISTRY
+    from tidal.shell.peering import resolve_peering
 
     namespaces = list(args.namespace)
     kube = Kube(make_api_client(args.kubeconfig))
+    promaccess.configure(access)
+    peering = None if args.standalone else resolve_peering(kube, args.peering, namespaces)
     identity = None
     gate = None
-    if not args.standalone:
+    if peering is not None:
         # The identity kopf registers under in the peering: the reconcile's own timers follow the same rule.
         identity = f"tidal@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-        gate = PeeringGate(kube, args.peering, namespaces, identity, args.priority)
+        gate = PeeringGate(kube, peering, namespaces, identity, args.priority)
     handlers.configure(kube, namespaces=len(namespaces), gate=gate)
     if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
+        _start_metrics(args.metrics_port, args.metrics_address)
     kopf.run(
-        standalone=args.standalone,
-        peering_name=None if args.standalone else args.peering,
+        standalone=peering is None,
+        peering_name=peering,
         priority=args.priority,
         namespaces=namespaces,
         clusterwide=not namespaces,

@@ -229,7 +229,7 @@ class Demo:
         self.say(f"    prometheus {prom.url}")
 
         self.step(f"operator (tidal run, log {self.logs / 'operator.log'})")
-        self._start_operator(metrics_port, health_port)
+        self._start_operator(metrics_port, health_port, prom.url)
 
         doc = demo_deployment(example, o.namespace, prom.url)
         self.step(f"kubectl apply {o.example.name} (namespace {o.namespace}, demo windows)")
@@ -347,13 +347,13 @@ class Demo:
             token,
         )
 
-    def _start_operator(self, metrics_port: int, health_port: int) -> None:
+    def _start_operator(self, metrics_port: int, health_port: int, prometheus_url: str) -> None:
         kubeconfig = self._operator_kubeconfig()
         argv = [
             sys.executable, "-c", "import sys; from tidal.cli import main; sys.exit(main())",
             "run", "--standalone", "--all-namespaces",
             f"--kubeconfig={kubeconfig}", f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1",
-            f"--liveness=http://127.0.0.1:{health_port}/healthz",
+            f"--liveness=http://127.0.0.1:{health_port}/healthz", f"--prometheus-allow={prometheus_url}",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         for key, value in AUTOSCALER_ENV.items():

@@ -46,6 +46,16 @@ def _release(response: Any) -> None:
         response.response.release_conn()
 
 
+def api_error_text(exc: BaseException) -> str:
+    """One line for a log or a condition: an API error's status and reason (``404 Not Found``), never
+    ``str(ApiException)``, which appends every HTTP response header and the body; other errors by class and
+    their first line."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}".strip()
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def make_api_client(kubeconfig: str | Path | None = None) -> Any:
     """An ApiClient from ``kubeconfig``, the default kubeconfig, or the in-cluster service account."""
     cfg = client.Configuration()

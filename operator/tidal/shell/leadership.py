@@ -7,6 +7,11 @@ acting from caches that no longer change - so during a rolling update of the ope
 writing next to the new one. :class:`PeeringGate` reads the same peering object (``tidal run`` passes kopf the
 identity it registers under) and :func:`blocking_peer` applies kopf's rule; the reconcile defers while the
 gate is closed and catches up when it opens. ``--standalone`` has no gate.
+
+A peering object that is absent (404: no kopf.dev CRDs, or no object of that name) closes the gate, as it
+pauses kopf (``tidal run`` joins a peering only when it was named or found, see
+:func:`tidal.shell.peering.resolve_peering`). Every state change is logged once, in one line (an API error
+as status and reason, never the client's header dump); a repeated failure is logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from tidal.shell.kube import Kube
+from kubernetes.client.exceptions import ApiException
+
+from tidal.shell.kube import Kube, api_error_text
 
 log = logging.getLogger("tidal.operator")
 
@@ -52,6 +59,7 @@ class PeeringGate:
         self.kube, self.name, self.namespaces = kube, name, namespaces
         self.me, self.priority = me, priority
         self.blocked_by: str | None = None
+        self._last_error: str | None = None
 
     def _statuses(self) -> list[Mapping[str, Any]]:
         custom = self.kube.custom
@@ -65,20 +73,35 @@ class PeeringGate:
         ]
 
     def poll(self, now: datetime) -> bool:
-        """Read the peering and return whether this operator may act. A failed read keeps the last answer
-        (kopf keeps its own state when its peering watch fails, too)."""
+        """Read the peering and return whether this operator may act. An absent peering object pauses (as
+        kopf); another failed read keeps the last answer (kopf keeps its own state when its peering watch
+        fails, too)."""
         try:
             statuses = self._statuses()
+        except ApiException as exc:
+            if exc.status != 404:
+                return self._read_failed(api_error_text(exc))
+            kind = "ClusterKopfPeering" if not self.namespaces else "KopfPeering"
+            self._set(f"no {kind} {self.name!r} ({api_error_text(exc)}): create it or run with --standalone")
+            return False
         except Exception as exc:
-            log.warning("could not read the kopf peering %r: %s", self.name, exc)
-            return self.blocked_by is None
-        blocked = next(
-            (b for s in statuses if (b := blocking_peer(s, self.me, self.priority, now)) is not None), None
-        )
+            return self._read_failed(api_error_text(exc))
+        self._last_error = None
+        peers = (blocking_peer(s, self.me, self.priority, now) for s in statuses)
+        peer = next((b for b in peers if b is not None), None)
+        self._set(None if peer is None else f"in favour of {peer}")
+        return self.blocked_by is None
+
+    def _read_failed(self, text: str) -> bool:
+        level = logging.DEBUG if text == self._last_error else logging.WARNING
+        log.log(level, "could not read the kopf peering %r: %s; keeping the last answer", self.name, text)
+        self._last_error = text
+        return self.blocked_by is None
+
+    def _set(self, blocked: str | None) -> None:
         if blocked != self.blocked_by:
             if blocked is None:
                 log.info("peering %r: acting again", self.name)
             else:
-                log.info("peering %r: paused in favour of %s; reconciles deferred", self.name, blocked)
+                log.warning("peering %r: paused (%s); reconciles deferred", self.name, blocked)
         self.blocked_by = blocked
-        return blocked is None

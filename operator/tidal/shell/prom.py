@@ -12,6 +12,11 @@ version: ``vllm:kv_cache_usage_perc`` (V1) or ``vllm:gpu_cache_usage_perc`` (old
 ``vllm:inter_token_latency_seconds`` or the older ``vllm:time_per_output_token_seconds``; DCGM's
 ``DCGM_FI_DEV_GPU_UTIL`` when the exporter runs.
 
+Only URLs the operator's allowlist allows are queried, with TLS verified, and a failure reaches the
+condition as its class and HTTP status only (:mod:`tidal.shell.promaccess`). An observation is as old as
+its newest gauge sample (``timestamp()`` of the deployment's ``vllm:num_requests_running`` series), not
+the time of the query, so ``metricsStaleAfterSeconds`` holds the count when Prometheus only has old samples.
+
 Synchronous (``requests`` underneath): the handlers call it through ``asyncio.to_thread``. An unreachable
 Prometheus or a deployment without series gives no observation (the algorithm then holds the replica count,
 reason ``MetricsStale``) and a short error text for the condition message.
@@ -29,10 +34,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import requests
 from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from tidal.scaling import FleetObservation, ReplicaStats
+from tidal.shell import promaccess
+from tidal.shell.promaccess import (
+    PrometheusAccess,
+    error_text,
+    escape,
+    parse_selector,
+    redact,
+    render_matchers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +92,9 @@ NAMES_QUERY: Final = 'group by (__name__) ({{__name__=~"{regex}",{m}}})'
 DCGM_QUERY: Final = 'count({dcgm}{{namespace="{ns}",pod=~"{pods}"}})'
 """Whether the DCGM exporter reports GPUs of the deployment's pods (a separate query: ``or`` would match
 on the labels without ``__name__`` and drop it)."""
+SAMPLE_TIME_QUERY: Final = "max(timestamp(vllm:num_requests_running{{{m}}}))"
+"""When the deployment's newest gauge sample was scraped (the observation's time). One metric name:
+``timestamp()`` drops the name, so two names would give duplicate label sets (an error)."""
 _WANTED = (TTFT, *TPOT_NAMES, *KV_NAMES)
 
 
@@ -88,15 +106,16 @@ def rate_window() -> str:
     return value
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 def matchers(namespace: str, deployment_label: str, selector: str = "") -> str:
-    """The label matchers of one deployment's worker series, plus the spec's extra ``selector``."""
-    base = f'namespace="{_escape(namespace)}",tidal_dev_deployment="{_escape(deployment_label)}"'
-    extra = selector.strip().strip("{}").strip().strip(",")
-    return f"{base},{extra}" if extra else base
+    """The label matchers of one deployment's worker series, plus the spec's extra ``selector`` (parsed and
+    re-rendered with escaped values; ValueError when it is not a list of label matchers)."""
+    return render_matchers(
+        [
+            ("namespace", "=", namespace),
+            ("tidal_dev_deployment", "=", deployment_label),
+            *parse_selector(selector),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -129,8 +148,11 @@ class PrometheusSignals:
         window: str | None = None,
         clock: Callable[[], float] = time.time,
         timeout: float = QUERY_TIMEOUT_S,
+        access: PrometheusAccess | None = None,
     ) -> None:
         self.window = window or rate_window()
+        self.access = access or promaccess.current()
+        self._refused: set[str] = set()
         self.clock = clock
         self.timeout = timeout
         self._clients: dict[str, PrometheusConnect] = {}
@@ -141,9 +163,11 @@ class PrometheusSignals:
         """The cached client for ``url`` (one retry: an autoscaler pass must not hang on a dead server)."""
         with self._lock:
             if url not in self._clients:
+                session = requests.Session()
+                session.verify = self.access.verify
                 self._clients[url] = PrometheusConnect(
                     url=url,
-                    disable_ssl=True,
+                    session=session,
                     retry=Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504)),
                     timeout=self.timeout,
                 )
@@ -179,13 +203,26 @@ class PrometheusSignals:
     def observe(
         self, url: str, namespace: str, deployment_label: str, selector: str = "", pod_prefix: str = ""
     ) -> tuple[FleetObservation | None, str | None]:
-        """(observation, None), or (None, why) when Prometheus cannot be read or has no series."""
+        """(observation, None), or (None, why) when Prometheus cannot be read or has no series. A URL outside
+        the allowlist or a malformed selector is refused before any connection."""
+        if not self.access.allows(url):
+            why = (
+                f"Prometheus {redact(url)} is not in the operator's allowlist (tidal run --prometheus-allow, "
+                "chart value operator.prometheus.allow): not queried"
+            )
+            if url not in self._refused:  # once per URL: the pass repeats every 15 s
+                self._refused.add(url)
+                log.warning("%s/%s: %s", namespace, deployment_label, why)
+            return None, why
+        try:
+            matchers(namespace, deployment_label, selector)
+        except ValueError as exc:
+            return None, f"spec.autoscaling.prometheus.selector refused: {exc}; not queried"
         try:
             return self._observe(url, namespace, deployment_label, selector, pod_prefix)
         except Exception as exc:  # requests errors, API errors, malformed answers: all mean "no metrics"
-            # Stable text (no object addresses): it goes into a condition message, rewritten only on change.
-            detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))[:160]
-            why = f"Prometheus {url} query failed: {type(exc).__name__}: {detail}"
+            # Class and status code only: a response body or a message quoting it never reaches the status.
+            why = f"Prometheus {redact(url)} query failed: {error_text(exc)}"
             log.warning("%s/%s: %s", namespace, deployment_label, why)
             return None, why
 
@@ -198,9 +235,9 @@ class PrometheusSignals:
             "w": self.window,
             "ttft": TTFT,
             "dcgm": DCGM_UTIL,
-            "ns": _escape(namespace),
+            "ns": escape(namespace),
             # A PromQL string literal: the regex's backslashes are escaped once more.
-            "pods": _escape(re.escape(pod_prefix or deployment_label) + r"-r[0-9]+(-[0-9]+)?"),
+            "pods": escape(re.escape(pod_prefix or deployment_label) + r"-r[0-9]+(-[0-9]+)?"),
         }
         names = self.names(url, fmt)
         if not names.any_vllm:
@@ -208,9 +245,12 @@ class PrometheusSignals:
         fmt["tpot"] = names.tpot or TPOT_NAMES[0]
         fmt["kv"] = names.kv or KV_NAMES[0]
 
-        def scalar(key: str) -> float | None:
-            result = self._query(url, QUERIES[key].format(**fmt))
+        def scalar_query(expr: str) -> float | None:
+            result = self._query(url, expr)
             return _number(result[0]["value"][1]) if result else None
+
+        def scalar(key: str) -> float | None:
+            return scalar_query(QUERIES[key].format(**fmt))
 
         def per_replica(key: str) -> dict[str, float | None]:
             out: dict[str, float | None] = {}
@@ -247,8 +287,11 @@ class PrometheusSignals:
             return sum(xs) if xs else None
 
         kvs = [v for v in kv.values() if v is not None]
+        sampled = scalar_query(SAMPLE_TIME_QUERY.format(**fmt))
         obs = FleetObservation(
-            time=now,
+            # The newest gauge sample's time (never ahead of ours); without gauges, the windowed rates are
+            # as fresh as the query.
+            time=now if sampled is None else min(sampled, now),
             ttft_p95=scalar("ttft_p95") if names.ttft else None,
             tpot_p95=scalar("tpot_p95") if names.tpot else None,
             queue_time_p95=scalar("queue_time_p95"),
@@ -269,6 +312,7 @@ __all__ = [
     "DEFAULT_RATE_WINDOW",
     "QUERIES",
     "RATE_WINDOW_ENV",
+    "SAMPLE_TIME_QUERY",
     "MetricNames",
     "PrometheusSignals",
     "matchers",
