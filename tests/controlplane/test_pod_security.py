@@ -84,6 +84,17 @@ def test_worker_pod_is_admitted_and_runs_under_restricted(
     assert not any(v.projected is not None for v in spec.volumes)
 
 
+def _worker_pod(doc: dict[str, Any]) -> dict[str, Any]:
+    """The builder's serving pod for ``doc``, ready for the typed client (quantities as strings)."""
+    dep = LLMDeployment.model_validate(doc)
+    inp = ReplicaInputs(dep, resolve_engine(dep.spec, recommend_for_spec(dep.spec, 1)))
+    pod = build_replica_pods(inp, 0, "h")[0]
+    pod["metadata"].pop("ownerReferences")
+    for section in pod["spec"]["containers"][0]["resources"].values():
+        section.update({k: str(v) for k, v in section.items()})
+    return pod
+
+
 def test_restricted_namespace_refuses_what_it_should(control_plane: ControlPlane) -> None:
     """The enforcement is real (so the test above can fail): a bare pod, and a worker pod with a hostPath
     cache, are refused with the offending fields named."""
@@ -101,17 +112,11 @@ def test_restricted_namespace_refuses_what_it_should(control_plane: ControlPlane
     doc = copy.deepcopy(_example(ns, "none"))
     doc["metadata"]["uid"] = "u"
     doc["spec"]["model"]["cache"] = {"hostPath": "/var/lib/tidal/models"}
-    dep = LLMDeployment.model_validate(doc)
-    inp = ReplicaInputs(dep, resolve_engine(dep.spec, recommend_for_spec(dep.spec, 1)))
-    pod = build_replica_pods(inp, 0, "h")[0]
-    pod["metadata"].pop("ownerReferences")
+    pod = _worker_pod(doc)
     with pytest.raises(ApiException) as host_path:
         cp.core.create_namespaced_pod(ns, pod)
     assert host_path.value.status == 403 and "hostPath" in str(host_path.value.body)
     # The same builder without the hostPath cache is admitted: only that field made the difference.
     del doc["spec"]["model"]["cache"]
-    dep = LLMDeployment.model_validate(doc)
-    inp = ReplicaInputs(dep, resolve_engine(dep.spec, recommend_for_spec(dep.spec, 1)))
-    pod = build_replica_pods(inp, 0, "h")[0]
-    pod["metadata"].pop("ownerReferences")
+    pod = _worker_pod(doc)
     cp.core.create_namespaced_pod(ns, pod)
