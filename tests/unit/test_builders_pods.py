@@ -99,8 +99,18 @@ def test_example_pods(path: Path) -> None:
             claim = spec.model.uri[6:].split("/")[0]
             assert vols["model"]["persistentVolumeClaim"]["claimName"] == claim
             assert {"name": "model", "mountPath": f"/models/{claim}", "readOnly": True} in c["volumeMounts"]
+        elif spec.model.cache.persistent_volume_claim is not None:
+            claim_ref = vols["model-cache"]["persistentVolumeClaim"]
+            assert claim_ref == {"claimName": spec.model.cache.persistent_volume_claim}
         else:
-            assert "emptyDir" in vols["model-cache"]
+            assert "sizeLimit" in vols["model-cache"]["emptyDir"], "catalogue models get a size-limited cache"
+        # Pod Security restricted: every example's pods pass it by default.
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+        assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert {"cpu", "memory", "ephemeral-storage"} <= set(c["resources"]["requests"])
 
 
 def test_single_node_example_is_one_pod_with_tp_gpus() -> None:

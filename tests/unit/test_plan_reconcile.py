@@ -446,6 +446,7 @@ def test_failed_single_pod_is_replaced() -> None:
 
 def test_scale_to_zero_and_replicas_override() -> None:
     c = FakeCluster("llama-3.3-70b-fp8-tp2.yaml", replicas=2, minReplicas=0)
+    c.doc["spec"]["autoscaling"]["enabled"] = False  # the API refuses minReplicas 0 with autoscaling
     c.converge()
     assert c.pdbs["llama-3-3-70b-fp8"]["spec"]["minAvailable"] == 1
     c.converge(replicas=1)  # the autoscaler's count wins over spec.replicas
@@ -543,6 +544,7 @@ def test_gpu_hours_left_to_the_autoscaler_pass_and_idle_deployment_never_written
     # With autoscaling, its passes do the accounting: the reconcile does not touch it, between passes
     # (never a write of its own) or in a pass.
     c.doc["spec"]["autoscaling"]["enabled"] = True
+    c.doc["spec"]["minReplicas"] = 1  # the API refuses minReplicas 0 with autoscaling
     _bind(c)
     c.now += timedelta(hours=1)
     assert c.plan().status is None

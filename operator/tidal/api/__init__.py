@@ -25,7 +25,6 @@ from tidal.api.spec import (
     Autoscaling,
     AutoscalingTargets,
     Engine,
-    EnvVar,
     LLMDeploymentSpec,
     ModelArchitecture,
     ModelSource,
@@ -47,6 +46,15 @@ from tidal.api.status import (
     ScaleEvent,
     Signal,
 )
+from tidal.api.workload import (
+    MANAGED_ENGINE_FLAGS,
+    EnvVar,
+    EnvVarSource,
+    KeySelector,
+    ModelCache,
+    PodSecurity,
+    managed_flags_in,
+)
 
 __all__ = [
     "API_VERSION",
@@ -55,6 +63,7 @@ __all__ = [
     "DEFAULT_PROMETHEUS_URL",
     "GROUP",
     "KIND",
+    "MANAGED_ENGINE_FLAGS",
     "MAX_HISTORY",
     "PLURAL",
     "SHORT_NAMES",
@@ -66,12 +75,16 @@ __all__ = [
     "Condition",
     "Engine",
     "EnvVar",
+    "EnvVarSource",
+    "KeySelector",
     "LLMDeployment",
     "LLMDeploymentSpec",
     "LLMDeploymentStatus",
     "ModelArchitecture",
+    "ModelCache",
     "ModelSource",
     "ObjectMeta",
+    "PodSecurity",
     "PredictedPerformance",
     "PrometheusSource",
     "Recommendation",
@@ -85,6 +98,7 @@ __all__ = [
     "SpeculativeDecoding",
     "Toleration",
     "derive_served_model_name",
+    "managed_flags_in",
     "parse_fraction",
     "validation_errors",
 ]

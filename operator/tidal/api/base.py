@@ -61,10 +61,21 @@ class Rule:
     reason: str | None = None
     """``FieldValueInvalid`` (default), ``FieldValueRequired``, ``FieldValueForbidden`` or
     ``FieldValueDuplicate``."""
+    message_expression: str | None = None
+    """A CEL expression for the message (``messageExpression``) when it must name the offending value (the
+    flag in ``extraArgs``); ``message`` stays the fallback the API server uses if the expression fails."""
+    explain: Callable[[Any], str] | None = None
+    """The Python side of ``message_expression``: the message for an object that fails ``check``."""
+
+    def error(self, obj: Any) -> str:
+        """The message for ``obj``, which failed ``check``."""
+        return self.explain(obj) if self.explain is not None else self.message
 
     def to_schema(self) -> dict[str, str]:
         """The ``x-kubernetes-validations`` entry."""
         out = {"rule": self.cel, "message": self.message}
+        if self.message_expression:
+            out["messageExpression"] = self.message_expression
         if self.field_path:
             out["fieldPath"] = self.field_path
         if self.reason:
@@ -91,7 +102,7 @@ class ApiModel(BaseModel):
     def _check_rules(self) -> Self:
         for rule in type(self).__rules__:
             if not rule.check(self):
-                raise ValueError(rule.message)
+                raise ValueError(rule.error(self))
         return self
 
     @classmethod

@@ -27,6 +27,7 @@ from tidal.api.base import (
     Rule,
     parse_fraction,
 )
+from tidal.api.workload import EXTRA_ARGS_RULE, EnvVar, ModelCache, PodSecurity
 
 DEFAULT_ENGINE_IMAGE = "ghcr.io/tidal-dev/tidal-worker:0.1.0"
 """The worker image used when ``spec.engine.image`` is not set: ``worker/Dockerfile`` (the official
@@ -43,7 +44,6 @@ RecommendationMode = Literal["Apply", "Advise"]
 
 _NAME_253 = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
-_ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -130,6 +130,10 @@ class ModelArchitecture(ApiModel):
     """Longest context the model supports."""
     tie_word_embeddings: bool | None = None
     """Whether the output projection shares the embedding weights."""
+    quantization: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")
+    """The checkpoint's own quantization (``quantization_config.quant_method`` in its ``config.json``:
+    ``fp8``, ``fbgemm_fp8``, ``compressed-tensors``, ``awq``, ...). Sizes the recommendation; vLLM reads it
+    from the checkpoint, so ``spec.engine.quantization`` must then stay ``none`` or name the same method."""
 
 
 def derive_served_model_name(uri: str) -> str:
@@ -153,6 +157,18 @@ class ModelSource(ApiModel):
             field_path=".tokenSecretRef",
             reason="FieldValueForbidden",
         ),
+        Rule(
+            cel="!self.uri.startsWith('pvc://') || !has(self.cache) || "
+            "(!has(self.cache.persistentVolumeClaim) && !has(self.cache.hostPath))",
+            message="spec.model.cache is only used with hf:// or s3:// model URIs: a pvc:// model is read "
+            "from its claim",
+            check=lambda m: (
+                not m.uri.startswith("pvc://")
+                or (m.cache.persistent_volume_claim is None and m.cache.host_path is None)
+            ),
+            field_path=".cache",
+            reason="FieldValueForbidden",
+        ),
     )
 
     uri: ModelURI
@@ -165,6 +181,9 @@ class ModelSource(ApiModel):
     """Secret holding the Hugging Face token (``hf://``) or S3 credentials (``s3://``)."""
     architecture: ModelArchitecture | None = None
     """Architecture override for the recommender when ``config.json`` cannot be read."""
+    cache: ModelCache = Field(default_factory=ModelCache)
+    """Where downloaded weights are kept (``hf://``, ``s3://``): a size-limited ``emptyDir`` by default, or
+    a PersistentVolumeClaim or node-local ``hostPath`` that outlives the pod."""
 
     @property
     def effective_served_model_name(self) -> str:
@@ -206,18 +225,11 @@ class SpeculativeDecoding(ApiModel):
     ``eagle`` and ``eagle3``."""
 
 
-class EnvVar(ApiModel):
-    """An environment variable for the engine container."""
-
-    name: str = Field(min_length=1, max_length=256, pattern=_ENV_NAME)
-    """Variable name."""
-    value: str = Field(default="", max_length=4096)
-    """Variable value."""
-
-
 class Engine(ApiModel):
     """vLLM engine settings. Settings left ``"auto"`` are chosen by the recommender (``Apply`` mode) or left
     to vLLM's defaults (``Advise`` mode); explicit values always win."""
+
+    __rules__ = (EXTRA_ARGS_RULE,)
 
     image: str = Field(default=DEFAULT_ENGINE_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$")
     """Container image of the GPU worker: vLLM's OpenAI server plus the Tidal worker
@@ -249,9 +261,12 @@ class Engine(ApiModel):
     speculative_decoding: SpeculativeDecoding | None = None
     """Speculative decoding; off when unset."""
     extra_args: list[ShortStr] = Field(default_factory=list, max_length=64)
-    """Extra ``vllm serve`` arguments, appended after the ones Tidal sets."""
+    """Extra ``vllm serve`` arguments, appended after the ones Tidal sets. Flags Tidal sets from the spec
+    (``--port``, ``--model``, ``--tensor-parallel-size``, ``--quantization``, ...: the list is
+    ``tidal.api.workload.MANAGED_ENGINE_FLAGS``) are refused: set them through their field."""
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
-    """Extra environment variables for the engine container."""
+    """Extra environment variables for the engine container (``value``, or ``valueFrom`` a Secret or
+    ConfigMap key for anything secret)."""
 
     @property
     def gpu_memory_fraction(self) -> float | None:
@@ -296,9 +311,15 @@ class Resources(ApiModel):
     shm_size: Quantity = "16Gi"
     """Size of the memory-backed ``/dev/shm`` (NCCL and the engine use shared memory between processes)."""
     cpu: Quantity | None = None
-    """CPU request of each worker; unset leaves it to the cluster defaults."""
+    """CPU request of each worker pod. Unset: 2 cores plus 2 per GPU of the pod (the API server,
+    tokenizer and one engine process per GPU)."""
     memory: Quantity | None = None
-    """Memory request of each worker; unset leaves it to the cluster defaults."""
+    """Memory request of each worker pod. Unset: the pod's share of the checkpoint (read through the page
+    cache while the weights load; the recommender's weight bytes for the model) plus 4 GiB and 2 GiB per
+    GPU; for a model the recommender does not know, a 16 GiB floor in place of the weights."""
+    ephemeral_storage: Quantity | None = None
+    """Ephemeral-storage request of each worker pod. Unset: 10 GiB (logs, ``/tmp``, compile caches) plus
+    the ``emptyDir`` model cache's size limit when that is the cache."""
 
 
 # ------------------------------------------------------------------------------------------ autoscaling
@@ -391,6 +412,12 @@ def _multinode_tp(s: LLMDeploymentSpec) -> bool:
     return tp * pp <= gpn or tp == gpn
 
 
+def _quantization_agrees(s: LLMDeploymentSpec) -> bool:
+    arch = s.model.architecture
+    own = arch.quantization if arch is not None else None
+    return own is None or s.engine.quantization in ("none", own)
+
+
 class LLMDeploymentSpec(ApiModel):
     """Desired state of an ``LLMDeployment``."""
 
@@ -427,6 +454,24 @@ class LLMDeploymentSpec(ApiModel):
             check=_multinode_tp,
             field_path=".engine.tensorParallelSize",
         ),
+        Rule(
+            cel="!has(self.autoscaling) || !has(self.autoscaling.enabled) || !self.autoscaling.enabled "
+            "|| self.minReplicas >= 1",
+            message="spec.minReplicas must be at least 1 when spec.autoscaling.enabled is true: nothing "
+            "holds requests while a deployment scales up from zero, and with no replica there are no "
+            "metrics to scale up on",
+            check=lambda s: not s.autoscaling.enabled or s.min_replicas >= 1,
+            field_path=".minReplicas",
+        ),
+        Rule(
+            cel="!has(self.model.architecture) || !has(self.model.architecture.quantization) || "
+            "!has(self.engine.quantization) || self.engine.quantization == 'none' || "
+            "self.engine.quantization == self.model.architecture.quantization",
+            message="spec.engine.quantization conflicts with spec.model.architecture.quantization, the "
+            "checkpoint's own method: leave spec.engine.quantization none (vLLM reads the checkpoint's)",
+            check=_quantization_agrees,
+            field_path=".engine.quantization",
+        ),
     )
 
     model: ModelSource
@@ -446,6 +491,8 @@ class LLMDeploymentSpec(ApiModel):
     """SLO-driven autoscaling."""
     recommendation: Recommendation = Field(default_factory=Recommendation)
     """Engine-setting recommendation."""
+    pod_security: PodSecurity = Field(default_factory=PodSecurity)
+    """Security settings of the worker pods (defaults pass Pod Security ``restricted``)."""
 
     @property
     def gpus_per_replica(self) -> int | None:

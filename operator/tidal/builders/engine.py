@@ -24,6 +24,7 @@ from tidal.api import AUTO, LLMDeploymentSpec, ModelSource, RecommendationStatus
 from tidal.api.status import LLMDeploymentStatus, PredictedPerformance, RecommendedValues
 from tidal.recommender.catalog import catalog_profile, resolve_name
 from tidal.recommender.gpus import UnknownGPUError, get_gpu
+from tidal.recommender.memory import weight_bytes
 from tidal.recommender.models import ModelProfile
 from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
 
@@ -119,6 +120,7 @@ _ARCH_FIELDS = {
     "qk_rope_head_dim": "qk_rope_head_dim",
     "max_position_embeddings": "max_position_embeddings",
     "tie_word_embeddings": "tie_word_embeddings",
+    "quantization": "quantization",
 }
 
 
@@ -164,6 +166,7 @@ def model_profile(model: ModelSource) -> tuple[ModelProfile | None, str]:
             intermediate_size=arch.intermediate_size or 4 * arch.hidden_size,
             vocab_size=arch.vocab_size or 32000,
             max_position_embeddings=arch.max_position_embeddings or 8192,
+            quantization=arch.quantization,
         )
         return base, "spec.model.architecture numbers"
     if overrides:
@@ -212,6 +215,31 @@ def _values_of(rec: Recommendation) -> dict[str, int | float]:
 
 def _cut(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _quantization_conflict(spec: LLMDeploymentSpec, profile: ModelProfile) -> list[str]:
+    """A warning when ``spec.engine.quantization`` names another method than the checkpoint declares (vLLM
+    refuses to start then). The API refuses it when ``spec.model.architecture.quantization`` says so; this
+    catches the catalogue's knowledge of the checkpoint."""
+    own, asked = profile.quantization, spec.engine.quantization
+    if not own or asked in ("none", own):
+        return []
+    return [
+        f"warning: spec.engine.quantization={asked} but the checkpoint declares {own}; vLLM refuses a "
+        "mismatch: leave spec.engine.quantization none to use the checkpoint's"
+    ]
+
+
+def checkpoint_bytes(model: ModelSource) -> int | None:
+    """Bytes of the model's weights as stored in the checkpoint (its own dtype and quantization, not
+    ``--quantization``), ``None`` when the recommender does not know the model."""
+    profile, _ = model_profile(model)
+    if profile is None:
+        return None
+    try:
+        return weight_bytes(profile, 1, 1, "auto", None).per_gpu
+    except ValueError:
+        return None
 
 
 def recommend_for_spec(
@@ -274,7 +302,8 @@ def recommend_for_spec(
         for ef, spec_name, _ in TUNABLE
         if ef in explicit and not math.isclose(float(explicit[ef]), float(free_values[ef]))
     ]
-    reasons = [_cut(f"model: {source}"), *(_cut(r) for r in rec.reasons)][:_MAX_REASONS]
+    reasons = [_cut(f"model: {source}"), *_quantization_conflict(spec, profile)]
+    reasons = [*reasons, *(_cut(r) for r in rec.reasons)][:_MAX_REASONS]
     status = RecommendationStatus(
         values=RecommendedValues(**{k: v for k, v in values.items()}),  # type: ignore[arg-type]
         applied=apply and rec.feasible,

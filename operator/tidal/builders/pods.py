@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidal.api import LLMDeployment
+from tidal.builders import podparts
 from tidal.builders.contract import DEFAULT_PORT, DEFAULT_PVC_ROOT, WorkerEnvInput, worker_env
 from tidal.builders.engine import EffectiveEngine, ReplicaShape, replica_shape
 from tidal.builders.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE, product_labels
@@ -109,49 +110,58 @@ def _volumes(inp: ReplicaInputs) -> tuple[list[dict[str, Any]], list[dict[str, A
     ]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     uri = spec.model.uri
-    if uri.startswith("pvc://"):
+    if not podparts.uses_download_cache(inp.deployment):
         claim = uri[len("pvc://") :].split("/", 1)[0]
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "model", "mountPath": f"{DEFAULT_PVC_ROOT}/{claim}", "readOnly": True})
     else:
-        # Node-local download cache; it lives as long as the pod (a restart of the container keeps it).
-        volumes.append({"name": "model-cache", "emptyDir": {}})
+        # The download cache: a size-limited emptyDir (lives as long as the pod; a container restart keeps
+        # it), or spec.model.cache's PVC or hostPath, which outlive the pod.
+        volumes.append(podparts.cache_volume(inp.deployment))
         mounts.append({"name": "model-cache", "mountPath": inp.config.model_cache_dir})
+    if podparts.needs_home(inp.deployment):
+        volumes.append({"name": "home", "emptyDir": {}})
+        mounts.append({"name": "home", "mountPath": podparts.HOME_DIR})
     return volumes, mounts
 
 
-def _env(inp: ReplicaInputs, role: str, replica: int) -> list[dict[str, Any]]:
+def _contract_input(inp: ReplicaInputs, role: str, replica: int) -> WorkerEnvInput:
     spec = inp.deployment.spec
     shape = inp.shape
     cfg = inp.config
     head = ""
     if shape.multi_node:
         head = f"{group_service_name(inp.name, replica)}.{inp.namespace}.svc"
-    contract = worker_env(
-        WorkerEnvInput(
-            role=role,
-            model_uri=spec.model.uri,
-            served_model_name=spec.model.effective_served_model_name,
-            engine=inp.engine,
-            expected_gpus=shape.world_size,
-            group_size=shape.group_size,
-            ray_head_address=head,
-            model_cache_dir=cfg.model_cache_dir,
-            drain_grace_seconds=cfg.drain_grace_seconds,
-            engine_stop_timeout_seconds=cfg.engine_stop_timeout_seconds,
-            startup_timeout_seconds=(
-                cfg.multinode_startup_timeout_seconds if shape.multi_node else cfg.startup_timeout_seconds
-            ),
-            ray_join_timeout_seconds=cfg.ray_join_timeout_seconds,
-            device=cfg.device,
-        )
+    return WorkerEnvInput(
+        role=role,
+        model_uri=spec.model.uri,
+        served_model_name=spec.model.effective_served_model_name,
+        engine=inp.engine,
+        expected_gpus=shape.world_size,
+        group_size=shape.group_size,
+        ray_head_address=head,
+        model_cache_dir=cfg.model_cache_dir,
+        drain_grace_seconds=cfg.drain_grace_seconds,
+        engine_stop_timeout_seconds=cfg.engine_stop_timeout_seconds,
+        startup_timeout_seconds=(
+            cfg.multinode_startup_timeout_seconds if shape.multi_node else cfg.startup_timeout_seconds
+        ),
+        ray_join_timeout_seconds=cfg.ray_join_timeout_seconds,
+        device=cfg.device,
     )
+
+
+def _env(inp: ReplicaInputs, contract_input: WorkerEnvInput) -> list[dict[str, Any]]:
+    spec = inp.deployment.spec
+    contract = worker_env(contract_input)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.items()]
     ref = spec.model.token_secret_ref
     if ref is not None and spec.model.uri.startswith("hf://"):
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if podparts.needs_home(inp.deployment):
+        env.append({"name": "HOME", "value": podparts.HOME_DIR})
     reserved = {e["name"] for e in env}
-    env.extend({"name": v.name, "value": v.value} for v in spec.engine.env if v.name not in reserved)
+    env.extend(v.to_k8s() for v in spec.engine.env if v.name not in reserved)
     return env
 
 
@@ -249,11 +259,11 @@ def build_pod(inp: ReplicaInputs, replica: int, member: int, spec_hash: str) -> 
         SERVING_LABEL: "true" if serving else "false",
     }
     volumes, mounts = _volumes(inp)
-    requests: dict[str, Any] = {GPU_RESOURCE: shape.gpus_per_pod}
-    if spec.resources.cpu is not None:
-        requests["cpu"] = str(spec.resources.cpu)
-    if spec.resources.memory is not None:
-        requests["memory"] = str(spec.resources.memory)
+    requests: dict[str, Any] = {
+        GPU_RESOURCE: shape.gpus_per_pod,
+        **podparts.requests(inp.deployment, shape.gpus_per_pod, shape.group_size),
+    }
+    contract_input = _contract_input(inp, role, replica)
     ports: list[dict[str, Any]] = [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}]
     if role == ROLE_RAY_HEAD:
         ports.append({"name": "ray-gcs", "containerPort": RAY_GCS_PORT, "protocol": "TCP"})
@@ -262,19 +272,18 @@ def build_pod(inp: ReplicaInputs, replica: int, member: int, spec_hash: str) -> 
         "image": spec.engine.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "tidal_worker"],
-        "env": _env(inp, role, replica),
+        "env": _env(inp, contract_input),
         "ports": ports,
         "resources": {"requests": requests, "limits": {GPU_RESOURCE: shape.gpus_per_pod}},
         "volumeMounts": mounts,
+        "securityContext": podparts.container_security_context(inp.deployment),
     }
     cfg = inp.config
     if serving:
         container.update(_probes(inp))
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": cfg.pre_stop_sleep_seconds}}}
-    drain = cfg.drain_grace_seconds if serving else 30.0
-    grace = math.ceil(drain + cfg.engine_stop_timeout_seconds + 5) + (
-        cfg.pre_stop_sleep_seconds if serving else 0
-    )
+    # The contract's floor (drain + engine stop + 5 s; a Ray worker does not drain) plus the preStop pause.
+    grace = contract_input.min_termination_grace_seconds + (cfg.pre_stop_sleep_seconds if serving else 0)
     annotations = (
         {
             "prometheus.io/scrape": "true",
@@ -290,6 +299,7 @@ def build_pod(inp: ReplicaInputs, replica: int, member: int, spec_hash: str) -> 
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": grace,
         "enableServiceLinks": False,
+        **podparts.pod_security_fields(inp.deployment),
         "affinity": _affinity(inp, replica),
         "tolerations": _tolerations(inp),
     }

@@ -64,7 +64,8 @@ def gpu_node_manifest(name: str, spec: GPUNodeSpec) -> dict[str, Any]:
         "cpu": spec.cpu,
         "memory": spec.memory,
         "pods": str(spec.pods),
-        "ephemeral-storage": "1Ti",
+        # A DGX H100's local NVMe (8 x 3.84 TB): worker pods request their size-limited model cache.
+        "ephemeral-storage": "28Ti",
         GPU_RESOURCE: str(spec.gpus),
     }
     return {
