@@ -1,0 +1,204 @@
+"""Hugging Face Hub model files for models outside the built-in catalogue: ``config.json`` (the
+architecture the recommender sizes for) and, when the repository has one, ``model.safetensors.index.json``
+(the checkpoint's byte total), fetched with ``huggingface_hub``.
+
+Why here: the recommender is a pure core; fetching is I/O, so it lives in the shell. The CLI
+(``tidal recommend --model org/name``) calls :func:`fetch_model_files` directly; the operator keeps a
+:class:`HubModels` cache and hands the results to the planner (:mod:`tidal.builders.hubmodels`), so a
+model whose config cannot be fetched gets a condition instead of a silent TP = PP = 1.
+
+Settings come from the environment as ``huggingface_hub`` reads them, at call time: ``HF_ENDPOINT`` (a
+mirror or a private Hub), ``HF_TOKEN`` (a token) or ``HF_TOKEN_PATH`` (a file holding one: in the chart a
+Secret mounted into the operator pod, so the operator needs no read access to Secrets), ``HF_HUB_CACHE``
+(the download cache; files are revalidated with a HEAD request and served from the cache when the Hub is
+unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from tidal.recommender.catalog import hub_profile
+from tidal.recommender.models import ModelProfile
+
+CONFIG_FILE: Final = "config.json"
+INDEX_FILE: Final = "model.safetensors.index.json"
+DEFAULT_TIMEOUT_S: Final = 10.0
+
+
+class HubFetchError(Exception):
+    """A model file could not be fetched (message: one line, no response body)."""
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where and as whom to fetch."""
+
+    endpoint: str | None = None
+    token: str | None = None
+    cache_dir: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
+        """``HF_ENDPOINT``, ``HF_TOKEN`` or the file at ``HF_TOKEN_PATH``, ``HF_HUB_CACHE``."""
+        e = os.environ if env is None else env
+        token = e.get("HF_TOKEN") or None
+        token_path = e.get("HF_TOKEN_PATH")
+        if token is None and token_path:
+            try:
+                token = Path(token_path).read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise HubFetchError(f"HF_TOKEN_PATH {token_path}: {exc.strerror or exc}") from None
+        return cls(
+            endpoint=(e.get("HF_ENDPOINT") or "").rstrip("/") or None,
+            token=token,
+            cache_dir=e.get("HF_HUB_CACHE") or None,
+        )
+
+
+@dataclass(frozen=True)
+class HubModelFiles:
+    """What was fetched for one repository revision."""
+
+    repo_id: str
+    revision: str
+    config: dict[str, Any]
+    safetensors_index: dict[str, Any] | None
+    """``model.safetensors.index.json`` (``None``: the repository has a single file or no index)."""
+
+    @property
+    def checkpoint_bytes(self) -> int | None:
+        """The index's ``metadata.total_size`` (bytes of all tensors), if given."""
+        meta = (self.safetensors_index or {}).get("metadata")
+        size = meta.get("total_size") if isinstance(meta, dict) else None
+        return int(size) if isinstance(size, int | float) and size > 0 else None
+
+    def profile(self) -> ModelProfile:
+        """The recommender's profile (``ValueError`` for an unsupported architecture)."""
+        return hub_profile(self.repo_id, self.config)
+
+
+def _describe(exc: BaseException, repo_id: str, filename: str, settings: HubSettings) -> str:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{settings.endpoint or 'https://huggingface.co'}/{repo_id}"
+    auth = "with a token" if settings.token else "without a token (set HF_TOKEN or HF_TOKEN_PATH)"
+    if isinstance(exc, GatedRepoError):
+        return f"{where} is gated: access refused {auth}"
+    if isinstance(exc, RepositoryNotFoundError):
+        status = getattr(exc.response, "status_code", None)
+        return f"{where}: repository not found or not accessible {auth} (HTTP {status})"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{where}: revision not found"
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return f"{where}: no {filename} in the repository"
+    if isinstance(exc, HfHubHTTPError):
+        return f"{where}/{filename}: HTTP {getattr(exc.response, 'status_code', '?')}"
+    return f"{where}/{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _download_json(repo_id: str, filename: str, revision: str, settings: HubSettings) -> dict[str, Any]:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            endpoint=settings.endpoint,
+            token=settings.token or False,
+            cache_dir=settings.cache_dir,
+            etag_timeout=settings.timeout_s,
+        )
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line for the user or a condition
+        raise HubFetchError(_describe(exc, repo_id, filename, settings)) from exc
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HubFetchError(f"{repo_id}/{filename}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HubFetchError(f"{repo_id}/{filename}: not a JSON object")
+    return data
+
+
+def fetch_model_files(
+    repo_id: str, revision: str | None = None, settings: HubSettings | None = None
+) -> HubModelFiles:
+    """``config.json`` and, when present, ``model.safetensors.index.json`` of ``repo_id`` at ``revision``
+    (default ``main``); :class:`HubFetchError` with a one-line reason otherwise."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    s = HubSettings.from_env() if settings is None else settings
+    rev = revision or "main"
+    config = _download_json(repo_id, CONFIG_FILE, rev, s)
+    try:
+        index: dict[str, Any] | None = _download_json(repo_id, INDEX_FILE, rev, s)
+    except HubFetchError as exc:
+        if not isinstance(exc.__cause__, RemoteEntryNotFoundError):
+            raise
+        index = None
+    return HubModelFiles(repo_id, rev, config, index)
+
+
+@dataclass(frozen=True)
+class HubResult:
+    """One cached outcome: the profile, or why there is none."""
+
+    profile: ModelProfile | None
+    error: str | None
+    at: float
+    files: HubModelFiles | None = None
+
+
+class HubModels:
+    """The operator's cache of Hub model profiles by ``(repo, revision)``: a success is kept (a revision's
+    config does not change under the operator in practice; a restart refetches), a failure is retried
+    after ``retry_after_s``. Bounded to ``max_entries`` (least recently used go first)."""
+
+    def __init__(
+        self, settings: HubSettings | None = None, retry_after_s: float = 60.0, max_entries: int = 256
+    ) -> None:
+        self._settings = settings
+        self._retry_after_s = retry_after_s
+        self._max = max_entries
+        self._cache: OrderedDict[tuple[str, str | None], HubResult] = OrderedDict()
+
+    def cached(self, repo_id: str, revision: str | None, now: float | None = None) -> HubResult | None:
+        """The cached outcome, or ``None`` when there is none or a failure is due for a retry."""
+        key = (repo_id, revision)
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        t = time.monotonic() if now is None else now
+        if hit.error is not None and t - hit.at >= self._retry_after_s:
+            return None
+        self._cache.move_to_end(key)
+        return hit
+
+    def fetch(self, repo_id: str, revision: str | None, now: float | None = None) -> HubResult:
+        """Fetch (blocking: run it in a thread from async code), cache and return the outcome."""
+        t = time.monotonic() if now is None else now
+        try:
+            files = fetch_model_files(repo_id, revision, self._settings)
+            result = HubResult(files.profile(), None, t, files)
+        except (HubFetchError, ValueError) as exc:
+            result = HubResult(None, str(exc), t)
+        self._cache[(repo_id, revision)] = result
+        self._cache.move_to_end((repo_id, revision))
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return result
