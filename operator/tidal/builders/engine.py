@@ -186,7 +186,10 @@ def _hub_profile(uri: str, hint: str) -> tuple[ModelProfile | None, str]:
     if found is None:
         return None, f"{missing} and its config.json has not been fetched from the Hub yet"
     if found.profile is None:
-        return None, f"{missing} and its config.json could not be used: {found.error}; {MODEL_UNRESOLVED_HINT}"
+        return (
+            None,
+            f"{missing} and its config.json could not be used: {found.error}; {MODEL_UNRESOLVED_HINT}",
+        )
     rev = f"@{repo[1]}" if repo[1] else ""
     return found.profile, f"config.json of {repo[0]}{rev} from the Hub"
 

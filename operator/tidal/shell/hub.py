@@ -90,6 +90,7 @@ def _describe(exc: BaseException, repo_id: str, filename: str, settings: HubSett
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        LocalEntryNotFoundError,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -106,6 +107,8 @@ def _describe(exc: BaseException, repo_id: str, filename: str, settings: HubSett
         return f"{where}: revision not found"
     if isinstance(exc, RemoteEntryNotFoundError):
         return f"{where}: no {filename} in the repository"
+    if isinstance(exc, LocalEntryNotFoundError):
+        return f"{where}: the Hub is unreachable and {filename} is not in the local cache"
     if isinstance(exc, HfHubHTTPError):
         return f"{where}/{filename}: HTTP {getattr(exc.response, 'status_code', '?')}"
     return f"{where}/{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -124,7 +127,7 @@ def _download_json(repo_id: str, filename: str, revision: str, settings: HubSett
             cache_dir=settings.cache_dir,
             etag_timeout=settings.timeout_s,
         )
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line for the user or a condition
+    except Exception as exc:  # every failure becomes one line for the user or a condition
         raise HubFetchError(_describe(exc, repo_id, filename, settings)) from exc
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
