@@ -24,6 +24,9 @@ class HubLookup:
 
     profile: ModelProfile | None
     error: str | None = None
+    reason: str = "ModelConfigUnavailable"
+    """Condition reason when there is no profile: ``ModelConfigUnavailable`` (the fetch failed) or
+    ``UnsupportedArchitecture``."""
 
 
 _table: OrderedDict[tuple[str, str | None], HubLookup] = OrderedDict()

@@ -40,6 +40,7 @@ from tidal.builders.services import build_api_service, build_group_service, buil
 from tidal.plan import conditions as C
 from tidal.plan.autoscale import GPU_HOURS_AT, AutoscalerPatch, accumulate_gpu_hours, without_nulls
 from tidal.plan.conditions import Cond, merge_conditions
+from tidal.plan.model import model_condition
 from tidal.plan.replicas import ReplicaView, group_replicas, parse_time
 from tidal.plan.types import EventSpec, NodeInfo, ObjectRef, Observed, Plan
 
@@ -333,7 +334,11 @@ def plan_reconcile(
     )
     old_status = _status_dict(deployment)
     stamp = rfc3339(now)
-    extra = [*extra_conditions, *(autoscaler.conditions if autoscaler is not None else ())]
+    extra = [
+        model_condition(deployment),
+        *extra_conditions,
+        *(autoscaler.conditions if autoscaler is not None else ()),
+    ]
     merged, transitions = merge_conditions(
         old_status.get("conditions") or [], [*conds, *extra], stamp, deployment.metadata.generation
     )

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tidal.recommender.catalog import hub_profile
+from tidal.builders import hubmodels
+from tidal.builders.engine import model_name_hint
+from tidal.recommender.catalog import UnsupportedArchitectureError, hub_profile, hub_repo, resolve_name
 from tidal.recommender.models import ModelProfile
 
 CONFIG_FILE: Final = "config.json"
@@ -165,6 +167,7 @@ class HubResult:
     error: str | None
     at: float
     files: HubModelFiles | None = None
+    reason: str = "ModelConfigUnavailable"
 
 
 class HubModels:
@@ -198,10 +201,24 @@ class HubModels:
         try:
             files = fetch_model_files(repo_id, revision, self._settings)
             result = HubResult(files.profile(), None, t, files)
+        except UnsupportedArchitectureError as exc:
+            result = HubResult(None, str(exc), t, reason="UnsupportedArchitecture")
         except (HubFetchError, ValueError) as exc:
             result = HubResult(None, str(exc), t)
         self._cache[(repo_id, revision)] = result
         self._cache.move_to_end((repo_id, revision))
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
+        hubmodels.record(repo_id, revision, hubmodels.HubLookup(result.profile, result.error, result.reason))
         return result
+
+    def ensure(self, uri: str, now: float | None = None) -> HubResult | None:
+        """For an ``hf://`` URI outside the catalogue (and without ``spec.model.architecture``, which the
+        caller checks): the cached outcome, or a fresh fetch when there is none or a failure is due for a
+        retry. ``None`` for other URIs. Blocking: run it in a thread from async code."""
+        if not uri.startswith("hf://") or resolve_name(model_name_hint(uri)) is not None:
+            return None
+        repo = hub_repo(uri)
+        if repo is None:
+            return None
+        return self.cached(*repo, now=now) or self.fetch(*repo, now=now)
