@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from typing import Any, cast
 
 
@@ -40,6 +41,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0 to disable)")
     p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics server binds")
+    p.add_argument(
+        "--gpu-catalog-configmap",
+        metavar="[NAMESPACE/]NAME",
+        help="ConfigMap with a custom GPU catalogue (key gpus.yaml, the --gpu-catalog format of tidal "
+        "recommend) merged over the built-in one; read once at start (default namespace: the operator's)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(handler=_run)
 
@@ -63,6 +70,15 @@ def _run(args: argparse.Namespace) -> int:
 
     namespaces = list(args.namespace)
     kube = Kube(make_api_client(args.kubeconfig))
+    if args.gpu_catalog_configmap:
+        from tidal.shell.gpucatalog import GPUCatalogError, install_from_configmap
+
+        try:
+            catalog = install_from_configmap(kube.core, args.gpu_catalog_configmap)
+        except GPUCatalogError as exc:
+            print(f"tidal run: error: {exc}", file=sys.stderr)
+            return 2
+        logging.getLogger("tidal").info("GPU catalogue: %d types (%s)", len(catalog), ", ".join(catalog))
     identity = None
     gate = None
     if not args.standalone:
