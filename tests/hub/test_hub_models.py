@@ -114,3 +114,36 @@ def test_operator_cache_keeps_success_and_retries_failure(hub: FakeHub) -> None:
     before = len(hub.requests)
     assert cache.cached(REPO, None, now=10_000.0) is ok
     assert len(hub.requests) == before
+
+
+def test_operator_fetches_before_planning(hub: FakeHub) -> None:
+    """The reconcile's hook (tidal.shell.hub.fetch_hub_model) fills the planner's table: a 70B-shaped
+    model outside the catalogue is sized (TP > 1) instead of running at TP = PP = 1; an unsupported one
+    gets ModelResolved=False/UnsupportedArchitecture."""
+    import asyncio
+
+    from tests.unit.test_model_resolved import BIG, deployment
+
+    from tidal.api import ModelSource
+    from tidal.builders import hubmodels
+    from tidal.plan.model import model_condition
+    from tidal.plan.target import make_target
+    from tidal.shell.hub import fetch_hub_model
+
+    hubmodels.forget_all()
+    try:
+        hub.add("acme/house-llama-70b", {"config.json": BIG})
+        hub.add("acme/mamba", {"config.json": {**BIG, "architectures": ["MambaForCausalLM"]}})
+        cache = HubModels(retry_after_s=60.0)
+        for uri in ("hf://acme/house-llama-70b", "hf://acme/mamba@v2"):
+            asyncio.run(fetch_hub_model(ModelSource(uri=uri), cache))
+        big = deployment("hf://acme/house-llama-70b")
+        assert make_target(big, 1).inputs.engine.world_size >= 2
+        assert model_condition(big).status is True
+        cond = model_condition(deployment("hf://acme/mamba@v2"))
+        assert cond.reason == "UnsupportedArchitecture" and "MambaForCausalLM" in cond.message
+        asked = len(hub.requests)
+        asyncio.run(fetch_hub_model(ModelSource(uri="hf://meta-llama/Llama-3.1-8B-Instruct"), cache))
+        assert len(hub.requests) == asked  # a catalogue model is never fetched
+    finally:
+        hubmodels.forget_all()

@@ -16,7 +16,9 @@ unreachable).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from tidal.api import ModelSource
 from tidal.builders import hubmodels
 from tidal.builders.engine import model_name_hint
 from tidal.recommender.catalog import UnsupportedArchitectureError, hub_profile, hub_repo, resolve_name
@@ -33,6 +36,7 @@ from tidal.recommender.models import ModelProfile
 CONFIG_FILE: Final = "config.json"
 INDEX_FILE: Final = "model.safetensors.index.json"
 DEFAULT_TIMEOUT_S: Final = 10.0
+log = logging.getLogger(__name__)
 
 
 class HubFetchError(Exception):
@@ -222,3 +226,24 @@ class HubModels:
         if repo is None:
             return None
         return self.cached(*repo, now=now) or self.fetch(*repo, now=now)
+
+
+HUB_WAIT_S: Final = 40.0
+"""How long a reconcile waits for a fetch (``huggingface_hub`` retries an unreachable Hub for ~25 s); a
+slower fetch finishes in its thread and the next reconcile finds it."""
+
+
+OPERATOR_HUB = HubModels()
+"""The operator process's cache (settings from its environment at each fetch)."""
+
+
+async def fetch_hub_model(model: ModelSource, hub: HubModels = OPERATOR_HUB) -> None:
+    """Before planning: make sure the planner's table has an outcome for the model (no-op when
+    ``spec.model.architecture`` describes it or the URI is not an hf:// model outside the catalogue),
+    without blocking the event loop."""
+    if model.architecture is not None:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.to_thread(hub.ensure, model.uri)), HUB_WAIT_S)
+    except TimeoutError:
+        log.warning("Hub config.json of %s: still fetching after %.0f s", model.uri, HUB_WAIT_S)
