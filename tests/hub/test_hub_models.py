@@ -145,5 +145,8 @@ def test_operator_fetches_before_planning(hub: FakeHub) -> None:
         asked = len(hub.requests)
         asyncio.run(fetch_hub_model(ModelSource(uri="hf://meta-llama/Llama-3.1-8B-Instruct"), cache))
         assert len(hub.requests) == asked  # a catalogue model is never fetched
+        hubmodels.forget_all()  # the planner's table is bounded; the cache answers again, no request
+        asyncio.run(fetch_hub_model(ModelSource(uri="hf://acme/house-llama-70b"), cache))
+        assert len(hub.requests) == asked and model_condition(big).status is True
     finally:
         hubmodels.forget_all()

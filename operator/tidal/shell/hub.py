@@ -217,15 +217,27 @@ class HubModels:
         return result
 
     def ensure(self, uri: str, now: float | None = None) -> HubResult | None:
-        """For an ``hf://`` URI outside the catalogue (and without ``spec.model.architecture``, which the
-        caller checks): the cached outcome, or a fresh fetch when there is none or a failure is due for a
-        retry. ``None`` for other URIs. Blocking: run it in a thread from async code."""
-        if not uri.startswith("hf://") or resolve_name(model_name_hint(uri)) is not None:
-            return None
-        repo = hub_repo(uri)
+        """For an ``hf://`` URI outside the catalogue: the cached outcome (recorded for the planner again),
+        or a fresh fetch when there is none or a failure is due for a retry; ``None`` for other URIs.
+        Blocking when it fetches: see :func:`fetch_hub_model` for async code."""
+        repo = hub_target(uri)
         if repo is None:
             return None
-        return self.cached(*repo, now=now) or self.fetch(*repo, now=now)
+        return self.recall(*repo, now=now) or self.fetch(*repo, now=now)
+
+    def recall(self, repo_id: str, revision: str | None, now: float | None = None) -> HubResult | None:
+        """:meth:`cached`, recorded for the planner again (its table may have dropped it)."""
+        hit = self.cached(repo_id, revision, now=now)
+        if hit is not None:
+            hubmodels.record(repo_id, revision, hubmodels.HubLookup(hit.profile, hit.error, hit.reason))
+        return hit
+
+
+def hub_target(uri: str) -> tuple[str, str | None] | None:
+    """``(repo, revision)`` of an ``hf://`` URI whose model is not in the catalogue, else ``None``."""
+    if not uri.startswith("hf://") or resolve_name(model_name_hint(uri)) is not None:
+        return None
+    return hub_repo(uri)
 
 
 HUB_WAIT_S: Final = 40.0
@@ -241,8 +253,9 @@ async def fetch_hub_model(model: ModelSource, hub: HubModels = OPERATOR_HUB) -> 
     """Before planning: make sure the planner's table has an outcome for the model (no-op when
     ``spec.model.architecture`` describes it or the URI is not an hf:// model outside the catalogue),
     without blocking the event loop."""
-    if model.architecture is not None:
-        return
+    repo = hub_target(model.uri) if model.architecture is None else None
+    if repo is None or hub.recall(*repo) is not None:
+        return  # nothing to fetch, or answered from the cache without a thread
     try:
         await asyncio.wait_for(asyncio.shield(asyncio.to_thread(hub.ensure, model.uri)), HUB_WAIT_S)
     except TimeoutError:
