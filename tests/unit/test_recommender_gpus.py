@@ -136,3 +136,11 @@ def test_bad_entries_name_the_entry_and_field(text: str, message: str) -> None:
     with pytest.raises(ValueError) as info:
         load_gpu_catalog(text)
     assert message in str(info.value)
+
+
+def test_dev_cluster_gpu_nodes_are_in_the_catalogue() -> None:
+    from tidal.devcluster.nodes import GPU_MEMORY_MIB
+
+    for label, mib in GPU_MEMORY_MIB.items():
+        spec = get_gpu(label)  # the fake nodes' product labels name catalogue types
+        assert abs(spec.memory_gib - mib / 1024) / spec.memory_gib < 0.05, label
