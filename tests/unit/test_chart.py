@@ -61,6 +61,20 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "existing-sa"},
     },
+    "gpu-catalog-and-hub": {
+        "gpuCatalog": {
+            "gpus": [
+                {
+                    "name": "RTX-PRO-6000",
+                    "memory_gib": 95.0,
+                    "bandwidth_tbps": 1.79,
+                    "bf16_tflops": 500,
+                    "product_labels": ["NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition"],
+                }
+            ]
+        },
+        "hub": {"endpoint": "https://hub.example.com", "tokenSecret": {"name": "hf-token", "key": "token"}},
+    },
     "fixed-priority": {
         "replicaCount": 1,
         "operator": {"peering": {"enabled": True, "name": "p", "priority": 7}},

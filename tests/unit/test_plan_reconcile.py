@@ -472,7 +472,7 @@ def test_other_conditions_are_preserved() -> None:
     }
     c.converge()
     types = [x["type"] for x in c.doc["status"]["conditions"]]
-    assert types == ["Ready", "Progressing", "Degraded", "MetricsAvailable"]
+    assert types == ["Ready", "Progressing", "Degraded", "ModelResolved", "MetricsAvailable"]
 
 
 def test_stray_pod_is_deleted() -> None:

@@ -88,10 +88,23 @@ app.kubernetes.io/component: operator
 {{- if .Values.operator.prometheus.caBundle.configMap }}
 - --prometheus-ca-bundle=/etc/tidal/prometheus-ca/{{ .Values.operator.prometheus.caBundle.key }}
 {{- end }}
+{{- with include "tidal.gpuCatalogName" . }}
+- --gpu-catalog-configmap={{ . }}
+{{- end }}
 {{- if .Values.operator.verbose }}
 - --verbose
 {{- end }}
 {{- range .Values.operator.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+
+{{/* The GPU catalogue ConfigMap the operator reads: an existing one, the chart's own, or none (empty). */}}
+{{- define "tidal.gpuCatalogName" -}}
+{{- if .Values.gpuCatalog.existingConfigMap -}}
+{{- .Values.gpuCatalog.existingConfigMap -}}
+{{- else if .Values.gpuCatalog.gpus -}}
+{{- include "tidal.fullname" . }}-gpu-catalog
+{{- end -}}
 {{- end -}}

@@ -22,8 +22,10 @@ from typing import Any
 
 from tidal.api import AUTO, LLMDeploymentSpec, ModelSource, RecommendationStatus
 from tidal.api.status import LLMDeploymentStatus, PredictedPerformance, RecommendedValues
-from tidal.recommender.catalog import catalog_profile, resolve_name
-from tidal.recommender.gpus import UnknownGPUError, get_gpu
+from tidal.builders import hubmodels
+from tidal.builders.gpus import gpu_spec
+from tidal.recommender.catalog import catalog_profile, hub_repo, resolve_name
+from tidal.recommender.gpus import UnknownGPUError
 from tidal.recommender.memory import weight_bytes
 from tidal.recommender.models import ModelProfile
 from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
@@ -128,7 +130,8 @@ def model_profile(model: ModelSource) -> tuple[ModelProfile | None, str]:
     """The architecture the recommender sizes for, and where it came from (or why there is none).
 
     ``spec.model.architecture`` wins (a catalogue name, explicit numbers, or both); otherwise the URI's model
-    name is looked up in the built-in catalogue. The operator never downloads ``config.json``.
+    name is looked up in the built-in catalogue, then (hf:// URIs) in the Hub ``config.json`` profiles the
+    shell fetched (:mod:`tidal.builders.hubmodels`).
     """
     arch = model.architecture
     base: ModelProfile | None = None
@@ -142,10 +145,7 @@ def model_profile(model: ModelSource) -> tuple[ModelProfile | None, str]:
         hint = model_name_hint(model.uri)
         cat = resolve_name(hint)
         if cat is None:
-            return None, (
-                f"model {hint!r} is not in the built-in catalogue; set spec.model.architecture "
-                "(catalogName or numLayers/hiddenSize/numAttentionHeads) for a recommendation"
-            )
+            return _hub_profile(model.uri, hint)
         base, source = catalog_profile(cat), f"catalogue entry {cat} (from the model URI)"
     overrides = {
         target: getattr(arch, name)
@@ -173,6 +173,28 @@ def model_profile(model: ModelSource) -> tuple[ModelProfile | None, str]:
         base = dataclasses.replace(base, **overrides)
         source += " with spec.model.architecture overrides"
     return base, source
+
+
+MODEL_UNRESOLVED_HINT = (
+    "set spec.model.architecture (catalogName or numLayers/hiddenSize/numAttentionHeads) for a recommendation"
+)
+
+
+def _hub_profile(uri: str, hint: str) -> tuple[ModelProfile | None, str]:
+    repo = hub_repo(uri) if uri.startswith("hf://") else None
+    if repo is None:
+        return None, f"model {hint!r} is not in the built-in catalogue; {MODEL_UNRESOLVED_HINT}"
+    found = hubmodels.lookup(*repo)
+    missing = f"model {hint!r} is not in the built-in catalogue"
+    if found is None:
+        return None, f"{missing} and its config.json has not been fetched from the Hub yet"
+    if found.profile is None:
+        return (
+            None,
+            f"{missing} and its config.json could not be used: {found.error}; {MODEL_UNRESOLVED_HINT}",
+        )
+    rev = f"@{repo[1]}" if repo[1] else ""
+    return found.profile, f"config.json of {repo[0]}{rev} from the Hub"
 
 
 # ----------------------------------------------------------------------------------------- recommendation
@@ -251,7 +273,7 @@ def recommend_for_spec(
     apply = spec.recommendation.mode == "Apply"
     profile, source = model_profile(spec.model)
     try:
-        gpu = get_gpu(spec.resources.gpu_type)
+        gpu = gpu_spec(spec.resources.gpu_type)
     except UnknownGPUError as exc:
         profile, source = None, str(exc)
     if profile is None:

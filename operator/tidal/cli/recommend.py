@@ -2,20 +2,34 @@
 
 Flags that are given are fixed; the others are recommended (see ``tidal.recommender.recommend``).
 
+A model that is neither a catalogue name nor a local ``config.json`` is read from the Hugging Face Hub
+(``org/name`` or ``hf://org/name@revision``; ``HF_ENDPOINT``, ``HF_TOKEN`` / ``HF_TOKEN_PATH`` honoured,
+see :mod:`tidal.shell.hub`).
+
 Exit codes: 0 feasible; 1 infeasible (vLLM would refuse these settings; the table or JSON still says
-why); 2 usage error (unknown model, GPU, dtype, quantization or ``--vllm-release``, unreadable
-``--gpu-catalog``).
+why); 2 usage error (unknown model, unsupported architecture, Hub fetch failed, unknown GPU, dtype,
+quantization or ``--vllm-release``, unreadable ``--gpu-catalog``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from tidal.recommender.catalog import UnknownModelError, catalog_names, catalog_profile, get_model
+from tidal.recommender.catalog import (
+    UnknownModelError,
+    UnsupportedArchitectureError,
+    catalog_names,
+    catalog_profile,
+    get_model,
+    hub_repo,
+    resolve_name,
+)
 from tidal.recommender.gpus import GPUSpec, UnknownGPUError, builtin_catalog, get_gpu, load_gpu_catalog
+from tidal.recommender.models import ModelProfile
 from tidal.recommender.overheads import OVERHEADS, release_key
 from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
 
@@ -24,7 +38,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the flags and the handler."""
     p = parser
     p.add_argument(
-        "--model", help="catalogue name (see --list-models) or a config.json path / model directory"
+        "--model",
+        help="catalogue name (see --list-models), a config.json path / model directory, or a Hugging Face "
+        "repository (org/name, hf://org/name@revision; HF_ENDPOINT and HF_TOKEN / HF_TOKEN_PATH honoured)",
     )
     p.add_argument("--gpu", default="H100-80GB", help="GPU type (see --list-gpus); default H100-80GB")
     p.add_argument("--gpu-catalog", type=Path, help="YAML/JSON file adding or overriding GPU types")
@@ -102,15 +118,28 @@ def _list_models(as_json: bool) -> int:
 
 def _list_gpus(catalog: dict[str, GPUSpec], as_json: bool) -> int:
     if as_json:
-        print(json.dumps([g.__dict__ for g in catalog.values()], indent=2))
+        print(json.dumps([dataclasses.asdict(g) for g in catalog.values()], indent=2))
         return 0
-    print(f"{'gpu':12} {'GiB':>7} {'TB/s':>6} {'BF16 TF':>8} {'FP8 TF':>7} {'link GB/s':>9}")
+    print(f"{'gpu':12} {'GiB':>7} {'TB/s':>6} {'BF16 TF':>8} {'FP8 TF':>7} {'link GB/s':>9}  node labels")
     for g in catalog.values():
         print(
             f"{g.name:12} {g.memory_gib:>7.2f} {g.bandwidth_tbps:>6.2f} {g.bf16_tflops:>8.0f} "
-            f"{g.fp8_tflops:>7.0f} {g.interconnect_gbps:>9.0f}"
+            f"{g.fp8_tflops:>7.0f} {g.interconnect_gbps:>9.0f}  {', '.join(g.node_labels)}"
         )
     return 0
+
+
+def _model(name: str) -> ModelProfile:
+    """Catalogue, local file, then the Hub (``UnknownModelError`` / ``ValueError`` / ``OSError``)."""
+    repo = hub_repo(name)
+    if repo is None or resolve_name(name) is not None or Path(name).exists():
+        return get_model(name)
+    from tidal.shell.hub import HubFetchError, fetch_model_files
+
+    try:
+        return fetch_model_files(*repo).profile()
+    except HubFetchError as exc:
+        raise UnknownModelError(f"cannot fetch {repo[0]} from the Hub: {exc}") from None
 
 
 def format_table(rec: Recommendation) -> str:
@@ -165,11 +194,13 @@ def _run(args: argparse.Namespace) -> int:
             f"--vllm-release {args.vllm_release}: unknown; calibrated releases: {', '.join(OVERHEADS)}"
         )
     if not args.model:
-        return _fail("--model is required (a catalogue name from --list-models or a config.json path)")
+        return _fail(
+            "--model is required (a catalogue name from --list-models, a config.json path or org/name)"
+        )
     try:
-        model = get_model(args.model)
+        model = _model(args.model)
         gpu = get_gpu(args.gpu, catalog)
-    except (UnknownModelError, UnknownGPUError) as exc:
+    except (UnknownModelError, UnknownGPUError, UnsupportedArchitectureError) as exc:
         return _fail(str(exc.args[0]))
     except (OSError, ValueError) as exc:
         return _fail(f"cannot read model config {args.model!r}: {exc}")

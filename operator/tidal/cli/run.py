@@ -66,6 +66,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="CA bundle for https Prometheus URLs (also $TIDAL_PROMETHEUS_CA_BUNDLE; default: system CAs)",
     )
+    p.add_argument(
+        "--gpu-catalog-configmap",
+        metavar="[NAMESPACE/]NAME",
+        help="ConfigMap with a custom GPU catalogue (key gpus.yaml, the --gpu-catalog format of tidal "
+        "recommend) merged over the built-in one; read once at start (default namespace: the operator's)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(handler=_run)
 
@@ -141,6 +147,15 @@ def _start(args: argparse.Namespace) -> int:
     kube = Kube(make_api_client(args.kubeconfig))
     promaccess.configure(access)
     peering = None if args.standalone else resolve_peering(kube, args.peering, namespaces)
+    if args.gpu_catalog_configmap:
+        from tidal.shell.gpucatalog import GPUCatalogError, install_from_configmap
+
+        try:
+            catalog = install_from_configmap(kube.core, args.gpu_catalog_configmap)
+        except GPUCatalogError as exc:
+            print(f"tidal run: error: {exc}", file=sys.stderr)
+            return 2
+        logging.getLogger("tidal").info("GPU catalogue: %d types (%s)", len(catalog), ", ".join(catalog))
     identity = None
     gate = None
     if peering is not None:

@@ -57,6 +57,8 @@ _WARNING_REASONS = frozenset(
         "ErrImagePull",
         "CreateContainerConfigError",
         "InvalidImageName",
+        "ModelConfigUnavailable",
+        "UnsupportedArchitecture",
     }
 )
 
@@ -118,7 +120,7 @@ def _notable(cond: Cond) -> bool:
     ``ReplicaCreated`` Events say so (three fewer Events per new deployment)."""
     if cond.type in (DEGRADED, "PerformanceDegraded"):
         return cond.status
-    if cond.type in ("MetricsAvailable", "ScalingActive"):
+    if cond.type in ("MetricsAvailable", "ScalingActive", "ModelResolved"):
         return not cond.status  # the autoscaler's first pass is news only when it cannot work
     if cond.type in (READY, PROGRESSING):
         return cond.reason in _WARNING_REASONS

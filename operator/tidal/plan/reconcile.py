@@ -40,6 +40,7 @@ from tidal.plan.autoscale.status import AutoscalerPatch
 from tidal.plan.conditions import Cond, merge_conditions, replica_conditions
 from tidal.plan.documents import rfc3339, without_nulls
 from tidal.plan.gpuhours import account_gpu_hours, worker_gpus
+from tidal.plan.model import model_condition
 from tidal.plan.replicas import ReplicaView, parse_time
 from tidal.plan.target import DEFAULT_CONFIG, Resolved, Target, gpu_shortage, resolve
 from tidal.plan.types import EventSpec, ObjectRef, Observed, Plan
@@ -272,7 +273,11 @@ def plan_reconcile(
     )
     old_status = _status_dict(deployment)
     stamp = rfc3339(now)
-    extra = [*extra_conditions, *(autoscaler.conditions if autoscaler is not None else ())]
+    extra = [
+        model_condition(deployment),
+        *extra_conditions,
+        *(autoscaler.conditions if autoscaler is not None else ()),
+    ]
     merged, transitions = merge_conditions(
         old_status.get("conditions") or [], [*conds, *extra], stamp, deployment.metadata.generation
     )

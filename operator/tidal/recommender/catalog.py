@@ -6,7 +6,10 @@ and a local config cannot disagree. ``published_params_b`` is the total from the
 tests to check the computed parameter count.
 
 :func:`get_model` accepts a catalogue name (case-insensitive; ``/`` prefixes such as ``meta-llama/`` and
-the aliases below are accepted) or a path to a ``config.json`` / model directory.
+the aliases below are accepted) or a path to a ``config.json`` / model directory. A model outside the
+catalogue comes from its Hub ``config.json`` (fetched by the shell, :mod:`tidal.shell.hub`) through
+:func:`hub_profile`, which refuses architectures the recommender cannot size, naming them
+(:data:`SUPPORTED_ARCHITECTURES`).
 """
 
 from __future__ import annotations
@@ -263,8 +266,64 @@ ALIASES: dict[str, str] = {
 """Common Hugging Face repository names (lower-case, without the organisation) -> catalogue name."""
 
 
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "MixtralForCausalLM",
+    "GptOssForCausalLM",
+    "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM",
+)
+"""The ``config.json`` ``architectures`` the profile reader (:func:`profile_from_config`) sizes correctly."""
+
+
 class UnknownModelError(LookupError):
     """Neither a catalogue name nor a readable config.json."""
+
+
+class UnsupportedArchitectureError(ValueError):
+    """A config.json whose architecture the recommender cannot size."""
+
+
+def check_architecture(cfg: dict[str, Any], name: str) -> str:
+    """The supported architecture ``cfg`` declares (``architectures[0]``; a VLM's ``text_config`` too), or
+    :class:`UnsupportedArchitectureError` naming it and listing the supported ones."""
+    declared = [str(a) for a in cfg.get("architectures") or []]
+    text_cfg = cfg.get("text_config")
+    if isinstance(text_cfg, dict):
+        declared += [str(a) for a in text_cfg.get("architectures") or []]
+    for arch in declared:
+        if arch in SUPPORTED_ARCHITECTURES:
+            return arch
+    shown = ", ".join(declared) or f"none declared (model_type {cfg.get('model_type', 'unknown')!r})"
+    raise UnsupportedArchitectureError(
+        f"{name}: architecture {shown} is not supported by the recommender; supported: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)} (set spec.model.architecture, or fix TP/PP explicitly)"
+    )
+
+
+def hub_profile(repo_id: str, cfg: dict[str, Any]) -> ModelProfile:
+    """The profile of a Hub model from its ``config.json`` (``ValueError`` for an unsupported architecture
+    or a config that lacks the sizing fields)."""
+    check_architecture(cfg, repo_id)
+    return profile_from_config(cfg, name=repo_id)
+
+
+def hub_repo(name: str) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` of ``hf://org/name[@rev]`` or a bare ``org/name[@rev]``, else ``None``."""
+    text = name.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme != "hf":
+        return None
+    body = rest if sep else text
+    repo, _, rev = body.partition("@")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
+        return None
+    return repo, rev or None
 
 
 def catalog_names() -> list[str]:
@@ -297,6 +356,6 @@ def get_model(name_or_path: str | Path) -> ModelProfile:
     if path.is_file() or (path.is_dir() and (path / "config.json").is_file()):
         return load_profile(path)
     raise UnknownModelError(
-        f"unknown model {text!r}: not a catalogue name ({', '.join(catalog_names())}) "
-        "and not a config.json path or model directory"
+        f"unknown model {text!r}: not a catalogue name ({', '.join(catalog_names())}), "
+        "not a config.json path or model directory, and not a Hub repository (org/name)"
     )

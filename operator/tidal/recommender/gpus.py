@@ -1,23 +1,31 @@
-"""GPU catalogue: memory, memory bandwidth, dense BF16/FP8 throughput and interconnect per GPU type.
+"""The one GPU catalogue: memory, memory bandwidth, dense BF16/FP8 throughput, interconnect and the node
+product labels of each GPU type. Scheduling (:mod:`tidal.builders.gpus`: which ``nvidia.com/gpu.product``
+values a worker may land on) and the recommender (sizing) both read it, so a GPU the scheduler can place
+is a GPU the recommender knows, and an operator-supplied type serves both.
 
 Numbers are the vendors' public data-sheet figures (dense, i.e. without 2:4 sparsity). ``memory_gib`` is
 the total CUDA reports (``torch.cuda.mem_get_info()[1]``, what vLLM multiplies by ``gpu_memory_utilization``):
 79.18 GiB on an H100 80GB HBM3 (measured), not the marketing gigabytes. ``interconnect_gbps`` is the
 per-GPU bidirectional bandwidth of the fastest GPU-to-GPU link inside a node (NVLink / Infinity Fabric,
-or PCIe where there is none); it decides whether tensor parallelism is cheap.
+or PCIe where there is none); it decides whether tensor parallelism is cheap. ``product_labels`` are the
+``nvidia.com/gpu.product`` values NVIDIA GPU feature discovery writes for the GPU (the driver's product
+name with spaces replaced by dashes; SXM and PCIe boards and memory variants differ).
 
-Operators add or override GPU types with :func:`load_gpu_catalog` (YAML or JSON text: a list of entries or
-a mapping name -> fields); :func:`get_gpu` then looks names up in that merged catalogue.
+Operators add or override GPU types with :func:`load_gpu_catalog` (YAML or JSON text: a list of entries,
+``{gpus: [...]}`` or a mapping name -> fields; each entry validated by pydantic); the CLI reads it from
+``--gpu-catalog FILE``, the operator from a ConfigMap (``tidal run --gpu-catalog-configmap``).
+:func:`get_gpu` looks a name, alias or product label up in a catalogue.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,10 @@ class GPUSpec:
     interconnect_gbps: float = 64.0
     """Per-GPU bidirectional GPU-to-GPU bandwidth inside a node, GB/s."""
     vendor: str = "nvidia"
+    product_labels: tuple[str, ...] = ()
+    """``nvidia.com/gpu.product`` node label values of this GPU (empty: the name itself is the label)."""
+    aliases: tuple[str, ...] = ()
+    """Other spellings accepted for the name (case-insensitive)."""
 
     @property
     def memory_bytes(self) -> int:
@@ -58,39 +70,47 @@ class GPUSpec:
         """vLLM's "large GPU" rule for its defaults: at least 70 GiB of memory."""
         return self.memory_gib >= 70.0
 
+    @property
+    def node_labels(self) -> tuple[str, ...]:
+        """The ``nvidia.com/gpu.product`` values a node of this type may carry (the name when none known)."""
+        return self.product_labels or (self.name,)
+
+    def spellings(self) -> tuple[str, ...]:
+        """Every lower-case spelling that names this type: name, aliases, product labels."""
+        return tuple(s.lower() for s in (self.name, *self.aliases, *self.product_labels))
+
 
 BUILTIN_GPUS: tuple[GPUSpec, ...] = (
-    GPUSpec("H100-80GB", 79.18, 3.35, 989.0, 1979.0, 900.0),
-    GPUSpec("H100-PCIe", 79.18, 2.0, 756.0, 1513.0, 128.0),
-    GPUSpec("H100-NVL", 93.0, 3.9, 835.0, 1671.0, 600.0),
-    GPUSpec("H200", 139.8, 4.8, 989.0, 1979.0, 900.0),
-    GPUSpec("B200", 178.4, 8.0, 2250.0, 4500.0, 1800.0),
-    GPUSpec("A100-80GB", 79.15, 2.039, 312.0, 0.0, 600.0),
-    GPUSpec("A100-40GB", 39.39, 1.555, 312.0, 0.0, 600.0),
-    GPUSpec("L40S", 44.52, 0.864, 362.0, 733.0, 64.0),
-    GPUSpec("L4", 22.03, 0.3, 121.0, 242.0, 64.0),
-    GPUSpec("A10G", 22.02, 0.6, 70.0, 0.0, 64.0),
+    GPUSpec(
+        "H100-80GB", 79.18, 3.35, 989.0, 1979.0, 900.0,
+        product_labels=("NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-SXM5-80GB"),
+        aliases=("h100", "h100-sxm", "h100-sxm5-80gb", "h100-80gb-hbm3"),
+    ),
+    GPUSpec(
+        "H100-PCIe", 79.18, 2.0, 756.0, 1513.0, 128.0,
+        product_labels=("NVIDIA-H100-PCIe", "NVIDIA-H100-PCIE-80GB"), aliases=("h100-pcie-80gb",),
+    ),
+    GPUSpec("H100-NVL", 93.0, 3.9, 835.0, 1671.0, 600.0, product_labels=("NVIDIA-H100-NVL",)),
+    GPUSpec(
+        "H200", 139.8, 4.8, 989.0, 1979.0, 900.0,
+        product_labels=("NVIDIA-H200", "NVIDIA-H200-141GB-HBM3"), aliases=("h200-141gb",),
+    ),
+    GPUSpec("B200", 178.4, 8.0, 2250.0, 4500.0, 1800.0, product_labels=("NVIDIA-B200",)),
+    GPUSpec(
+        "A100-80GB", 79.15, 2.039, 312.0, 0.0, 600.0,
+        product_labels=("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"), aliases=("a100",),
+    ),
+    GPUSpec(
+        "A100-40GB", 39.39, 1.555, 312.0, 0.0, 600.0,
+        product_labels=("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB"),
+    ),
+    GPUSpec("L40S", 44.52, 0.864, 362.0, 733.0, 64.0, product_labels=("NVIDIA-L40S",)),
+    GPUSpec("L4", 22.03, 0.3, 121.0, 242.0, 64.0, product_labels=("NVIDIA-L4",)),
+    GPUSpec("A10G", 22.02, 0.6, 70.0, 0.0, 64.0, product_labels=("NVIDIA-A10G",)),
     GPUSpec("MI300X", 191.5, 5.3, 1307.0, 2615.0, 896.0, vendor="amd"),
     GPUSpec("MI325X", 255.5, 6.0, 1307.0, 2615.0, 896.0, vendor="amd"),
-)
-"""The built-in GPU types."""
-
-ALIASES: dict[str, str] = {
-    "h100": "H100-80GB",
-    "h100-sxm": "H100-80GB",
-    "h100-sxm5-80gb": "H100-80GB",
-    "h100-80gb-hbm3": "H100-80GB",
-    "nvidia-h100-80gb-hbm3": "H100-80GB",
-    "h100-pcie-80gb": "H100-PCIe",
-    "h200-141gb": "H200",
-    "nvidia-h200": "H200",
-    "a100": "A100-80GB",
-    "a100-sxm4-80gb": "A100-80GB",
-    "a100-sxm4-40gb": "A100-40GB",
-    "nvidia-l4": "L4",
-    "nvidia-a10g": "A10G",
-}
-"""Other spellings (lower-case; e.g. the ``nvidia.com/gpu.product`` label) -> catalogue name."""
+)  # fmt: skip
+"""The built-in GPU types (AMD types carry no NVIDIA product label: their name is used verbatim)."""
 
 
 class UnknownGPUError(LookupError):
@@ -102,74 +122,106 @@ def builtin_catalog() -> dict[str, GPUSpec]:
     return {g.name: g for g in BUILTIN_GPUS}
 
 
-_FIELDS = {f.name for f in fields(GPUSpec)}
+class GPUEntry(BaseModel):
+    """One entry of a custom catalogue as written (a new type needs the three sizing numbers; an entry
+    naming an existing type overrides only the fields it gives)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=63)
+    memory_gib: float | None = Field(default=None, gt=0)
+    bandwidth_tbps: float | None = Field(default=None, gt=0)
+    bf16_tflops: float | None = Field(default=None, gt=0)
+    fp8_tflops: float | None = Field(default=None, ge=0)
+    interconnect_gbps: float | None = Field(default=None, gt=0)
+    vendor: str | None = None
+    product_labels: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] | None = None
+
+    def apply(self, base: GPUSpec | None) -> GPUSpec:
+        """The spec this entry gives, over ``base`` (the existing type of that name, if any)."""
+        given = self.model_dump(exclude_none=True, exclude={"name"})
+        values: dict[str, Any] = {} if base is None else asdict(base)
+        values.update(given)
+        values["name"] = base.name if base is not None else self.name
+        missing = sorted({"memory_gib", "bandwidth_tbps", "bf16_tflops"} - set(values))
+        if missing:
+            raise ValueError(f"GPU {self.name!r}: a new type needs {', '.join(missing)}")
+        return GPUSpec(**values)
 
 
-def _spec_from_mapping(name: str, data: Mapping[str, Any], base: GPUSpec | None) -> GPUSpec:
-    unknown = set(data) - _FIELDS
-    if unknown:
-        raise ValueError(f"GPU {name!r}: unknown fields {sorted(unknown)}; known: {sorted(_FIELDS)}")
-    values: dict[str, Any] = {} if base is None else {f: getattr(base, f) for f in _FIELDS}
-    values.update(data)
-    values["name"] = name
-    missing = {"memory_gib", "bandwidth_tbps", "bf16_tflops"} - set(values)
-    if missing:
-        raise ValueError(f"GPU {name!r}: missing required fields {sorted(missing)}")
-    spec = GPUSpec(**values)
-    if spec.memory_gib <= 0 or spec.bandwidth_tbps <= 0 or spec.bf16_tflops <= 0:
-        raise ValueError(f"GPU {name!r}: memory_gib, bandwidth_tbps and bf16_tflops must be positive")
-    return spec
+def _entries(data: Any) -> list[Any]:
+    if isinstance(data, Mapping) and "gpus" in data:
+        data = data["gpus"]
+    if isinstance(data, list):
+        return data
+    if isinstance(data, Mapping):
+        out = []
+        for key, item in data.items():
+            if not isinstance(item, Mapping):
+                raise ValueError(f"GPU {key!r}: expected a mapping of fields")
+            out.append({"name": str(key), **item})
+        return out
+    raise ValueError("GPU catalogue must be a list of entries, {gpus: [...]} or a mapping name -> fields")
+
+
+def _validation_message(index: int, item: Any, exc: ValidationError) -> str:
+    name = item.get("name") if isinstance(item, Mapping) else None
+    where = f"GPU {name!r}" if name else f"GPU entry {index + 1}"
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"{where}: {problems}"
 
 
 def load_gpu_catalog(text: str, base: Mapping[str, GPUSpec] | None = None) -> dict[str, GPUSpec]:
-    """Merge GPU types from YAML/JSON ``text`` over ``base`` (default: the built-ins).
+    """Merge GPU types from YAML/JSON ``text`` over ``base`` (default: the built-ins); ``ValueError`` with
+    the entry and field for anything malformed.
 
     Accepted shapes: ``[{name: X, memory_gib: ..., ...}, ...]``, ``{gpus: [...]}`` or ``{X: {...}, ...}``.
-    An entry named like an existing type overrides only the fields it gives.
+    An entry named like an existing type (name, alias or product label) overrides only the fields it gives.
     """
     catalog = dict(builtin_catalog() if base is None else base)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"GPU catalogue is neither YAML nor JSON: {exc}") from exc
     if data is None:
         return catalog
-    if isinstance(data, Mapping) and "gpus" in data:
-        data = data["gpus"]
-    entries: list[tuple[str, Mapping[str, Any]]] = []
-    if isinstance(data, list):
-        for item in data:
-            if not isinstance(item, Mapping) or "name" not in item:
-                raise ValueError("each GPU entry must be a mapping with a name")
-            entries.append((str(item["name"]), {k: v for k, v in item.items() if k != "name"}))
-    elif isinstance(data, Mapping):
-        for key, item in data.items():
-            if not isinstance(item, Mapping):
-                raise ValueError(f"GPU {key!r}: expected a mapping of fields")
-            entries.append((str(key), item))
-    else:
-        raise ValueError("GPU catalogue must be a list of entries or a mapping name -> fields")
-    for name, item in entries:
-        existing = _lookup(catalog, name)
-        catalog[existing.name if existing else name] = _spec_from_mapping(
-            existing.name if existing else name, item, existing
-        )
+    for index, item in enumerate(_entries(data)):
+        try:
+            entry = GPUEntry.model_validate(item)
+        except ValidationError as exc:
+            raise ValueError(_validation_message(index, item, exc)) from None
+        existing = find_gpu(catalog, entry.name)
+        spec = entry.apply(existing)
+        catalog[spec.name] = spec
     return catalog
 
 
-def _lookup(catalog: Mapping[str, GPUSpec], name: str) -> GPUSpec | None:
-    key = name.strip().lower()
-    for cat_name, spec in catalog.items():
-        if cat_name.lower() == key:
+def find_gpu(catalog: Mapping[str, GPUSpec], name: str) -> GPUSpec | None:
+    """The type ``name`` names in ``catalog`` (name, alias or product label, case-insensitive), if any."""
+    key = name.strip().lower().replace(" ", "-")
+    for spec in catalog.values():
+        if spec.name.lower() == key:
             return spec
-    alias = ALIASES.get(key) or ALIASES.get(key.replace(" ", "-"))
-    return catalog.get(alias) if alias else None
+    for spec in catalog.values():
+        if key in spec.spellings():
+            return spec
+    return None
 
 
 def get_gpu(name: str, catalog: Mapping[str, GPUSpec] | None = None) -> GPUSpec:
-    """The GPU type ``name`` (case-insensitive, aliases accepted) from ``catalog`` (default: built-ins)."""
+    """The GPU type ``name`` (case-insensitive; aliases and product labels accepted) from ``catalog``
+    (default: the built-ins)."""
     cat = builtin_catalog() if catalog is None else catalog
-    spec = _lookup(cat, name)
+    spec = find_gpu(cat, name)
     if spec is None:
-        raise UnknownGPUError(f"unknown GPU {name!r}; known: {', '.join(cat)} (add one with --gpu-catalog)")
+        raise UnknownGPUError(
+            f"unknown GPU {name!r}; known: {', '.join(cat)} (add one with --gpu-catalog, or in the "
+            "operator with the GPU catalogue ConfigMap)"
+        )
     return spec

@@ -30,7 +30,7 @@ from tidal.api import LLMDeployment
 from tidal.builders.pods import BuilderConfig
 from tidal.plan import NodeInfo, Observed, Plan, plan_reconcile, resolve
 from tidal.plan.autoscale.status import disabled_conditions
-from tidal.shell import metrics
+from tidal.shell import hub, metrics
 from tidal.shell.autoscale import guarded_pass, next_interval
 from tidal.shell.events import post_events
 from tidal.shell.indexes import Key, values
@@ -310,6 +310,7 @@ class Reconciler:
         meta, deployment, observed = seen
         now = datetime.now(UTC)
         ns, name = str(meta["namespace"]), str(meta["name"])
+        await hub.fetch_hub_model(deployment.spec.model)  # hf:// models outside the catalogue
         resolved = resolve(deployment, observed.pods, now, self.config)
         if state.pending_replicas == deployment.spec.replicas:
             state.pending_replicas = None

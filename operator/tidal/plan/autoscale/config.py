@@ -14,7 +14,8 @@ from typing import Any, Final, NamedTuple
 
 from tidal.api import LLMDeployment
 from tidal.builders.engine import EffectiveEngine, RecommendationResult, model_profile
-from tidal.recommender.gpus import UnknownGPUError, get_gpu
+from tidal.builders.gpus import gpu_spec
+from tidal.recommender.gpus import UnknownGPUError
 from tidal.recommender.perf import performance_model
 from tidal.scaling import ScalingConfig
 from tidal.sim.capacity import TargetUnreachable, modelled_capacity
@@ -111,7 +112,7 @@ def replica_capacity(
         )
     profile, _ = model_profile(spec.model)
     try:
-        gpu = get_gpu(spec.resources.gpu_type)
+        gpu = gpu_spec(spec.resources.gpu_type)
     except UnknownGPUError as exc:
         return LoadModel(None, f"load signal off: {exc}")
     if profile is None:
