@@ -56,10 +56,12 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
     import prometheus_client
 
+    from tidal.builders.pods import BuilderConfig
     from tidal.shell import handlers
     from tidal.shell.kube import Kube, make_api_client
     from tidal.shell.leadership import PeeringGate
     from tidal.shell.metrics import REGISTRY
+    from tidal.shell.workercode import load_worker_code
 
     namespaces = list(args.namespace)
     kube = Kube(make_api_client(args.kubeconfig))
@@ -69,7 +71,9 @@ def _run(args: argparse.Namespace) -> int:
         # The identity kopf registers under in the peering: the reconcile's own timers follow the same rule.
         identity = f"tidal@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         gate = PeeringGate(kube, args.peering, namespaces, identity, args.priority)
-    handlers.configure(kube, namespaces=len(namespaces), gate=gate)
+    # The worker code the pods mount (stock vLLM image): read once; a broken package fails here, not in pods.
+    config = BuilderConfig(worker_code=load_worker_code())
+    handlers.configure(kube, config=config, namespaces=len(namespaces), gate=gate)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     kopf.run(
