@@ -17,26 +17,21 @@ import yaml
 
 from tidal.api import MAX_HISTORY, LLMDeployment
 from tidal.plan import NodeInfo, Observed, plan_reconcile
-from tidal.plan.autoscale import (
-    BLOCKED_KEY,
-    GPU_HOURS_AT,
-    MAX_GPU_HOURS_GAP_S,
-    accumulate_gpu_hours,
-    autoscaler_patch,
+from tidal.plan.autoscale.config import replica_capacity, scaling_config
+from tidal.plan.autoscale.observe import (
     capacity_view,
-    disabled_conditions,
     free_gpus,
     load_state,
     measured_cold_start,
     merge_pods,
-    pod_gpus,
     replica_ages,
-    replica_capacity,
-    scaling_config,
-    signal_status,
     with_replica_ages,
 )
+from tidal.plan.autoscale.status import BLOCKED_KEY, autoscaler_patch, disabled_conditions, signal_status
 from tidal.plan.conditions import merge_conditions
+from tidal.plan.gpuhours import GPU_HOURS_AT, MAX_GPU_HOURS_GAP_S, accumulate_gpu_hours
+from tidal.plan.replicas import group_replicas, pod_gpus
+from tidal.plan.target import make_target
 from tidal.scaling import (
     AutoscalerState,
     CapacityView,
@@ -244,7 +239,8 @@ def test_capacity_view_ready_starting_and_cold_start() -> None:
         pod("r2", 2),  # starting
         pod("r3", 3, ready_after=5, terminating=True),  # going away: neither ready nor starting
     ]
-    cap = capacity_view(3, pods, T0 + timedelta(minutes=5), 2, 6)
+    views, _ = group_replicas(pods, T0 + timedelta(minutes=5))
+    cap = capacity_view(3, views, pods, 2, 6)
     assert (cap.current, cap.ready, cap.starting, cap.free_gpus, cap.gpus_per_replica) == (3, 2, 1, 6, 2)
     assert cap.cold_start_s == 30.0  # median of 30, 40 and the terminating 5
 
@@ -632,8 +628,6 @@ def test_merge_pods_keeps_each_pod_once() -> None:
 
 
 def test_load_signal_capacity_from_the_performance_model() -> None:
-    from tidal.plan.reconcile import make_target
-
     d = deployment()  # Llama-3.1-8B on H100, TP 1, Apply mode
     target = make_target(d, 1)
     cap, text = replica_capacity(d, target.inputs.engine, target.recommendation)
@@ -674,8 +668,6 @@ def test_load_signal_capacity_from_the_performance_model() -> None:
 
 
 def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() -> None:
-    from tidal.plan.reconcile import make_target
-
     unknown = deployment(model={"uri": "hf://someone/unknown-model"})
     t = make_target(unknown, 1)
     cap, text = replica_capacity(unknown, t.inputs.engine, t.recommendation)

@@ -3,10 +3,11 @@
 The handlers run :func:`autoscale_pass` (synchronous: call it through ``asyncio.to_thread``) inside the
 deployment's reconcile, every :func:`interval_seconds` when ``spec.autoscaling.enabled``. The decision is
 the pure algorithm's (:func:`tidal.scaling.compute_desired_replicas`), its inputs and outputs the pure glue's
-(:mod:`tidal.plan.autoscale`); this module only does the I/O: the Prometheus query, the list of every pod
-that requests GPUs (other workloads share the GPU nodes: free GPUs must subtract them too), the merge patch
-of ``spec.replicas`` on the main resource (as the HPA does; the scale subresource stays usable when
-autoscaling is off), and the operator's reason-labelled metrics.
+(:mod:`tidal.plan.autoscale`), all from the reconcile pass's one :class:`~tidal.plan.target.Resolved`; this
+module only does the I/O: the Prometheus query, the list of every pod that requests GPUs (other workloads
+share the GPU nodes: free GPUs must subtract them too), the merge patch of ``spec.replicas`` on the main
+resource (as the HPA does; the scale subresource stays usable when autoscaling is off), and the operator's
+reason-labelled metrics.
 """
 
 from __future__ import annotations
@@ -24,22 +25,20 @@ from typing import Any, Final
 from tidal.api import GROUP, PLURAL, VERSION, LLMDeployment
 from tidal.builders.names import label_value
 from tidal.plan import NodeInfo
-from tidal.plan.autoscale import (
-    AutoscalerPatch,
+from tidal.plan.autoscale.config import replica_capacity, scaling_config
+from tidal.plan.autoscale.observe import (
     alive_replicas,
-    autoscaler_patch,
     capacity_view,
-    engine_tuning,
     free_gpus,
     load_state,
     merge_pods,
-    pod_gpus,
     replica_ages,
-    replica_capacity,
-    scaling_config,
     with_replica_ages,
 )
-from tidal.plan.reconcile import Target, node_matches
+from tidal.plan.autoscale.status import AutoscalerPatch, autoscaler_patch
+from tidal.plan.autoscale.tuning import engine_tuning
+from tidal.plan.replicas import pod_gpus
+from tidal.plan.target import Resolved, node_matches
 from tidal.scaling import FleetObservation, ScalingDecision, compute_desired_replicas
 from tidal.shell import metrics
 from tidal.shell.kube import MERGE, Kube
@@ -128,7 +127,7 @@ class PassResult:
 
 def autoscale_pass(
     deployment: LLMDeployment,
-    target: Target,
+    resolved: Resolved,
     status: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     all_worker_pods: Sequence[Mapping[str, Any]],
@@ -140,8 +139,9 @@ def autoscale_pass(
     kube: Kube | None = None,
 ) -> PassResult:
     """Observe Prometheus (and, with ``kube``, the cluster's GPU pods) and decide (blocking I/O: run it in a
-    thread)."""
+    thread). ``resolved``: the pass's target and the replica views of ``pods``."""
     spec = deployment.spec
+    target = resolved.target
     name = deployment.metadata.name or ""
     ns = deployment.metadata.namespace or "default"
     prom = spec.autoscaling.prometheus
@@ -154,9 +154,9 @@ def autoscale_pass(
     matching = None if nodes is None else [n for n in nodes if node_matches(n, deployment)]
     gpu_pods = GPU_PODS.get(kube) if kube is not None else None
     holders = merge_pods(all_worker_pods, gpu_pods or [])
-    capacity = capacity_view(spec.replicas, pods, now_dt, gpr, free_gpus(matching, holders))
+    capacity = capacity_view(spec.replicas, resolved.views, pods, gpr, free_gpus(matching, holders))
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
-    gpus_in_use = alive_replicas(pods, now_dt) * gpr
+    gpus_in_use = alive_replicas(resolved.views) * gpr
     tuning = engine_tuning(deployment, decision, status, now, pods, target)
     patch = autoscaler_patch(
         decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, capacity_text
