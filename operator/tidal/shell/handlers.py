@@ -191,6 +191,7 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
             ("pod_index", "v1", "Pod"),
             ("service_index", "v1", "Service"),
             ("pdb_index", "policy/v1", "PodDisruptionBudget"),
+            ("config_map_index", "v1", "ConfigMap"),
         )
         for o in values(idx[index], key)
         if not (kind == "Pod" and o["metadata"].get("deletionTimestamp"))
