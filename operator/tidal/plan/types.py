@@ -30,6 +30,8 @@ class Observed:
     pods: Sequence[Mapping[str, Any]] = ()
     services: Sequence[Mapping[str, Any]] = ()
     pdbs: Sequence[Mapping[str, Any]] = ()
+    config_maps: Sequence[Mapping[str, Any]] = ()
+    """The worker-code ConfigMap (metadata only)."""
     nodes: Sequence[NodeInfo] | None = None
     """``None`` when the operator does not watch nodes: the GPU arithmetic is skipped (Pending pods still
     reveal a shortage)."""

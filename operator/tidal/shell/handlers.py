@@ -175,6 +175,16 @@ async def on_pod_event(namespace: str | None, labels: Mapping[str, str], **kwarg
         await RECONCILER.quiet((namespace or "", owner), indexes_of(kwargs))
 
 
+@kopf.on.event("configmaps", labels=WORKER_SELECTOR)
+async def on_config_map_event(
+    type: str | None, namespace: str | None, labels: Mapping[str, str], **kwargs: Any
+) -> None:
+    """The worker-code ConfigMap was deleted: put it back now (new pods cannot start without it)."""
+    owner = labels.get(DEPLOYMENT_LABEL)
+    if type == "DELETED" and owner:
+        await RECONCILER.quiet((namespace or "", owner), indexes_of(kwargs))
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
     """Delete every child now (the garbage collector would too, through the owner references), then let kopf
@@ -191,6 +201,7 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
             ("pod_index", "v1", "Pod"),
             ("service_index", "v1", "Service"),
             ("pdb_index", "policy/v1", "PodDisruptionBudget"),
+            ("config_map_index", "v1", "ConfigMap"),
         )
         for o in values(idx[index], key)
         if not (kind == "Pod" and o["metadata"].get("deletionTimestamp"))

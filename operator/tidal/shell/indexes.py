@@ -1,5 +1,6 @@
 """kopf indexes: the operator's in-memory view of every LLMDeployment and of its children (worker pods,
-Services, PodDisruptionBudgets) by deployment, and of the GPU nodes, fed by kopf's watches.
+Services, PodDisruptionBudgets, the worker-code ConfigMap) by deployment, and of the GPU nodes, fed by kopf's
+watches.
 
 Its own module because the indexes are what makes a reconcile free of reads (a steady state costs no API
 requests) and what decides the operator's resident memory: each body is slimmed to what the reconcile reads
@@ -21,7 +22,9 @@ from tidal.plan import NodeInfo
 from tidal.plan.replicas import container_gpus
 
 WORKER_SELECTOR: Final = {NAME_LABEL: WORKER_APP}
-INDEX_NAMES: Final = ("llmd_index", "pod_index", "service_index", "pdb_index", "node_index")
+INDEX_NAMES: Final = (
+    "llmd_index", "pod_index", "service_index", "pdb_index", "config_map_index", "node_index"
+)
 """The keyword arguments under which kopf hands the indexes to every handler."""
 
 Key = tuple[str, str]
@@ -107,6 +110,17 @@ async def pdb_index(
     return {(namespace or "", labels.get(DEPLOYMENT_LABEL, "")): slim_child(body)}
 
 
+@kopf.index("configmaps", labels=WORKER_SELECTOR)
+async def config_map_index(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """The worker-code ConfigMap by owning deployment: metadata only (its ~75 KB of data stays out of memory;
+    the plan compares the hash annotation)."""
+    meta = body.get("metadata", {})
+    slim = {k: meta.get(k) for k in (*_CHILD_META, "annotations") if meta.get(k) is not None}
+    return {(namespace or "", labels.get(DEPLOYMENT_LABEL, "")): {"metadata": slim}}
+
+
 @kopf.index("nodes")
 async def node_index(
     body: kopf.Body, name: str, labels: Mapping[str, str], spec: kopf.Spec, **_: Any
@@ -135,6 +149,7 @@ __all__ = [
     "INDEX_NAMES",
     "WORKER_SELECTOR",
     "Key",
+    "config_map_index",
     "indexes_of",
     "llmd_index",
     "node_index",

@@ -31,6 +31,7 @@ PATHS = {
     "Pod": "/api/v1/namespaces/{namespace}/pods/{name}",
     "Service": "/api/v1/namespaces/{namespace}/services/{name}",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{name}",
+    "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps/{name}",
 }
 """Where each kind of child object lives."""
 POOL_CONNECTIONS = 40

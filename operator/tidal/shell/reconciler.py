@@ -296,6 +296,7 @@ class Reconciler:
             pods=values(indexes["pod_index"], key),
             services=values(indexes["service_index"], key),
             pdbs=values(indexes["pdb_index"], key),
+            config_maps=values(indexes["config_map_index"], key),
             nodes=nodes,
         )
         return meta, deployment, observed

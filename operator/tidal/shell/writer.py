@@ -93,7 +93,7 @@ def allocates_cluster_ip(obj: Mapping[str, Any]) -> bool:
 
 def _remembered(obj: Mapping[str, Any]) -> str | None:
     """The key under which an apply of ``obj`` is remembered (Services and PDBs), else ``None``."""
-    if obj.get("kind") not in ("Service", "PodDisruptionBudget"):
+    if obj.get("kind") not in ("Service", "PodDisruptionBudget", "ConfigMap"):
         return None
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
@@ -104,7 +104,12 @@ def not_recently_applied(
     """``apply`` less the Services and PDBs applied with the same content within
     :data:`RECENT_APPLY_SECONDS` that the watch has not shown yet (what it has shown is forgotten: from then
     on the planner compares with the observed object)."""
-    for kind, objs in (("Service", observed.services), ("PodDisruptionBudget", observed.pdbs)):
+    seen = (
+        ("Service", observed.services),
+        ("PodDisruptionBudget", observed.pdbs),
+        ("ConfigMap", observed.config_maps),
+    )
+    for kind, objs in seen:
         for obj in objs:
             memory.applied.pop(f"{kind}/{obj.get('metadata', {}).get('name')}", None)
     now = time.monotonic()
