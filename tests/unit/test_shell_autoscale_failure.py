@@ -14,6 +14,7 @@ import yaml
 
 from tidal.plan import ObjectRef
 from tidal.shell import autoscale
+from tidal.shell.indexes import INDEX_NAMES
 from tidal.shell.reconciler import Reconciler
 
 pytestmark = pytest.mark.unit
@@ -56,12 +57,8 @@ def test_a_pass_that_raises_still_reconciles_the_pods(
     kube = FakeKube()
     rec = Reconciler(kube=kube)  # type: ignore[arg-type]
     key = ("ns", "llama-3-1-8b")
-    indexes: dict[str, Any] = {
+    indexes: dict[str, Any] = {name: {} for name in INDEX_NAMES} | {
         "llmd_index": {key: [doc]},
-        "pod_index": {},
-        "service_index": {},
-        "pdb_index": {},
-        "node_index": {},
     }
 
     async def run() -> None:
