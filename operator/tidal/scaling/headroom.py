@@ -1,0 +1,235 @@
+"""Attainment-targeted headroom: how much capacity to keep for the demand the autoscaler cannot react to.
+
+Why it exists: a replica asked for now serves only after one *provisioning lead time* ``L`` (the measured
+decision-to-Ready time plus the detection delay of the metrics). Any rise of demand inside ``L`` lands on
+the replicas already there; no reactive rule can catch it. So the fleet keeps standing capacity for that
+rise, sized like safety stock over a replenishment lead time in inventory theory: at the quantile of the
+rise that the SLO-attainment target implies, measured on this deployment's own demand history.
+
+The estimate, in order (every step is a pure function of the history and is unit-tested):
+
+1. **Growth samples.** For every history sample ``t`` the *lead-time growth* is
+   ``max(d(s) for s in (t, t + L]) / base(t)``, where ``d`` is the demand (replicas of work) and
+   ``base(t)`` the median demand over the ``base_window_s`` before ``t``. Against a median rather than the
+   instantaneous value, so a recurring burst reads as a rise over the level it recurs from, and the fleet
+   sized as ``base x headroom`` does not multiply a burst that is already under way.
+2. **Quantile.** The demand-weighted ``q``-quantile of these samples with ``q = sloAttainment``: a rise
+   larger than the headroom happens in at most ``1 - q`` of the request-weighted time; the headroom never
+   goes below 1.
+3. **Prior while history is short.** ``n = span / L`` lead times of history count as ``n`` observations; a
+   prior of ``prior`` (default 2.0: the fleet can absorb demand doubling within one lead time) counts as
+   ``PRIOR_WEIGHT`` of them. The estimate is ``max(h, (n h + k prior) / (n + k))``: a history that shows
+   *more* growth than the prior is believed at once; one that shows less pulls the headroom down only as it
+   grows (half way after ``k`` lead times, 90 % after ``9 k``). ``k`` = 10 lead times (about 20 minutes at
+   L = 2 min) halves the prior's say; the quantile of a 0.99 target needs about ``1 / (1 - q)`` = 100 lead
+   times (3 - 4 hours) before its tail rests on data, which is why the history read from Prometheus
+   reaches ``HISTORY_S`` back.
+4. **Feedback.** Measured attainment (an exponential moving average of the SLO misses over
+   ``FEEDBACK_TAU_S``, updated only while the fleet is settled: nothing starting, no queue building)
+   scales the headroom by a factor in ``[FEEDBACK_MIN, FEEDBACK_MAX]``: misses above the allowed
+   ``1 - target`` raise it by up to ``FEEDBACK_UP`` per decision; misses below half the allowed lower it
+   by ``FEEDBACK_DOWN`` per decision (slow: about 13 minutes from 1.0 to 0.9 at a 15 s sync).
+
+Nothing here reads a clock or does I/O; the history is passed in (the simulator records it, the operator
+reads it from Prometheus range queries).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+HISTORY_S = 4 * 3600.0
+"""How far back the demand history reaches (the operator's Prometheus range query, the simulator's record)."""
+HISTORY_STEP_S = 15.0
+"""Resolution of the demand history (one sample per sync period)."""
+PRIOR_WEIGHT = 10.0
+"""The prior counts as this many lead times of history."""
+MIN_SAMPLES = 8
+"""Fewer growth samples than this: the prior alone."""
+FEEDBACK_TAU_S = 300.0
+"""Time constant of the measured-attainment moving average (the rolling window of the feedback)."""
+FEEDBACK_MIN = 0.9
+FEEDBACK_MAX = 2.0
+FEEDBACK_UP = 0.03
+"""Largest relative raise of the feedback factor per decision (at 3x the allowed misses or more)."""
+FEEDBACK_DOWN = 0.002
+"""Relative lowering of the feedback factor per decision while misses stay below half the allowed."""
+MATERIAL_CHANGE = 0.15
+"""A headroom change of this relative size or more is worth an Event."""
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """The standing headroom and the numbers behind it (shown in status, Events and metrics)."""
+
+    factor: float
+    """Capacity kept over the base demand: ``estimate x feedback`` (>= 1)."""
+    estimate: float
+    """From history and prior, before feedback."""
+    history_quantile: float | None
+    """The ``q``-quantile of the lead-time growth in the history alone (``None``: too few samples)."""
+    quantile: float
+    """``q``, from the SLO-attainment target."""
+    lead_time_s: float
+    """``L``: cold start plus detection delay."""
+    history_s: float
+    """Span of demand history behind the estimate."""
+    samples: int
+    """Growth samples behind the quantile."""
+    feedback: float
+    """Factor from measured attainment."""
+    base: float
+    """Base demand now (median over the base window), replicas of work."""
+
+    def describe(self) -> str:
+        """One line for messages and Events."""
+        hist = "none" if self.history_quantile is None else f"{self.history_quantile:.2f}"
+        return (
+            f"headroom {self.factor:.2f}x (q{self.quantile:.3g} growth within lead time "
+            f"{self.lead_time_s:.0f}s: "
+            f"history {hist} over {self.history_s / 60:.0f} min/{self.samples} samples, with prior -> "
+            f"{self.estimate:.2f}; attainment feedback x{self.feedback:.2f})"
+        )
+
+
+def lead_time(cold_start_s: float | None, detection_delay_s: float, fallback_cold_start_s: float) -> float:
+    """Provisioning lead time: the measured cold start (else the fallback) plus the detection delay."""
+    cold = cold_start_s if cold_start_s is not None and cold_start_s > 0 else fallback_cold_start_s
+    return max(0.0, cold) + max(0.0, detection_delay_s)
+
+
+def weighted_quantile(values: Sequence[float], weights: Sequence[float], q: float) -> float:
+    """The smallest value whose cumulative weight reaches ``q`` of the total (equal weights if all are 0)."""
+    if not values:
+        raise ValueError("quantile of no values")
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    pairs = sorted(zip(values, weights, strict=True))
+    total = sum(max(0.0, w) for _, w in pairs)
+    if total <= 0:
+        pairs = [(v, 1.0) for v, _ in pairs]
+        total = float(len(pairs))
+    need = q * total
+    acc = 0.0
+    for v, w in pairs:
+        acc += max(0.0, w)
+        if acc >= need - 1e-12:
+            return v
+    return pairs[-1][0]
+
+
+def base_levels(history: Sequence[tuple[float, float]], window_s: float) -> list[float]:
+    """Median demand over the ``window_s`` up to and including each sample."""
+    out: list[float] = []
+    lo = 0
+    for i, (t, _) in enumerate(history):
+        while history[lo][0] < t - window_s:
+            lo += 1
+        out.append(statistics.median(d for _, d in history[lo : i + 1]))
+    return out
+
+
+def growth_samples(
+    history: Sequence[tuple[float, float]], lead_s: float, base_window_s: float
+) -> tuple[list[float], list[float]]:
+    """(lead-time growth ratios, weights): one per sample with a full lead time of history after it."""
+    if not history:
+        return [], []
+    base = base_levels(history, base_window_s)
+    ratios: list[float] = []
+    weights: list[float] = []
+    window: deque[int] = deque()  # indices of a decreasing run of demand in (t, t + L]
+    j = 0
+    end = history[-1][0]
+    for i, (t, _) in enumerate(history):
+        if t + lead_s > end:
+            break
+        while j < len(history) and history[j][0] <= t + lead_s:
+            while window and history[window[-1]][1] <= history[j][1]:
+                window.pop()
+            window.append(j)
+            j += 1
+        while window and window[0] <= i:
+            window.popleft()
+        if not window or base[i] <= 0:
+            continue
+        ratios.append(history[window[0]][1] / base[i])
+        weights.append(base[i])
+    return ratios, weights
+
+
+def estimate(
+    history: Sequence[tuple[float, float]],
+    lead_s: float,
+    target: float,
+    prior: float,
+    base_window_s: float,
+) -> tuple[float, float | None, int, float]:
+    """(estimate, history quantile or None, samples, history span): steps 1-3 of the module docstring."""
+    span = history[-1][0] - history[0][0] if len(history) > 1 else 0.0
+    ratios, weights = growth_samples(history, lead_s, base_window_s)
+    if len(ratios) < MIN_SAMPLES or lead_s <= 0:
+        return max(1.0, prior), None, len(ratios), span
+    h = max(1.0, weighted_quantile(ratios, weights, target))
+    n = span / lead_s
+    shrunk = (n * h + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
+    return max(1.0, h, shrunk), h, len(ratios), span
+
+
+def miss_average(previous: float | None, attainment: float | None, dt: float) -> float | None:
+    """Exponential moving average of the SLO miss fraction (time constant ``FEEDBACK_TAU_S``)."""
+    if attainment is None:
+        return previous
+    miss = min(1.0, max(0.0, 1.0 - attainment))
+    if previous is None:
+        return miss
+    a = 1.0 - math.exp(-max(0.0, dt) / FEEDBACK_TAU_S)
+    return previous + a * (miss - previous)
+
+
+def feedback(previous: float, miss: float | None, target: float) -> float:
+    """Step 4: the next feedback factor from the averaged misses and the target attainment."""
+    if miss is None:
+        return previous
+    allowed = max(1e-6, 1.0 - target)
+    f = previous
+    if miss > allowed:
+        f *= 1.0 + FEEDBACK_UP * min(1.0, (miss / allowed - 1.0) / 2.0)
+    elif miss < 0.5 * allowed:
+        f *= 1.0 - FEEDBACK_DOWN
+    return min(FEEDBACK_MAX, max(FEEDBACK_MIN, f))
+
+
+def headroom(
+    history: Sequence[tuple[float, float]],
+    lead_s: float,
+    target: float,
+    prior: float,
+    base_window_s: float,
+    feedback_factor: float,
+) -> Headroom:
+    """The headroom for the newest point of ``history`` (time-ordered (time, demand) samples)."""
+    est, hq, samples, span = estimate(history, lead_s, target, prior, base_window_s)
+    now = history[-1][0] if history else 0.0
+    recent = [d for t, d in history if t >= now - base_window_s]
+    base = statistics.median(recent) if recent else 0.0
+    return Headroom(
+        factor=max(1.0, est * feedback_factor),
+        estimate=est,
+        history_quantile=hq,
+        quantile=target,
+        lead_time_s=lead_s,
+        history_s=span,
+        samples=samples,
+        feedback=feedback_factor,
+        base=base,
+    )
+
+
+def material_change(old: float | None, new: float) -> bool:
+    """Whether the headroom moved enough (``MATERIAL_CHANGE``) to be worth an Event."""
+    return old is None or abs(new - old) >= MATERIAL_CHANGE * max(old, 1e-9)
