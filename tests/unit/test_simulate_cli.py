@@ -23,15 +23,20 @@ SMALL = ["simulate", "--synthetic", "step", "--rate", "8", "--duration", "180", 
 
 
 def _json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, dict[str, Any]]:
+    """The per-policy rows; the references (target, right-sized static, clairvoyant) are checked apart."""
     assert main([*SMALL, "--json", *extra]) == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out, dict)
+    refs = out.pop("_references")
+    assert set(refs) == {"target", "capacity_error", "right_sized_static", "clairvoyant_met_target"}
     return out
 
 
 def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _json(capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "oracle")
-    assert list(out) == ["tidal", "static-peak", "oracle"]
+    out = _json(
+        capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "clairvoyant"
+    )
+    assert list(out) == ["tidal", "static-peak", "clairvoyant"]
     for name, row in out.items():
         assert set(row) == FIELDS | {"policy"}, name
         assert row["policy"] == name
@@ -42,7 +47,9 @@ def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> 
         assert row["flaps_per_hour"] >= 0
     assert out["static-peak"]["scale_events"] == 0  # a fixed count never scales
     # Same seed, same numbers; another seed, another trace.
-    again = _json(capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "oracle")
+    again = _json(
+        capsys, "--seed", "3", "--policy", "tidal", "--policy", "static-peak", "--policy", "clairvoyant"
+    )
     assert again == out
     other = _json(capsys, "--seed", "4", "--policy", "tidal")
     assert other["tidal"] != out["tidal"]
@@ -50,14 +57,24 @@ def test_json_has_every_field_per_policy(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_default_is_every_policy(capsys: pytest.CaptureFixture[str]) -> None:
     out = _json(capsys, "--duration", "60")
-    assert set(out) == {"tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "enova", "oracle"}
+    assert set(out) == {
+        "tidal",
+        "static-peak",
+        "hpa",
+        "kpa",
+        "apa",
+        "queue-threshold",
+        "keda",
+        "enova",
+        "clairvoyant",
+    }
 
 
 def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "sim.png"
-    assert main([*SMALL, "--policy", "tidal", "--policy", "oracle", "--plot", str(png)]) == 0
+    assert main([*SMALL, "--policy", "tidal", "--policy", "clairvoyant", "--plot", str(png)]) == 0
     captured = capsys.readouterr()
-    assert "tidal" in captured.out and "oracle" in captured.out  # the table
+    assert "tidal" in captured.out and "clairvoyant" in captured.out  # the table
     assert f"wrote {png}" in captured.err
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -106,11 +123,50 @@ def test_azure_csv_with_time_scale(tmp_path: Path, capsys: pytest.CaptureFixture
     csv_path = tmp_path / "AzureLLMInferenceTrace_conv.csv"
     _azure_csv(csv_path, rows=600, span_s=400.0)  # 1.5 req/s over 400 s
     assert "2023-11-16 18:15:46.6805900," in csv_path.read_text()
-    base = ["simulate", "--trace", str(csv_path), "--no-progress", "--policy", "tidal", "--policy", "oracle"]
+    base = [
+        "simulate",
+        "--trace",
+        str(csv_path),
+        "--no-progress",
+        "--policy",
+        "tidal",
+        "--policy",
+        "clairvoyant",
+    ]
+    base += ["--no-right-size"]
     assert main(base) == 0
     assert "600 requests over 400s" in capsys.readouterr().out
     assert main([*base, "--time-scale", "4"]) == 0  # 4x faster: the same requests in 100 s
     assert "600 requests over 100s" in capsys.readouterr().out
     assert main([*base, "--time-scale", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"tidal", "oracle"} and out["tidal"]["slo_attainment"] > 0.9
+    assert out.pop("_references")["right_sized_static"] is None  # --no-right-size
+    assert set(out) == {"tidal", "clairvoyant"} and out["tidal"]["slo_attainment"] > 0.9
+
+
+def test_static_n_capacity_error_and_target(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--policy", "static:1", "--policy", "static:3", "--target", "0.95", "--capacity-error", "-0.3"]
+    assert main([*SMALL, "--json", *argv]) == 0
+    out = json.loads(capsys.readouterr().out)
+    refs = out.pop("_references")
+    assert list(out) == ["static:1", "static:3"] and refs["target"] == 0.95 and refs["capacity_error"] == -0.3
+    rs = refs["right_sized_static"]
+    assert rs["slo_attainment"] >= 0.95 and 1 <= rs["replicas"] <= 3
+    assert out["static:3"]["gpu_hours"] > out["static:1"]["gpu_hours"]
+
+
+@pytest.mark.parametrize("argv", [["--policy", "static:0"], ["--target", "1.5"], ["--capacity-error", "-1"]])
+def test_bad_evaluation_flags_fail_before_simulating(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*SMALL, *argv]) == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_table_names_the_target_and_the_right_sized_static(capsys: pytest.CaptureFixture[str]) -> None:
+    """And no progress bar: stderr is not a terminal here, though --no-progress is not given."""
+    argv = [a for a in SMALL if a != "--no-progress"]
+    assert main([*argv, "--policy", "tidal"]) == 0
+    captured = capsys.readouterr()
+    assert "SLO-attainment target 99.00%" in captured.out and "(right-sized)" in captured.out
+    assert "right-sized static" in captured.out and "[#" not in captured.err and "%" not in captured.err

@@ -1,8 +1,11 @@
 """``tidal simulate``: replay a trace (Azure CSV or synthetic) against scaling policies, side by side.
 
 The model, GPU, TP and SLO targets come from flags or from an ``LLMDeployment`` YAML (plain YAML
-parsing of the known keys, so this works without a cluster). Prints a comparison table (or ``--json``),
-a progress bar on stderr, and optionally a PNG of load, replicas and p95 TTFT over time per policy.
+parsing of the known keys, so this works without a cluster). Prints a comparison table (or ``--json``)
+with each policy's SLO attainment against the target, the right-sized static and the clairvoyant; a
+progress bar on stderr when it is a terminal; optionally a PNG of load, replicas (and headroom), p95 TTFT
+and per-minute attainment against the target. ``--capacity-error`` makes the simulated engine faster or
+slower than the capacity model the policies are given.
 """
 
 from __future__ import annotations
@@ -10,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tidal.scaling.policies import POLICY_NAMES
-from tidal.sim.fleet import SimConfig
-from tidal.sim.runner import Comparison, compare
+from tidal.scaling.policies import POLICY_NAMES, is_policy_name
+from tidal.sim.fleet import PolicyResult, SimConfig
+from tidal.sim.runner import DEFAULT_TARGET, Comparison, compare
 from tidal.sim.stepmodel import load_step_model
 from tidal.sim.traces import SYNTHETIC, Trace, load_azure_csv, synthetic
 
@@ -46,6 +48,7 @@ def deployment_settings(path: str) -> dict[str, Any]:
             "slo_tpot": _dig(spec, "autoscaling", "targets", "tpotP95Seconds"),
             "min_replicas": _dig(spec, "autoscaling", "minReplicas"),
             "max_replicas": _dig(spec, "autoscaling", "maxReplicas"),
+            "slo_attainment": _dig(spec, "autoscaling", "targets", "sloAttainment"),
         }.items()
         if v is not None
     }
@@ -64,51 +67,100 @@ def _progress(stream: Any) -> Any:
 
 
 def render_table(c: Comparison) -> str:
-    """The human-readable comparison (ratios against the oracle and static peak where present)."""
+    """The human-readable comparison: each policy against the SLO-attainment target, the right-sized
+    static (cheapest static fleet reaching the target on this trace) and the clairvoyant where present."""
     by = c.by_name()
-    oracle = by.get("oracle")
-    static = by.get("static-peak")
+    cv = by.get("clairvoyant")
+    rs = c.right_sized_result
     head = (
-        f"{'policy':16s} {'GPU-h':>8s} {'xoracle':>8s} {'xstatic':>8s} {'SLO att.':>9s} {'p95 TTFT':>9s} "
-        f"{'p95 TPOT':>9s} {'scales':>7s} {'flaps/h':>8s}"
+        f"{'policy':24s} {'GPU-h':>8s} {'xright':>7s} {'xclairv':>8s} {'SLO att.':>9s} {'target':>7s} "
+        f"{'p95 TTFT':>9s} {'p95 TPOT':>9s} {'scales':>7s} {'flaps/h':>8s}"
     )
     lines = [head, "-" * len(head)]
-    for r in c.results:
-        xo = f"{r.gpu_hours / oracle.gpu_hours:8.2f}" if oracle and oracle.gpu_hours else f"{'-':>8s}"
-        xs = f"{r.gpu_hours / static.gpu_hours:8.2f}" if static and static.gpu_hours else f"{'-':>8s}"
+
+    def ratio(r: PolicyResult, ref: PolicyResult | None, width: int) -> str:
+        return f"{r.gpu_hours / ref.gpu_hours:{width}.2f}" if ref and ref.gpu_hours else f"{'-':>{width}s}"
+
+    rows = list(c.results)
+    if rs is not None and all(r.policy != rs.policy for r in rows):
+        rows.append(rs)
+    for r in rows:
+        meets = "met" if r.slo_attainment >= c.target else "MISSED"
+        label = f"{r.policy} (right-sized)" if rs is not None and r is rs else r.policy
         lines.append(
-            f"{r.policy:16s} {r.gpu_hours:8.3f} {xo} {xs} {r.slo_attainment:9.2%} {r.p95_ttft_seconds:8.2f}s "
-            f"{r.p95_tpot_seconds * 1000:7.0f}ms {r.scale_events:7d} {r.flaps_per_hour:8.1f}"
+            f"{label:24s} {r.gpu_hours:8.3f} {ratio(r, rs, 7)} {ratio(r, cv, 8)} {r.slo_attainment:9.2%} "
+            f"{meets:>7s} {r.p95_ttft_seconds:8.2f}s {r.p95_tpot_seconds * 1000:7.0f}ms {r.scale_events:7d} "
+            f"{r.flaps_per_hour:8.1f}"
         )
     s = c.setup
-    lines.append(
-        f"\ntrace {c.trace.name}: {len(c.trace)} requests over {c.trace.duration:.0f}s; per-replica capacity "
-        f"modelled {s.modelled.requests_per_s:.1f} req/s, measured {s.measured_rps:.1f} req/s; "
-        f"static peak {s.static_peak} replicas"
+    sized = (
+        f"right-sized static {c.right_sized} replicas ({rs.gpu_hours:.3f} GPU-h, {rs.slo_attainment:.2%})"
+        if rs is not None
+        else "right-sized static: not searched, or no static fleet up to the maximum reaches the target"
     )
+    lines.append(
+        f"\ntrace {c.trace.name}: {len(c.trace)} requests over {c.trace.duration:.0f}s; "
+        f"SLO-attainment target {c.target:.2%}; per-replica capacity modelled (given to the policies) "
+        f"{s.modelled.requests_per_s:.1f} req/s, measured on the simulated engine {s.measured_rps:.1f} "
+        f"req/s; static peak {s.static_peak} replicas; {sized}"
+    )
+    if c.clairvoyant is not None and not c.clairvoyant.met:
+        lines.append(
+            f"WARNING: the clairvoyant missed the target after {c.clairvoyant.rounds} replays: "
+            "it is no reference on this trace"
+        )
     return "\n".join(lines)
 
 
-def plot(c: Comparison, path: str) -> None:
-    """PNG with three panels: load, replicas and p95 TTFT over time, one line per policy."""
+def attainment_series(r: PolicyResult, slo_ttft: float, slo_tpot: float, bin_s: float = 60.0) -> list[float]:
+    """SLO attainment of the requests arriving in each ``bin_s`` (needs ``record_requests``)."""
+    ok: dict[int, list[int]] = {}
+    for arrival, ttft, tpot, _, _ in r.request_log or []:
+        cell = ok.setdefault(int(arrival // bin_s), [0, 0])
+        cell[0] += ttft <= slo_ttft and tpot <= slo_tpot
+        cell[1] += 1
+    return [ok[i][0] / ok[i][1] if i in ok else float("nan") for i in range(max(ok, default=-1) + 1)]
+
+
+def plot(c: Comparison, path: str, cfg: SimConfig | None = None) -> None:
+    """PNG with four panels: load, replicas (and headroom where a policy exposes one), p95 TTFT, and the
+    per-minute SLO attainment against the target, one line per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True)
     rates = c.trace.rate_series(15.0)
     axes[0].plot([15.0 * i for i in range(len(rates))], rates, color="black", lw=0.8)
     axes[0].set_ylabel("requests/s")
     for r in c.results:
         t = [s.time for s in r.timeline]
-        axes[1].step(t, [s.total for s in r.timeline], where="post", label=r.policy, lw=1)
+        (line,) = axes[1].step(t, [s.total for s in r.timeline], where="post", label=r.policy, lw=1)
+        if r.headroom:
+            axes[1].plot(
+                [h[0] for h in r.headroom],
+                [h[1] for h in r.headroom],
+                ls=":",
+                color=line.get_color(),
+                lw=0.8,
+                label=f"{r.policy} headroom",
+            )
         axes[2].plot(t, [s.ttft_p95 if s.ttft_p95 is not None else float("nan") for s in r.timeline], lw=0.8)
+        if cfg is not None and r.request_log:
+            att = attainment_series(r, cfg.slo_ttft_s, cfg.slo_tpot_s)
+            axes[3].plot([60.0 * i + 30 for i in range(len(att))], att, lw=0.8)
+    if cfg is not None:
+        axes[2].axhline(cfg.slo_ttft_s, color="red", ls="--", lw=0.8, label="TTFT target")
     axes[1].set_ylabel("replicas")
     axes[1].legend(fontsize=7, ncol=4)
     axes[2].set_ylabel("p95 TTFT (s)")
     axes[2].set_yscale("log")
-    axes[2].set_xlabel("time (s)")
+    axes[3].axhline(c.target, color="red", ls="--", lw=0.8)
+    axes[3].text(0, c.target, f" target {c.target:.0%}", color="red", fontsize=7, va="bottom")
+    axes[3].set_ylabel("SLO attainment / min")
+    axes[3].set_ylim(max(0.0, min(0.8, c.target - 0.1)), 1.005)
+    axes[3].set_xlabel("time (s)")
     fig.suptitle(c.trace.name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -122,8 +174,17 @@ def _run(args: argparse.Namespace) -> int:
     tp = int(args.tp or settings.get("tp") or 1)
     slo_ttft = float(args.slo_ttft or settings.get("slo_ttft") or 2.0)
     slo_tpot = float(args.slo_tpot or settings.get("slo_tpot") or 0.1)
+    target = float(args.target or settings.get("slo_attainment") or DEFAULT_TARGET)
     lo = int(settings.get("min_replicas", 1))
     hi = int(settings.get("max_replicas", args.max_replicas))
+    policies = args.policy or list(POLICY_NAMES)
+    unknown = [p for p in policies if not is_policy_name(p)]
+    if unknown:
+        print(f"unknown policy {unknown}; choose from {', '.join(POLICY_NAMES)} or static:N", file=sys.stderr)
+        return 2
+    if not 0 < target <= 1 or not -0.9 <= args.capacity_error <= 9:
+        print("--target must be in (0, 1] and --capacity-error in [-0.9, 9]", file=sys.stderr)
+        return 2
     trace: Trace
     if args.trace:
         trace = load_azure_csv(args.trace, args.time_scale, args.duration)
@@ -144,21 +205,27 @@ def _run(args: argparse.Namespace) -> int:
         cold_start_s=args.cold_start,
         gpus_per_replica=tp,
         cluster_gpus=args.cluster_gpus,
+        scrape_interval_s=args.scrape_interval,
+        capacity_error=args.capacity_error,
+        record_requests=bool(args.plot),
     )
-    cfg = replace(cfg, scrape_interval_s=args.scrape_interval)
-    policies = args.policy or list(POLICY_NAMES)
-    unknown = [p for p in policies if p not in POLICY_NAMES]
-    if unknown:
-        print(f"unknown policy {unknown}; choose from {', '.join(POLICY_NAMES)}", file=sys.stderr)
-        return 2
-    print(f"step model: {loaded.source}", file=sys.stderr)
-    c = compare(trace, cfg, policies, lo, hi, progress=None if args.no_progress else _progress(sys.stderr))
+    print(f"step model: {loaded.source}; capacity error {args.capacity_error:+g}", file=sys.stderr)
+    bar = None if args.no_progress or not sys.stderr.isatty() else _progress(sys.stderr)
+    c = compare(trace, cfg, policies, lo, hi, progress=bar, target=target, right_sized=not args.no_right_size)
     if args.json:
-        print(json.dumps({r.policy: r.summary() for r in c.results}, indent=2))
+        out: dict[str, Any] = {r.policy: r.summary() for r in c.results}
+        rs = c.right_sized_result
+        out["_references"] = {
+            "target": target,
+            "capacity_error": args.capacity_error,
+            "right_sized_static": None if rs is None else {"replicas": c.right_sized, **rs.summary()},
+            "clairvoyant_met_target": None if c.clairvoyant is None else c.clairvoyant.met,
+        }
+        print(json.dumps(out, indent=2))
     else:
         print(render_table(c))
     if args.plot:
-        plot(c, args.plot)
+        plot(c, args.plot, cfg)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
@@ -182,7 +249,21 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-ttft", type=float, help="p95 TTFT target, seconds (default 2.0)")
     parser.add_argument("--slo-tpot", type=float, help="p95 TPOT target, seconds (default 0.1)")
     parser.add_argument(
-        "--policy", action="append", help=f"repeatable; default all of {', '.join(POLICY_NAMES)}"
+        "--policy",
+        action="append",
+        help=f"repeatable; default all of {', '.join(POLICY_NAMES)}; static:N for a fixed N replicas",
+    )
+    parser.add_argument(
+        "--target", type=float, help="SLO-attainment target (default spec sloAttainment, else 0.99)"
+    )
+    parser.add_argument(
+        "--capacity-error",
+        type=float,
+        default=0.0,
+        help="the simulated engine is (1 + this) times as fast as the model the policies get (e.g. -0.3)",
+    )
+    parser.add_argument(
+        "--no-right-size", action="store_true", help="skip the right-sized static search (faster)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cold-start", type=float, default=90.0, help="replica cold start, seconds")
@@ -191,5 +272,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-replicas", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print per-policy metrics as JSON")
     parser.add_argument("--plot", help="write a PNG of load, replicas and p95 TTFT per policy")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it only draws on a terminal anyway)"
+    )
     parser.set_defaults(handler=_run)

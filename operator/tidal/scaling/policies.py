@@ -10,21 +10,33 @@ Baselines (parameters are the published defaults; docs/autoscaling.md cites them
   to the highest recommendation of the last 300 s (a new window starts with the current count, as the
   controller initialises it), scale-up limited to max(+100 %, +4 pods) per sync.
   Metric: running requests per replica (a utilisation-like metric: running / max_num_seqs vs a target).
-* ``kpa`` — Knative KPA: concurrency averaged over a 60 s stable window and a 6 s panic window; panic
-  when the panic-window demand is ≥ 2x the ready pods; no scale-down while panicking (60 s).
+* ``kpa`` — Knative KPA with config-autoscaler's defaults (knative.dev/docs/serving/autoscaling/
+  kpa-specific; knative/serving config/config-autoscaler.yaml): concurrency averaged over a 60 s stable
+  window and a 6 s panic window (panic-window-percentage 10), panic when the panic-window demand is
+  ≥ 2x the ready pods (panic-threshold-percentage 200), no scale-down while panicking (until a stable
+  window passes without reason to panic), max-scale-up-rate 1000 and max-scale-down-rate 2 against the
+  ready pods; fed at Knative's cadence: the autoscaler scrapes every 1 s (``scrapeTickInterval``) and
+  decides every 2 s (tick-interval).
 * ``apa`` — AIBrix APA defaults: up tolerance 10 %, down tolerance 20 %, 60 s metric window, at most
   2x up / 1/2 down per decision.
 * ``queue-threshold`` — ``vllm:num_requests_waiting`` per replica > 5 → +1; no request waiting for
-  300 s → -1.
+  300 s → -1 (a hand-written rule of thumb).
+* ``keda`` — the KEDA queue rule as users deploy it: a Prometheus trigger on
+  ``sum(vllm:num_requests_waiting)`` with threshold 5 becomes an HPA external metric with an
+  ``AverageValue`` target of 5, so the HPA asks for ``ceil(waiting / 5)`` replicas (outside the 10 %
+  tolerance of ``waiting / (5 x current)``), with the HPA's default behaviour (15 s sync, 300 s
+  scale-down stabilisation, scale-up by at most max(+100 %, +4 pods) per 15 s).
 * ``enova`` — our reading of ENOVA (Huang et al., 2024, arXiv:2407.09486): a performance detector
   flags an anomaly (service-quality or saturation metrics out of their normal range: TTFT/TPOT over
   the SLO, a KV cache ≥ 95 %, or requests waiting on 3 consecutive samples), and on an anomaly the
   replica count is recomputed from the live concurrency and the per-replica ``max_num_seqs`` its
   configuration module chose; after 300 s without anomaly it releases one replica at a time when the
   concurrency fits in one fewer. The paper's detector is a semi-supervised VAE; this deterministic
-  rule stands in for its trigger.
-* ``static-peak`` — a fixed count (the count that serves the trace's peak).
-* ``oracle`` — a precomputed schedule (the simulator computes it with perfect foresight).
+  rule stands in for its trigger. It runs every 30 s, the ``detect_interval`` of ENOVA's released
+  escaler settings (Emerging-AI/ENOVA, escaler/conf/settings.json).
+* ``static-peak`` — a fixed count (the count that serves the trace's peak); ``static:N`` — N replicas.
+* ``clairvoyant`` — a precomputed schedule (the simulator builds it knowing the trace and the cold start,
+  and verifies it reaches the SLO-attainment target: :mod:`tidal.sim.clairvoyant`).
 """
 
 from __future__ import annotations
@@ -153,18 +165,25 @@ class HpaPolicy:
         self.sync_period_s = sync_period_s
         self.recs: deque[tuple[float, int]] = deque()
 
+    def recommend(self, obs: FleetObservation, capacity: CapacityView) -> tuple[int | None, str]:
+        """The metric's raw recommendation (None: within tolerance) and why: a per-pod average metric."""
+        ready = max(capacity.ready, 1)
+        value = (obs.running or 0.0) / ready
+        ratio = value / self.target
+        why = f"running/replica {value:.1f} vs target {self.target:.1f} (ratio {ratio:.2f})"
+        if abs(ratio - 1) <= self.tolerance:
+            return None, why
+        return math.ceil(ready * ratio - 1e-9), why
+
     def decide(self, obs: FleetObservation | None, capacity: CapacityView, now: float) -> ScalingDecision:
         stale = _stale(self.name, obs, capacity, now)
         if stale is not None or obs is None:
             return stale or _limit(self.name, capacity.current, capacity, self.lo, self.hi, "no metrics")
-        ready = max(capacity.ready, 1)
-        value = (obs.running or 0.0) / ready
-        ratio = value / self.target
         cur = capacity.current
         if not self.recs:
             self.recs.append((now, cur))  # as the HPA controller: a new window starts at the current count
-        rec = cur if abs(ratio - 1) <= self.tolerance else math.ceil(ready * ratio - 1e-9)
-        rec = min(max(rec, self.lo), self.hi)
+        raw, why = self.recommend(obs, capacity)
+        rec = min(max(cur if raw is None else raw, self.lo), self.hi)
         self.recs.append((now, rec))
         while self.recs and now - self.recs[0][0] > self.window:
             self.recs.popleft()
@@ -172,8 +191,24 @@ class HpaPolicy:
             rec = min(cur, max(n for _, n in self.recs))
         elif rec > cur:
             rec = min(rec, max(2 * cur, cur + 4))
-        why = f"running/replica {value:.1f} vs target {self.target:.1f} (ratio {ratio:.2f})"
         return _limit(self.name, rec, capacity, self.lo, self.hi, why)
+
+
+class KedaPolicy(HpaPolicy):
+    """KEDA's Prometheus trigger on ``sum(vllm:num_requests_waiting)``, threshold 5 (module docstring)."""
+
+    name = "keda"
+
+    def __init__(self, threshold: float = 5.0, min_replicas: int = 1, max_replicas: int = 10):
+        super().__init__(threshold, min_replicas, max_replicas)
+
+    def recommend(self, obs: FleetObservation, capacity: CapacityView) -> tuple[int | None, str]:
+        waiting = obs.waiting or 0.0
+        ratio = waiting / (self.target * max(capacity.current, 1))
+        why = f"{waiting:.0f} waiting vs {self.target:g} per replica (ratio {ratio:.2f})"
+        if abs(ratio - 1) <= self.tolerance:
+            return None, why
+        return math.ceil(waiting / self.target - 1e-9), why
 
 
 class KpaPolicy:
@@ -190,11 +225,17 @@ class KpaPolicy:
         panic_window_s: float = 6.0,
         panic_threshold: float = 2.0,
         sync_period_s: float = 2.0,
+        max_scale_up_rate: float = 1000.0,
+        max_scale_down_rate: float = 2.0,
+        metric_interval_s: float = 1.0,
     ):
         self.target = target_concurrency_per_replica
         self.lo, self.hi = min_replicas, max_replicas
         self.stable, self.panic_w, self.panic_threshold = stable_window_s, panic_window_s, panic_threshold
         self.sync_period_s = sync_period_s
+        self.up_rate, self.down_rate = max_scale_up_rate, max_scale_down_rate
+        self.metric_interval_s = metric_interval_s
+        """How often the simulator must scrape for this policy (Knative scrapes every second)."""
         self.samples: deque[tuple[float, float]] = deque()
         self.panic_since: float | None = None
         self.max_panic = 0
@@ -227,6 +268,9 @@ class KpaPolicy:
         else:
             rec = want_stable
             why = f"concurrency {stable_avg:.0f} over {self.stable:.0f}s vs {self.target:.0f}/pod"
+        # Knative's rate limits against the ready pods: x max-scale-up-rate up, / max-scale-down-rate down.
+        rec = min(rec, math.ceil(self.up_rate * ready))
+        rec = max(rec, math.floor(ready / self.down_rate))
         return _limit(self.name, rec, capacity, self.lo, self.hi, why)
 
 
@@ -328,7 +372,7 @@ class EnovaPolicy:
         min_replicas: int = 1,
         max_replicas: int = 10,
         calm_s: float = 300.0,
-        sync_period_s: float = 15.0,
+        sync_period_s: float = 30.0,
     ):
         self.seqs = max_num_seqs_per_replica
         self.ttft, self.tpot = ttft_target_s, tpot_target_s
@@ -387,12 +431,12 @@ class StaticPolicy:
 
 
 class SchedulePolicy:
-    """Follows a precomputed ``[(time, replicas), ...]`` schedule (the simulator's ``oracle``)."""
+    """Follows a precomputed ``[(time, replicas), ...]`` schedule (the simulator's ``clairvoyant``)."""
 
     reads_metrics = False
 
     def __init__(
-        self, schedule: Sequence[tuple[float, int]], name: str = "oracle", sync_period_s: float = 1.0
+        self, schedule: Sequence[tuple[float, int]], name: str = "clairvoyant", sync_period_s: float = 1.0
     ):
         self.schedule = sorted(schedule)
         self.name = name
@@ -406,4 +450,25 @@ class SchedulePolicy:
         return _limit(self.name, n, capacity, 0, 10**9, "precomputed schedule", Reason.SCHEDULED)
 
 
-POLICY_NAMES = ("tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "enova", "oracle")
+POLICY_NAMES = (
+    "tidal", "static-peak", "hpa", "kpa", "apa", "queue-threshold", "keda", "enova", "clairvoyant",
+)  # fmt: skip
+"""The named policies; ``static:N`` (any N >= 1) is accepted beside them."""
+
+
+def static_count(name: str) -> int | None:
+    """N for a ``static:N`` policy name, None for any other name; a malformed ``static:`` name raises."""
+    if not name.startswith("static:"):
+        return None
+    text = name.removeprefix("static:")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name!r}: static:N needs a whole number N >= 1")
+    return int(text)
+
+
+def is_policy_name(name: str) -> bool:
+    """Whether ``name`` is a named policy or a well-formed ``static:N``."""
+    try:
+        return name in POLICY_NAMES or static_count(name) is not None
+    except ValueError:
+        return False

@@ -27,7 +27,7 @@ import numpy as np
 from tidal.scaling.policies import ScalingPolicy
 from tidal.scaling.types import CapacityView, FleetObservation, ReplicaStats
 from tidal.sim.engine import ReplicaEngine, Request
-from tidal.sim.stepmodel import EngineLimits, StepTimeModel
+from tidal.sim.stepmodel import EngineLimits, StepTimeModel, engine_model
 from tidal.sim.traces import Trace
 
 TTFT_BUCKETS = (
@@ -82,6 +82,8 @@ class SimConfig:
     """Everything about the simulated fleet except the trace and the policy."""
 
     model: StepTimeModel
+    """The NOMINAL step model: what the policies are given (their capacity model). The simulated engine
+    runs ``engine_model(model, capacity_error)``."""
     limits: EngineLimits = field(default_factory=EngineLimits)
     slo_ttft_s: float = 2.0
     slo_tpot_s: float = 0.1
@@ -99,6 +101,18 @@ class SimConfig:
     part of its TTFT, not of any engine step."""
     record_requests: bool = False
     """Keep every request's (arrival, TTFT, TPOT, finish, output tokens) in ``PolicyResult.request_log``."""
+    capacity_error: float = 0.0
+    """How wrong the policies' capacity model is: the simulated engine is ``1 + capacity_error`` times as
+    fast as ``model`` (-0.3: it serves 30 % less than the policies are told). Policies keep ``model``."""
+
+    def __post_init__(self) -> None:
+        if not -0.9 <= self.capacity_error <= 9.0:
+            raise ValueError(f"capacity_error must be within [-0.9, 9], got {self.capacity_error}")
+
+    @property
+    def engine(self) -> StepTimeModel:
+        """The step model the simulated engine times its steps with."""
+        return engine_model(self.model, self.capacity_error)
 
 
 @dataclass
@@ -146,6 +160,9 @@ class PolicyResult:
     steps: list[tuple[int, int, int, int, float]] | None = None
     request_log: list[tuple[float, float, float, float, int]] | None = None
     """(arrival, TTFT, TPOT, finish, output tokens) of each finished request, with ``record_requests``."""
+    headroom: list[tuple[float, float]] | None = None
+    """(time, headroom) after each decision, for a policy exposing a numeric ``headroom`` attribute
+    (the replicas it keeps beyond the demand it measures); None otherwise."""
 
     def summary(self) -> dict[str, float | int | str]:
         return {
@@ -184,8 +201,10 @@ def simulate(
         seq += 1
         heapq.heappush(events, (t, seq, kind, rid))
 
+    true_model = cfg.engine
+
     def new_replica(now: float, ready: bool) -> None:
-        eng = ReplicaEngine(len(replicas), cfg.model, lim, cfg.record_steps)
+        eng = ReplicaEngine(len(replicas), true_model, lim, cfg.record_steps)
         r = Replica(eng, READY if ready else STARTING, now, now if ready else now + cfg.cold_start_s)
         replicas.append(r)
         if not ready:
@@ -201,6 +220,9 @@ def simulate(
         ready_list = [r for r in replicas if r.state == READY]
 
     next_scrape = 0.0
+    # A policy fed at a finer metric cadence than the fleet's scrape interval (Knative: every second)
+    # gets its own: the simulated Prometheus scrapes as often as the policy's metric pipeline does.
+    scrape_every = min(cfg.scrape_interval_s, float(getattr(policy, "metric_interval_s", math.inf)))
 
     def kick(r: Replica, now: float) -> None:
         if not r.stepping and r.engine.has_work():
@@ -230,6 +252,7 @@ def simulate(
     timeline: list[Sample] = []
     decision_events: list[tuple[float, int, int, str]] = []
     reasons: dict[str, int] = {}
+    headroom: list[tuple[float, float]] = []
     finished_reqs = 0
     end_time = 0.0
 
@@ -352,7 +375,7 @@ def simulate(
     push(0.0, SCRAPE)
     # Policies start deciding once one metrics window has been scraped: the simulated fleet starts idle at
     # t=0, and a rate or gauge read before any traffic would tell every policy to scale in to its minimum.
-    # Schedules (the oracle, static counts) read no metrics and act from t=0.
+    # Schedules (the clairvoyant, static counts) read no metrics and act from t=0.
     push(cfg.window_s if getattr(policy, "reads_metrics", True) else 0.0, DECIDE)
     i = 0
     horizon_end = trace.duration + cfg.drain_tail_s
@@ -388,7 +411,7 @@ def simulate(
                     route(gateway.popleft(), now)
         elif kind == SCRAPE:
             latest_obs = scrape(now)
-            next_scrape = now + cfg.scrape_interval_s
+            next_scrape = now + scrape_every
             done = i >= n_req and finished_reqs >= n_req
             if not done and now < horizon_end:
                 push(next_scrape, SCRAPE)
@@ -400,6 +423,9 @@ def simulate(
             if done or now >= horizon_end:
                 continue
             d = policy.decide(latest_obs, capacity(now), now)
+            h = getattr(policy, "headroom", None)
+            if isinstance(h, int | float):
+                headroom.append((now, float(h)))
             reasons[str(d.reason)] = reasons.get(str(d.reason), 0) + 1
             apply(d.desired, now, str(d.reason))
             push(now + policy.sync_period_s, DECIDE)
@@ -447,4 +473,5 @@ def simulate(
             if cfg.record_requests
             else None
         ),
+        headroom=headroom or None,
     )

@@ -1,13 +1,15 @@
-"""Measured per-replica capacity, the perfect-foresight oracle, and the policy set.
+"""Per-replica capacities and the policy set: what each policy is given, and what only references know.
 
 * :func:`modelled_capacity` (from :mod:`tidal.sim.capacity`, re-exported) — what one replica sustains
-  within the TPOT target from the step-time model alone; it sets the baselines' concurrency targets.
-* :func:`measured_capacity` — the highest Poisson rate at which one simulated replica still meets
-  the SLO for 99 % of requests with the trace's own request mix (bisection on short simulations).
-  The oracle uses it: it is ground truth inside the simulator.
-* :func:`oracle_schedule` — per interval, ``ceil(rate / measured capacity)`` replicas, each created a
-  cold start ahead of the interval that needs it and released when no longer needed: perfect
-  foresight, cold start included. It is the cost lower bound the others are measured against.
+  within the TPOT target from the NOMINAL step-time model (``SimConfig.model``) alone. It is all the
+  policies are given: Tidal's ``load`` signal and the baselines' concurrency targets. With a capacity
+  error the simulated engine differs from it (``SimConfig.engine``), as a real engine differs from the
+  recommender's model.
+* :func:`measured_capacity` — the highest Poisson rate at which one simulated replica (the TRUE engine,
+  capacity error included) still meets the SLO for 99 % of requests with the trace's own request mix
+  (bisection on short simulations). Only references use it: the clairvoyant
+  (:mod:`tidal.sim.clairvoyant`) and the ``static-peak`` count.
+* :func:`make_policy` — a fresh policy object by name, ``static:N`` included.
 """
 
 from __future__ import annotations
@@ -21,19 +23,19 @@ from tidal.scaling.policies import (
     ApaPolicy,
     EnovaPolicy,
     HpaPolicy,
+    KedaPolicy,
     KpaPolicy,
     QueueThresholdPolicy,
     ScalingPolicy,
-    SchedulePolicy,
     StaticPolicy,
     TidalPolicy,
+    static_count,
 )
 from tidal.scaling.types import ScalingConfig
 from tidal.sim.capacity import Capacity, concurrency_at, modelled_capacity
+from tidal.sim.clairvoyant import INTERVAL_S, initial_need
 from tidal.sim.fleet import SimConfig, simulate
 from tidal.sim.traces import Trace
-
-ORACLE_INTERVAL_S = 60.0
 
 
 def _resample(trace: Trace, rate: float, duration: float, seed: int) -> Trace:
@@ -66,26 +68,6 @@ def measured_capacity(
     return lo
 
 
-def oracle_schedule(
-    trace: Trace, capacity_rps: float, cold_start_s: float, min_replicas: int = 1, resolution_s: float = 5.0
-) -> list[tuple[float, int]]:
-    """(time, replicas) steps: each interval's need, in place a cold start before it begins."""
-    rates = trace.rate_series(ORACLE_INTERVAL_S)
-    need = [max(min_replicas, math.ceil(r / capacity_rps - 1e-9)) for r in rates]
-    out: list[tuple[float, int]] = []
-    t = 0.0
-    end = trace.duration
-    while t <= end + resolution_s:
-        first = int(t // ORACLE_INTERVAL_S)
-        last = int((t + cold_start_s) // ORACLE_INTERVAL_S)
-        window = need[min(first, len(need) - 1) : min(last, len(need) - 1) + 1] or [need[-1]]
-        n = max(window)
-        if not out or out[-1][1] != n:
-            out.append((t, n))
-        t += resolution_s
-    return out
-
-
 @dataclass
 class PolicySetup:
     """Inputs shared by all policies on one trace."""
@@ -93,8 +75,8 @@ class PolicySetup:
     modelled: Capacity
     measured_rps: float
     static_peak: int
-    schedule: list[tuple[float, int]]
     initial: int
+    """The fleet every metric-driven policy starts with: what the trace's first cold start needs."""
     concurrency_target: float
     concurrency_full: float
 
@@ -102,18 +84,19 @@ class PolicySetup:
 def setup_policies(
     trace: Trace, cfg: SimConfig, min_replicas: int = 1, max_replicas: int = 64
 ) -> PolicySetup:
-    """Capacities, the oracle schedule and the static-peak count for a trace."""
+    """Capacities, the starting fleet and the static-peak count for a trace."""
     modelled = modelled_capacity(
         cfg.model, cfg.limits, float(np.mean(trace.prompt)), float(np.mean(trace.output)), cfg.slo_tpot_s
     )
     measured = measured_capacity(trace, cfg, modelled.requests_per_s)
-    schedule = oracle_schedule(trace, measured, cfg.cold_start_s, min_replicas)
-    peak = float(np.max(trace.rate_series(ORACLE_INTERVAL_S)))
+    need = initial_need(trace, measured, min_replicas)
+    initial = min(max_replicas, max(need[: int(cfg.cold_start_s // INTERVAL_S) + 1]))
+    peak = float(np.max(trace.rate_series(INTERVAL_S)))
     static = min(max_replicas, max(min_replicas, math.ceil(peak / measured)))
     pm, om = float(np.mean(trace.prompt)), float(np.mean(trace.output))
     c70 = concurrency_at(cfg.model, cfg.limits, pm, om, 0.7 * modelled.requests_per_s)
     c90 = concurrency_at(cfg.model, cfg.limits, pm, om, 0.9 * modelled.requests_per_s)
-    return PolicySetup(modelled, measured, static, schedule, schedule[0][1], c70, c90)
+    return PolicySetup(modelled, measured, static, initial, c70, c90)
 
 
 def make_policy(
@@ -143,8 +126,9 @@ def make_policy(
         )
     if name == "static-peak":
         return StaticPolicy(setup.static_peak)
-    if name == "oracle":
-        return SchedulePolicy(setup.schedule)
+    n = static_count(name)
+    if n is not None:
+        return StaticPolicy(n, name=name)
     if name == "hpa":
         return HpaPolicy(conc, min_replicas, max_replicas)
     if name == "kpa":
@@ -153,6 +137,8 @@ def make_policy(
         return ApaPolicy(conc, min_replicas, max_replicas)
     if name == "queue-threshold":
         return QueueThresholdPolicy(5.0, min_replicas, max_replicas)
+    if name == "keda":
+        return KedaPolicy(5.0, min_replicas, max_replicas)
     if name == "enova":
         return EnovaPolicy(setup.concurrency_full, cfg.slo_ttft_s, cfg.slo_tpot_s, min_replicas, max_replicas)
-    raise ValueError(f"unknown policy {name!r}")
+    raise ValueError(f"unknown policy {name!r} (the clairvoyant is built by tidal.sim.clairvoyant)")

@@ -71,6 +71,33 @@ class LinearStepModel:
         return max(t, self.physical_floor_seconds(prefill_tokens, decode_seqs, kv_tokens))
 
 
+@dataclass(frozen=True)
+class ScaledStepModel:
+    """The engine that is ``1 + capacity_error`` times as fast as ``nominal`` (every step time, the
+    physical floor included, divided by that factor): the simulated engine when the policies' capacity
+    model is wrong by ``capacity_error`` (+0.3: the engine serves 30 % more than the model says)."""
+
+    nominal: StepTimeModel
+    capacity_error: float
+
+    def __post_init__(self) -> None:
+        if self.capacity_error <= -1.0:
+            raise ValueError(f"capacity_error must be > -1, got {self.capacity_error}")
+
+    def step_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+        return self.nominal.step_seconds(prefill_tokens, decode_seqs, kv_tokens) / (1 + self.capacity_error)
+
+    def physical_floor_seconds(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+        return self.nominal.physical_floor_seconds(prefill_tokens, decode_seqs, kv_tokens) / (
+            1 + self.capacity_error
+        )
+
+
+def engine_model(nominal: StepTimeModel, capacity_error: float) -> StepTimeModel:
+    """The step model the simulated engine runs: ``nominal`` itself when the error is 0."""
+    return nominal if capacity_error == 0 else ScaledStepModel(nominal, capacity_error)
+
+
 @dataclass
 class LoadedModel:
     """A step model together with the engine limits to simulate and where they came from."""

@@ -125,6 +125,30 @@ def rate_function(
     raise ValueError(f"unknown synthetic trace {kind!r}; choose from {', '.join(SYNTHETIC)}")
 
 
+def from_rate(
+    name: str,
+    lam: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]],
+    duration: float,
+    rng: np.random.Generator,
+    cv: float = 1.0,
+    prompt_mean: float = 1000.0,
+    output_mean: float = 200.0,
+) -> Trace:
+    """A trace with mean-rate curve ``lam`` over ``[0, duration)``: a renewal process at the peak rate
+    with inter-arrival CV ``cv``, thinned to ``lam``; lognormal token lengths with the given means."""
+    grid = np.linspace(0, duration, max(2001, int(duration) + 1))
+    peak = float(np.max(lam(grid)))
+    if peak <= 0:
+        raise ValueError(f"{name}: the rate curve is never positive")
+    cand = _renewal(rng, peak, duration, cv)
+    keep = rng.random(cand.size) < lam(cand) / peak
+    arr = cand[keep]
+    n = arr.size
+    prompt = _lengths(rng, n, prompt_mean, 0.8, 16, 8000)
+    output = _lengths(rng, n, output_mean, 0.8, 1, 2000)
+    return Trace(name, arr, prompt, output)
+
+
 def synthetic(
     kind: str,
     rate: float,
@@ -138,14 +162,11 @@ def synthetic(
     rng = np.random.default_rng(seed)
     lam = rate_function(kind, rate, duration)
     c = cv if cv is not None else (3.0 if kind == "gamma" else 1.0)
-    if kind in ("poisson", "gamma"):
-        arr = _renewal(rng, rate, duration, c)
-    else:
-        peak = float(np.max(lam(np.linspace(0, duration, 2001))))
-        cand = _renewal(rng, peak, duration, c)
-        keep = rng.random(cand.size) < lam(cand) / peak
-        arr = cand[keep]
+    name = f"{kind}(rate={rate:g}, cv={c:g}, seed={seed})"
+    if kind not in ("poisson", "gamma"):
+        return from_rate(name, lam, duration, rng, c, prompt_mean, output_mean)
+    arr = _renewal(rng, rate, duration, c)
     n = arr.size
     prompt = _lengths(rng, n, prompt_mean, 0.8, 16, 8000)
     output = _lengths(rng, n, output_mean, 0.8, 1, 2000)
-    return Trace(f"{kind}(rate={rate:g}, cv={c:g}, seed={seed})", arr, prompt, output)
+    return Trace(name, arr, prompt, output)
