@@ -228,8 +228,9 @@ def test_load_signal_proportional_and_proportional_signals_bypass_cold_start() -
     d2 = compute_desired_replicas(
         cfg, o2, cap(5, 2, starting=3, cold_start_s=120), AutoscalerState(last_scale_up_time=NOW - 10), NOW
     )
-    # 12 replicas of work at 80 % on 2 ready: ratio 7.5 >= panic, so no step limit: ceil(2 x 7.5) = 15.
-    assert d2.desired == 15 and d2.reason is Reason.SCALED_UP and d2.panic, d2.message
+    # 12 replicas of work at 80 % on 2 ready: ratio 7.5 asks ceil(2 x 7.5) = 15 in one step, past
+    # max_scale_up_step; the safety bound max_scale_up_factor x ready (4 x 2 = +8) stops it at 13.
+    assert d2.desired == 13 and d2.reason is Reason.SCALED_UP and d2.panic, d2.message
 
 
 def test_panic_sets_window_and_blocks_scale_down_afterwards() -> None:

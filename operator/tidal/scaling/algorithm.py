@@ -224,9 +224,11 @@ def compute_desired_replicas(
         if config.scale_up_stabilization_s > 0 and reason is None:
             window = [n for t, n in recs if now - t <= config.scale_up_stabilization_s + _EPS]
             target = max(current, min([*window, target]))
-        jump = panic and (signal in PROPORTIONAL or "load" not in ratios)
+        # One-step sizing: a proportional signal goes where it points; the step limit is a safety bound
+        # (max_scale_up_factor x ready), not the pace. Panic lifts the limit only for lagging-only fleets.
+        jump = panic and signal not in PROPORTIONAL and "load" not in ratios
         step_limit = config.max_scale_up_step
-        if signal in PROPORTIONAL:  # one-step sizing: the step limit is a safety bound, not the pace
+        if signal in PROPORTIONAL:
             step_limit = max(step_limit, math.ceil(config.max_scale_up_factor * max(ready, 1)))
         if not jump and target > current + step_limit:
             target = current + step_limit
