@@ -6,6 +6,7 @@ arithmetic consequences of the documented formulas on hand-made histories, not f
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -109,7 +110,7 @@ def test_prior_while_history_is_short(
     else:  # a 3x rise at the end of the history, 1 lead time long
         k = int(lead / STEP)
         history = [(STEP * i, 1.0 if i < n - 2 * k else history_q) for i in range(n)]
-    est, hq, samples, span = hr.estimate(history, lead, 0.99, prior, 300.0)
+    est, hq, _samples, span = hr.estimate(history, lead, 0.99, prior, 300.0)
     assert span == pytest.approx(span_lead_times * lead)
     assert hq == pytest.approx(history_q)
     assert est == pytest.approx(expected, rel=0.02)
@@ -235,7 +236,7 @@ def test_no_flapping_on_flat_load() -> None:
         moves
     )
     downs = [t for t, _ in moves[first_down:]]
-    assert all(b - a >= CFG.scale_down_stabilization_s for a, b in zip(downs, downs[1:], strict=False)), moves
+    assert all(b - a >= CFG.scale_down_stabilization_s for a, b in itertools.pairwise(downs)), moves
     assert current >= 3
 
 
@@ -253,7 +254,7 @@ def test_scale_down_keeps_the_headroom() -> None:
         c, state = d.desired, d.state
         seen.append(c)
     assert seen[-1] == 6 and min(seen) == 6, seen  # 2 x 3, one replica per decision
-    assert all(a - b <= 1 for a, b in zip(seen, seen[1:], strict=False)), seen
+    assert all(a - b <= 1 for a, b in itertools.pairwise(seen)), seen
 
 
 def test_settled_misses_raise_the_headroom_and_unsettled_ones_do_not() -> None:
