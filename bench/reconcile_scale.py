@@ -71,8 +71,9 @@ from tests.support.operator import install_crds  # noqa: E402
 
 from tidal.devcluster import ClusterConfig, DevCluster, GPUNodeSpec  # noqa: E402
 from tidal.devcluster.cluster import free_port  # noqa: E402
-from tidal.shell.handlers import TIMER_INTERVAL_SECONDS, WORKER_SELECTOR  # noqa: E402
+from tidal.shell.indexes import WORKER_SELECTOR  # noqa: E402
 from tidal.shell.kube import make_api_client  # noqa: E402
+from tidal.shell.reconciler import TIMER_INTERVAL_SECONDS  # noqa: E402
 
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
 NOOP_OPERATOR = f"""

@@ -15,7 +15,9 @@ pod exists). Short windows and a 1 s autoscaler interval keep it fast.
     says so; in Advise mode the same metrics change nothing but the status; the tuned pod then crash-loops
     (OOM) and the change is rolled back (EngineTuningRolledBack, the value blocked, the pods roll back);
 (f) a pod of another workload holding GPUs on the deployment's node blocks the scale-up (InsufficientGPU);
-    once it is gone the deployment scales up.
+    once it is gone the deployment scales up;
+(g) a TPOT target no GPU meets (issue 16, accepted by the API) still gets its pods, with
+    TargetsReachable=False naming the target and a Warning Event.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ pytestmark = pytest.mark.controlplane
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
-NAMES = ("scale", "stale", "restart", "sick", "tuned", "advised", "foreign")
+NAMES = ("scale", "stale", "restart", "sick", "tuned", "advised", "foreign", "unreachable")
 MAX_REPLICAS = 4
 WINDOW_S = 20.0
 """Scale-down stabilisation window of the scale tests."""
@@ -486,3 +488,25 @@ def _blocked_then_scaled(rig: Rig, name: str, label: dict[str, str]) -> None:
         rig.cp.core.delete_namespaced_pod("training-job", rig.ns, grace_period_seconds=0)
     wait_for(lambda: rig.replicas(name) == 2, timeout=60, what="scale-up once the GPUs are free")
     rig.set_all(name, ttft=0.2)
+
+
+def test_an_unreachable_tpot_target_gets_its_pods_and_a_condition_naming_it(rig: Rig) -> None:
+    """``tpotP95Seconds: 0.005`` is below one decode step of Llama-3.1-8B on an H100 (the performance model
+    says so): at c41f3b9 the autoscaler's pass raised ZeroDivisionError and the reconcile failed forever (no
+    pods, no condition)."""
+    name = "unreachable"
+    rig.create(name, replicas=1, maxReplicas=1, autoscaling={"targets": {"tpotP95Seconds": 0.005}})
+    try:
+        wait_for(lambda: rig.ready_pods(name) == 1, timeout=60, what="the deployment's pod")
+        cond = wait_for(
+            lambda: rig.condition(name, "TargetsReachable"), timeout=60, what="a TargetsReachable condition"
+        )
+        assert (cond["status"], cond["reason"]) == ("False", "TargetUnreachable"), cond
+        assert "spec.autoscaling.targets.tpotP95Seconds=0.005" in cond["message"], cond
+        events = wait_for(
+            lambda: rig.events(name, "TargetUnreachable"), timeout=20, what="a TargetUnreachable Event"
+        )
+        assert events[0].type == "Warning" and "tpotP95Seconds=0.005" in events[0].message, events[0]
+        assert rig.condition(name, "Ready").get("status") == "True"
+    finally:
+        rig.custom.delete_namespaced_custom_object(GROUP, VERSION, rig.ns, PLURAL, name)

@@ -17,26 +17,21 @@ import yaml
 
 from tidal.api import MAX_HISTORY, LLMDeployment
 from tidal.plan import NodeInfo, Observed, plan_reconcile
-from tidal.plan.autoscale import (
-    BLOCKED_KEY,
-    GPU_HOURS_AT,
-    MAX_GPU_HOURS_GAP_S,
-    accumulate_gpu_hours,
-    autoscaler_patch,
+from tidal.plan.autoscale.config import replica_capacity, scaling_config
+from tidal.plan.autoscale.observe import (
     capacity_view,
-    disabled_conditions,
     free_gpus,
     load_state,
     measured_cold_start,
     merge_pods,
-    pod_gpus,
     replica_ages,
-    replica_capacity,
-    scaling_config,
-    signal_status,
     with_replica_ages,
 )
+from tidal.plan.autoscale.status import BLOCKED_KEY, autoscaler_patch, disabled_conditions, signal_status
 from tidal.plan.conditions import merge_conditions
+from tidal.plan.gpuhours import GPU_HOURS_AT, MAX_GPU_HOURS_GAP_S, accumulate_gpu_hours
+from tidal.plan.replicas import group_replicas, pod_gpus
+from tidal.plan.target import make_target
 from tidal.scaling import (
     AutoscalerState,
     CapacityView,
@@ -244,7 +239,8 @@ def test_capacity_view_ready_starting_and_cold_start() -> None:
         pod("r2", 2),  # starting
         pod("r3", 3, ready_after=5, terminating=True),  # going away: neither ready nor starting
     ]
-    cap = capacity_view(3, pods, T0 + timedelta(minutes=5), 2, 6)
+    views, _ = group_replicas(pods, T0 + timedelta(minutes=5))
+    cap = capacity_view(3, views, pods, 2, 6)
     assert (cap.current, cap.ready, cap.starting, cap.free_gpus, cap.gpus_per_replica) == (3, 2, 1, 6, 2)
     assert cap.cold_start_s == 30.0  # median of 30, 40 and the terminating 5
 
@@ -632,11 +628,9 @@ def test_merge_pods_keeps_each_pod_once() -> None:
 
 
 def test_load_signal_capacity_from_the_performance_model() -> None:
-    from tidal.plan.reconcile import make_target
-
     d = deployment()  # Llama-3.1-8B on H100, TP 1, Apply mode
     target = make_target(d, 1)
-    cap, text = replica_capacity(d, target.inputs.engine, target.recommendation)
+    cap, text, _ = replica_capacity(d, target.inputs.engine, target.recommendation)
     assert cap is not None, text
     # A roofline replica of an 8B model on an H100 serves thousands of tokens/s, prefill faster than decode.
     assert (
@@ -670,18 +664,16 @@ def test_load_signal_capacity_from_the_performance_model() -> None:
     )
     # A tight TPOT target caps the batch: less capacity.
     tight = deployment(autoscaling={"enabled": True, "targets": {"tpotP95Seconds": 0.015}})
-    cap2, _ = replica_capacity(
+    cap2, _, _ = replica_capacity(
         tight, make_target(tight, 1).inputs.engine, make_target(tight, 1).recommendation
     )
     assert cap2 is not None and cap2.decode_tokens_per_s < cap.decode_tokens_per_s
 
 
 def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() -> None:
-    from tidal.plan.reconcile import make_target
-
     unknown = deployment(model={"uri": "hf://someone/unknown-model"})
     t = make_target(unknown, 1)
-    cap, text = replica_capacity(unknown, t.inputs.engine, t.recommendation)
+    cap, text, _ = replica_capacity(unknown, t.inputs.engine, t.recommendation)
     assert cap is None and "not in the built-in catalogue" in text
     # Advise mode with TP left auto runs TP=1 while a 70B model is recommended TP>1: no capacity model.
     doc = yaml.safe_load((ROOT / "examples" / "llama-3.3-70b-fp8-tp2.yaml").read_text())
@@ -689,7 +681,7 @@ def test_load_signal_off_when_the_model_is_unknown_or_the_parallelism_differs() 
     doc["spec"]["recommendation"] = {"mode": "Advise"}
     big = LLMDeployment.model_validate(doc)
     t = make_target(big, 1)
-    cap, text = replica_capacity(big, t.inputs.engine, t.recommendation)
+    cap, text, _ = replica_capacity(big, t.inputs.engine, t.recommendation)
     assert t.inputs.engine.tensor_parallel_size == 1
     assert cap is None and "the engine runs TP=1" in text, text
 

@@ -14,8 +14,8 @@ import yaml
 
 from tidal.api import LLMDeployment
 from tidal.plan import NodeInfo, Observed, Plan, plan_reconcile
-from tidal.plan.reconcile import matching_nodes, node_matches
 from tidal.plan.replicas import GROUP_FORMATION_SECONDS, pod_problems
+from tidal.plan.target import matching_nodes, node_matches
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -530,7 +530,7 @@ def test_gpu_hours_accounted_without_autoscaling_and_without_extra_writes() -> N
 
 
 def test_gpu_hours_left_to_the_autoscaler_pass_and_idle_deployment_never_written() -> None:
-    from tidal.plan.autoscale import AutoscalerPatch
+    from tidal.plan.autoscale.status import AutoscalerPatch
 
     c = FakeCluster("llama-3.1-8b.yaml", replicas=0, minReplicas=0)
     c.doc["spec"]["autoscaling"]["enabled"] = False
@@ -553,7 +553,7 @@ def test_gpu_hours_left_to_the_autoscaler_pass_and_idle_deployment_never_written
 
 
 def test_worker_gpus_counts_bound_unfinished_pods() -> None:
-    from tidal.plan.reconcile import worker_gpus
+    from tidal.plan.gpuhours import worker_gpus
 
     def pod(node: str | None, phase: str, gpus: Any) -> dict[str, Any]:
         res = {"requests": {"nvidia.com/gpu": gpus}} if gpus is not None else {}

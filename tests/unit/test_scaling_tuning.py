@@ -15,15 +15,11 @@ import yaml
 from tidal.api import LLMDeployment
 from tidal.builders.engine import recommend_for_spec, resolve_engine, tuned_overrides
 from tidal.builders.pods import build_replica_pods
-from tidal.plan.autoscale import (
-    RENOTIFY_SECONDS,
-    autoscaler_patch,
-    engine_tuning,
-    scaling_config,
-    tuning_status,
-    without_nulls,
-)
-from tidal.plan.reconcile import make_target
+from tidal.plan.autoscale.config import scaling_config
+from tidal.plan.autoscale.status import autoscaler_patch
+from tidal.plan.autoscale.tuning import RENOTIFY_SECONDS, engine_tuning, tuning_status
+from tidal.plan.documents import without_nulls
+from tidal.plan.target import make_target, resolve
 from tidal.scaling import (
     AutoscalerState,
     CapacityView,
@@ -530,7 +526,7 @@ def test_the_operator_pass_rolls_back_a_crash_looping_tuned_rollout() -> None:
     crash = [_crashing(target.spec_hash)]
     result = autoscale_pass(
         tuned,
-        target,
+        resolve(tuned, crash, datetime.fromtimestamp(NOW + 300, UTC)),
         {"engineTuning": tuned_status},
         crash,
         crash,

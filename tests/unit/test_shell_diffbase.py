@@ -11,6 +11,7 @@ import pytest
 
 from tidal.shell import handlers
 from tidal.shell.diffbase import NoDiffBaseStorage
+from tidal.shell.reconciler import Reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -48,8 +49,9 @@ def test_only_generation_or_label_changes_force_a_reconcile(monkeypatch: pytest.
         assert force
         forced.append(key)
 
-    monkeypatch.setattr(handlers, "_quiet", quiet)
-    monkeypatch.setattr(handlers, "RUNTIME", handlers.Runtime())
+    rec = Reconciler()
+    monkeypatch.setattr(rec, "quiet", quiet)
+    monkeypatch.setattr(handlers, "RECONCILER", rec)
     indexes = {k: None for k in ("llmd_index", "pod_index", "service_index", "pdb_index", "node_index")}
 
     def event(kind: str | None, doc: dict[str, Any]) -> None:
@@ -57,7 +59,7 @@ def test_only_generation_or_label_changes_force_a_reconcile(monkeypatch: pytest.
 
         async def deliver() -> None:
             await handler(type=kind, namespace="ns", name="m", meta=doc["metadata"], **indexes)
-            await asyncio.gather(*handlers.RUNTIME.tasks)  # the reconcile runs in the background
+            await asyncio.gather(*rec.tasks)  # the reconcile runs in the background
 
         asyncio.run(deliver())
 
@@ -69,6 +71,6 @@ def test_only_generation_or_label_changes_force_a_reconcile(monkeypatch: pytest.
     event("MODIFIED", body(generation=2, labels={"team": "a"}))  # a label change
     assert len(forced) == 3
     event("DELETED", body(generation=2, labels={"team": "a"}))
-    assert ("ns", "m") not in handlers.RUNTIME.states
+    assert ("ns", "m") not in rec.states
     event(None, body(generation=2, labels={"team": "a"}))  # recreated with the same name
     assert len(forced) == 4

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tidal.shell import handlers
 from tidal.shell.leadership import PeeringGate, blocking_peer
+from tidal.shell.reconciler import Reconciler
 
 pytestmark = pytest.mark.unit
 
@@ -88,17 +88,15 @@ def test_reconciles_wait_while_paused_and_catch_up(monkeypatch: pytest.MonkeyPat
         def poll(self, now: datetime) -> bool:
             return self.answers[-1]
 
-    runtime = handlers.Runtime(acting=False)
-    monkeypatch.setattr(handlers, "RUNTIME", runtime)
-    monkeypatch.setattr(handlers, "_run_once", run_once)
-    monkeypatch.setattr(handlers, "POLL_SECONDS", 0.01)
+    runtime = Reconciler(acting=False)
+    monkeypatch.setattr(runtime, "run_once", run_once)
     indexes = {"llmd_index": None}
 
     async def scenario() -> None:
-        await handlers.reconcile(("ns", "a"), indexes, force=True)
-        await handlers.reconcile(("ns", "b"), indexes)
+        await runtime.reconcile(("ns", "a"), indexes, force=True)
+        await runtime.reconcile(("ns", "b"), indexes)
         assert ran == [] and runtime.deferred == {("ns", "a"), ("ns", "b")}
-        follower = asyncio.create_task(handlers._follow_peering(Gate()))  # type: ignore[arg-type]
+        follower = asyncio.create_task(runtime.follow_peering(Gate(), 0.01))  # type: ignore[arg-type]
         for _ in range(100):
             await asyncio.sleep(0.01)
             if len(ran) == 2:

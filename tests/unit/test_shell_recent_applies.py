@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tidal.plan import Observed
-from tidal.shell.handlers import RECENT_APPLY_SECONDS, _KeyState, _not_recently_applied
+from tidal.shell.writer import RECENT_APPLY_SECONDS, RecentWrites, not_recently_applied
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +25,7 @@ def pod(name: str) -> dict[str, Any]:
     return {"kind": "Pod", "metadata": {"name": name, "namespace": "ns"}, "spec": {}}
 
 
-def remember(state: _KeyState, obj: dict[str, Any], age: float = 0.0) -> None:
+def remember(state: RecentWrites, obj: dict[str, Any], age: float = 0.0) -> None:
     """What the shell records after a successful apply (``age`` seconds ago)."""
     state.applied[f"{obj['kind']}/{obj['metadata']['name']}"] = (
         json.dumps(obj, sort_keys=True),
@@ -34,19 +34,19 @@ def remember(state: _KeyState, obj: dict[str, Any], age: float = 0.0) -> None:
 
 
 def test_recent_apply_skipped_until_shown_changed_or_expired() -> None:
-    state = _KeyState()
+    state = RecentWrites()
     svc = service("api")
-    assert _not_recently_applied(state, [svc, pod("p0")], Observed()) == [svc, pod("p0")]
+    assert not_recently_applied(state, [svc, pod("p0")], Observed()) == [svc, pod("p0")]
     remember(state, svc)
     remember(state, pod("p0"))
     # Same content, not shown yet: skipped (pods are never skipped).
-    assert _not_recently_applied(state, [svc, pod("p0")], Observed()) == [pod("p0")]
+    assert not_recently_applied(state, [svc, pod("p0")], Observed()) == [pod("p0")]
     # Other content: applied.
-    assert _not_recently_applied(state, [service("api", 9000)], Observed()) == [service("api", 9000)]
+    assert not_recently_applied(state, [service("api", 9000)], Observed()) == [service("api", 9000)]
     # Expired: applied again.
     remember(state, svc, age=RECENT_APPLY_SECONDS + 1)
-    assert _not_recently_applied(state, [svc], Observed()) == [svc]
+    assert not_recently_applied(state, [svc], Observed()) == [svc]
     # Shown by the watch: forgotten, so a later plan that wants it (deleted since) applies it.
     remember(state, svc)
-    assert _not_recently_applied(state, [svc], Observed(services=[svc])) == [svc]
+    assert not_recently_applied(state, [svc], Observed(services=[svc])) == [svc]
     assert "Service/api" not in state.applied

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from tidal.shell import handlers
-from tidal.shell.handlers import MAX_CONCURRENT_RECONCILES, max_concurrent_reconciles
+from tidal.shell import reconciler
+from tidal.shell.reconciler import (
+    MAX_CONCURRENT_RECONCILES,
+    KeyState,
+    Reconciler,
+    Written,
+    max_concurrent_reconciles,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -39,10 +45,10 @@ def test_reconciles_beyond_the_slots_wait_and_slow_services_run_outside_them(
         peak = max(peak, inside)
         await asyncio.sleep(0.01)
         inside -= 1
-        return handlers._Written(
+        return Written(
             plan=object(),  # type: ignore[arg-type]
             slow=[{"kind": "Service"}],
-            state=handlers._KeyState(),
+            state=KeyState(),
             meta={"namespace": key[0], "name": key[1]},
             deployment=object(),  # type: ignore[arg-type]
             now=None,  # type: ignore[arg-type]
@@ -53,14 +59,14 @@ def test_reconciles_beyond_the_slots_wait_and_slow_services_run_outside_them(
         slow_started += 1
         await release_slow.wait()
 
-    monkeypatch.setattr(handlers, "_plan_and_write", plan_and_write)
-    monkeypatch.setattr(handlers, "_carry_out", carry_out)
-    monkeypatch.setattr(handlers, "_export_metrics", lambda *_: None)
-    monkeypatch.setattr(handlers.RUNTIME, "kube", object())
+    rec = Reconciler(kube=object())  # type: ignore[arg-type]
+    monkeypatch.setattr(rec, "plan_and_write", plan_and_write)
+    monkeypatch.setattr(rec.writer, "carry_out", carry_out)
+    monkeypatch.setattr(reconciler, "export_status_metrics", lambda *_: None)
 
     async def main() -> None:
-        monkeypatch.setattr(handlers.RUNTIME, "slots", asyncio.Semaphore(2))
-        runs = [asyncio.create_task(handlers._run_once(("ns", f"d{i}"), {})) for i in range(6)]
+        rec.slots = asyncio.Semaphore(2)
+        runs = [asyncio.create_task(rec.run_once(("ns", f"d{i}"), {})) for i in range(6)]
         # All six get through their slot while every Service apply is still blocked.
         for _ in range(200):
             if slow_started == 6:

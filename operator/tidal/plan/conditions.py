@@ -4,6 +4,7 @@
 Condition types are adjectives (``Ready``, ``Progressing``, ``Degraded``); reasons are CamelCase constants.
 Conditions of other types (``ScalingActive``, ``MetricsAvailable`` from the autoscaler) are kept as they are,
 unless the caller passes new values for them (the autoscaler's pass does, through the planner).
+:func:`replica_conditions` computes the planner's own three from the state after a plan.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tidal.api import LLMDeployment
+from tidal.plan.replicas import ReplicaView
+from tidal.plan.target import Target
 from tidal.plan.types import EventSpec
 
 READY: Final = "Ready"
@@ -47,6 +51,8 @@ _WARNING_REASONS = frozenset(
         APPLY_FAILED,
         "MetricsStale",
         "ReplicaDegraded",
+        "TargetUnreachable",
+        "AutoscalerFailed",
         "ImagePullBackOff",
         "ErrImagePull",
         "CreateContainerConfigError",
@@ -117,3 +123,88 @@ def _notable(cond: Cond) -> bool:
     if cond.type in (READY, PROGRESSING):
         return cond.reason in _WARNING_REASONS
     return True
+
+
+def replica_conditions(
+    deployment: LLMDeployment,
+    target: Target,
+    ready: int,
+    replicas: int,
+    updated: int,
+    old: int,
+    terminating: int,
+    shortage: str | None,
+    gpu_pending: list[ReplicaView],
+    unschedulable: list[ReplicaView],
+    problems: list[Any],
+    restarted: list[ReplicaView],
+) -> list[Cond]:
+    """``Ready``, ``Progressing`` and ``Degraded`` of the state after a plan: counts of replicas, the GPU
+    shortage (capacity or Pending pods), the crash loops and failed pods, the replicas restarting."""
+    n = target.replicas
+    insufficient = shortage or (
+        f"{len(gpu_pending)} replica(s) Pending: the scheduler finds Insufficient nvidia.com/gpu"
+        if gpu_pending
+        else None
+    )
+    floor = max(1, min(n, deployment.spec.min_replicas))
+    # Ready.
+    if n == 0:
+        ready_c = Cond(READY, False, SCALED_TO_ZERO, "spec.replicas is 0")
+    elif ready >= n:
+        ready_c = Cond(READY, True, ALL_REPLICAS_READY, f"{ready}/{n} replicas ready")
+    elif ready >= floor:
+        ready_c = Cond(
+            READY, True, MINIMUM_REPLICAS_READY, f"{ready}/{n} replicas ready (minimum {floor})"
+        )
+    elif insufficient:
+        ready_c = Cond(READY, False, INSUFFICIENT_GPU, f"{ready}/{n} replicas ready; {insufficient}")
+    elif problems:
+        worst = worst_problem(problems)
+        ready_c = Cond(READY, False, worst.reason, f"{ready}/{n} replicas ready; {worst.message}")
+    elif unschedulable:
+        ready_c = Cond(
+            READY, False, UNSCHEDULABLE, f"{ready}/{n} replicas ready; {unschedulable[0].unschedulable}"
+        )
+    else:
+        ready_c = Cond(READY, False, WORKERS_STARTING, f"{ready}/{n} replicas ready; workers starting")
+    # Progressing.
+    if insufficient and ready < n + old:
+        prog = Cond(PROGRESSING, False, INSUFFICIENT_GPU, insufficient)
+    elif old:
+        prog = Cond(
+            PROGRESSING,
+            True,
+            ROLLING_UPDATE,
+            f"{updated}/{n} replicas at spec hash {target.spec_hash}, {old} old replica(s) left, "
+            f"{ready} ready",
+        )
+    elif replicas < n or ready < n:
+        prog = Cond(PROGRESSING, True, WORKERS_CREATED, f"{replicas}/{n} replicas created, {ready} ready")
+    elif terminating:
+        prog = Cond(PROGRESSING, True, SCALING_DOWN, f"{terminating} replica(s) draining")
+    else:
+        prog = Cond(
+            PROGRESSING, False, REPLICAS_UP_TO_DATE, f"{n} replica(s) at spec hash {target.spec_hash}"
+        )
+    # Degraded.
+    if problems:
+        worst = worst_problem(problems)
+        msgs = "; ".join(p.message for p in problems[:5])
+        deg = Cond(DEGRADED, True, worst.reason, msgs)
+    elif restarted:
+        deg = Cond(
+            DEGRADED,
+            True,
+            REPLICA_RESTARTED,
+            f"replica(s) {[v.index for v in restarted]} restarting as a unit",
+        )
+    else:
+        deg = Cond(DEGRADED, False, WORKERS_HEALTHY, "no crash loops, OOM kills or failed pods")
+    return [ready_c, prog, deg]
+
+
+def worst_problem(problems: list[Any]) -> Any:
+    """The problem the conditions name first: an OOM kill, then a crash loop, then the rest."""
+    order = {OOM_KILLED: 0, CRASH_LOOP: 1}
+    return sorted(problems, key=lambda p: order.get(p.reason, 2))[0]

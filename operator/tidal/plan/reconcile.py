@@ -27,60 +27,30 @@ template labels every pod; replicas with another hash are *old*.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from datetime import datetime
 from typing import Any
 
 from tidal.api import MAX_HISTORY, LLMDeployment, Signal
-from tidal.builders.engine import RecommendationResult, recommend_for_spec, resolve_engine, tuned_overrides
-from tidal.builders.gpus import GPU_PRODUCT_LABEL, GPU_RESOURCE, product_labels
 from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selector
-from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, compute_spec_hash
+from tidal.builders.pods import BuilderConfig, build_replica_pods
 from tidal.builders.services import build_api_service, build_group_service, build_pdb, pdb_min_available
 from tidal.plan import conditions as C
-from tidal.plan.autoscale import GPU_HOURS_AT, AutoscalerPatch, accumulate_gpu_hours, without_nulls
-from tidal.plan.conditions import Cond, merge_conditions
-from tidal.plan.replicas import ReplicaView, group_replicas, parse_time
-from tidal.plan.types import EventSpec, NodeInfo, ObjectRef, Observed, Plan
+from tidal.plan.autoscale.status import AutoscalerPatch
+from tidal.plan.conditions import Cond, merge_conditions, replica_conditions
+from tidal.plan.documents import rfc3339, without_nulls
+from tidal.plan.gpuhours import account_gpu_hours, worker_gpus
+from tidal.plan.replicas import ReplicaView, parse_time
+from tidal.plan.target import DEFAULT_CONFIG, Resolved, Target, gpu_shortage, resolve
+from tidal.plan.types import EventSpec, ObjectRef, Observed, Plan
 
-DEFAULT_CONFIG = BuilderConfig()
-"""Pod defaults when the operator configures none."""
 SURGE = 1
 """Extra replicas a rollout may run above the desired count."""
 PROGRESS_REQUEUE_SECONDS = 15.0
 DEGRADED_REQUEUE_SECONDS = 60.0
 GPU_BACKOFF_MIN_SECONDS = 10.0
 GPU_BACKOFF_MAX_SECONDS = 300.0
-GPU_HOURS_WRITE_SECONDS = 300.0
-"""At most this long between GPU-hour accountings while worker pods hold GPUs and nothing else is written."""
 
-
-def rfc3339(now: datetime) -> str:
-    """``2025-01-01T00:00:00Z``."""
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the replicas should look like."""
-
-    inputs: ReplicaInputs
-    spec_hash: str
-    replicas: int
-    recommendation: RecommendationResult | None
-
-    @property
-    def group_size(self) -> int:
-        return self.inputs.shape.group_size
-
-
-def make_target(deployment: LLMDeployment, replicas: int, config: BuilderConfig = DEFAULT_CONFIG) -> Target:
-    """Resolve the effective engine (recommendation and tuned overrides in Apply mode), the pod template
-    hash and the count."""
-    rec = recommend_for_spec(deployment.spec, deployment.metadata.generation)
-    engine = resolve_engine(deployment.spec, rec, tuned_overrides(deployment.status))
-    inputs = ReplicaInputs(deployment, engine, config)
-    return Target(inputs, compute_spec_hash(inputs), replicas, rec)
 
 
 def _pod_ref(pod: Mapping[str, Any], reason: str) -> ObjectRef:
@@ -123,45 +93,6 @@ def _needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None)
     return not _contains(observed.get("spec") or {}, desired.get("spec") or {})
 
 
-def node_matches(node: NodeInfo, deployment: LLMDeployment) -> bool:
-    """The node can run the deployment's workers (schedulable, GPU product and node selector match)."""
-    return matching_nodes([node], deployment) != []
-
-
-def matching_nodes(nodes: Sequence[NodeInfo], deployment: LLMDeployment) -> list[NodeInfo]:
-    """The nodes that can run the deployment's workers (see :func:`node_matches`)."""
-    res = deployment.spec.resources
-    products = product_labels(res.gpu_type)
-    selector = list(res.node_selector.items())
-    return [
-        n
-        for n in nodes
-        if n.schedulable
-        and n.labels.get(GPU_PRODUCT_LABEL) in products
-        and all(n.labels.get(k) == v for k, v in selector)
-    ]
-
-
-def gpu_shortage(target: Target, nodes: list[NodeInfo] | None) -> str | None:
-    """Why the matching nodes cannot hold the desired replicas at all (capacity, not current use)."""
-    if nodes is None or target.replicas == 0:
-        return None
-    deployment = target.inputs.deployment
-    shape = target.inputs.shape
-    matching = matching_nodes(nodes, deployment)
-    slots = sum(n.allocatable_gpus // shape.gpus_per_pod for n in matching)
-    needed = target.replicas * shape.group_size
-    if slots >= needed and (
-        shape.group_size == 1
-        or sum(1 for n in matching if n.allocatable_gpus >= shape.gpus_per_pod) >= shape.group_size
-    ):
-        return None
-    return (
-        f"{target.replicas} replica(s) need {needed} pod(s) of {shape.gpus_per_pod} nvidia.com/gpu on "
-        f"{deployment.spec.resources.gpu_type} nodes; {len(matching)} matching node(s) hold {slots}"
-    )
-
-
 def plan_reconcile(
     deployment: LLMDeployment,
     observed: Observed,
@@ -172,22 +103,30 @@ def plan_reconcile(
     config: BuilderConfig = DEFAULT_CONFIG,
     autoscaler: AutoscalerPatch | None = None,
     extra_conditions: Sequence[Cond] = (),
+    resolved: Resolved | None = None,
 ) -> Plan:
     """The next step for ``deployment``. ``replicas`` is the count to converge to (default
     ``spec.replicas``; the autoscaler passes its own), ``signal`` the autoscaler's key signal.
     ``autoscaler`` (one autoscaler pass) is carried into the same status write: its fields, conditions and
     Events, and its count when ``replicas`` is not given. ``extra_conditions`` are merged like the
-    planner's own (e.g. ``ScalingActive=False`` once autoscaling is disabled)."""
+    planner's own (e.g. ``ScalingActive=False`` once autoscaling is disabled). ``resolved``: the pass's
+    target and replica views of ``observed.pods`` when the caller resolved them already (the autoscaler's
+    pass reads the same); its count is replaced by the one to converge to.
+
+    Longer than 80 lines on purpose: its numbered steps are one pass over the replicas in the order the plan
+    is carried out, sharing the running counts (reserved indices, ready and terminating replicas)."""
     if replicas is None and autoscaler is not None:
         replicas = autoscaler.desired
     desired = deployment.spec.replicas if replicas is None else replicas
-    target = make_target(deployment, desired, config)
+    if resolved is None:
+        resolved = resolve(deployment, observed.pods, now, config, desired)
+    target = dc_replace(resolved.target, replicas=desired)
     name = deployment.metadata.name or ""
     ns = deployment.metadata.namespace or "default"
     plan = Plan()
     events: list[EventSpec] = []
 
-    views, strays = group_replicas(observed.pods, now)
+    views, strays = resolved.views, resolved.strays
     plan.delete.extend(_pod_ref(p, "stray pod without a replica index") for p in strays)
     reserved = set(views)  # indices in use, terminating ones included (their pod names are taken)
 
@@ -317,7 +256,7 @@ def plan_reconcile(
     shortage = gpu_shortage(target, nodes)
     gpu_pending = [v for v in alive_after if v.gpu_pending]
     problems = [p for v in alive_after for p in v.problems]
-    conds = _conditions(
+    conds = replica_conditions(
         deployment,
         target,
         ready_after,
@@ -382,124 +321,6 @@ def plan_reconcile(
     return plan
 
 
-def worker_gpus(pods: Sequence[Mapping[str, Any]]) -> int:
-    """GPUs the worker pods hold: the requests of pods bound to a node that have not finished."""
-    total = 0
-    for pod in pods:
-        spec = pod.get("spec") or {}
-        if not spec.get("nodeName") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        for container in spec.get("containers") or []:
-            res = container.get("resources") or {}
-            value = (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE))
-            try:
-                total += int(value or 0)
-            except (TypeError, ValueError):
-                continue
-    return total
-
-
-def account_gpu_hours(
-    old_status: Mapping[str, Any], gpus: int, now: float, writing: bool
-) -> dict[str, Any] | None:
-    """``gpuHours`` and ``autoscaler`` (with the accounting time, the key the autoscaler uses too) to add to
-    the status write, or ``None`` when the accounting can wait for a later write. ``gpus`` (held now) x the
-    time since the last accounting: a count changes when pods are created or deleted, which writes the status
-    anyway (pods not yet bound hold none), so the error is the binding or release delay within one interval.
-    Due on its own (one write) when pods held GPUs for :data:`GPU_HOURS_WRITE_SECONDS` since the last
-    accounting, or when accounting never started; never while no pod holds a GPU."""
-    old_as = old_status.get("autoscaler") or {}
-    since = old_as.get(GPU_HOURS_AT)
-    due = since is None or (gpus > 0 and now - float(since) >= GPU_HOURS_WRITE_SECONDS)
-    if not (writing or due):
-        return None
-    total, _ = accumulate_gpu_hours(old_status, gpus, now)
-    return {"gpuHours": round(total, 6), "autoscaler": {**old_as, GPU_HOURS_AT: now}}
-
-
-def _conditions(
-    deployment: LLMDeployment,
-    target: Target,
-    ready: int,
-    replicas: int,
-    updated: int,
-    old: int,
-    terminating: int,
-    shortage: str | None,
-    gpu_pending: list[ReplicaView],
-    unschedulable: list[ReplicaView],
-    problems: list[Any],
-    restarted: list[ReplicaView],
-) -> list[Cond]:
-    n = target.replicas
-    insufficient = shortage or (
-        f"{len(gpu_pending)} replica(s) Pending: the scheduler finds Insufficient nvidia.com/gpu"
-        if gpu_pending
-        else None
-    )
-    floor = max(1, min(n, deployment.spec.min_replicas))
-    # Ready.
-    if n == 0:
-        ready_c = Cond(C.READY, False, C.SCALED_TO_ZERO, "spec.replicas is 0")
-    elif ready >= n:
-        ready_c = Cond(C.READY, True, C.ALL_REPLICAS_READY, f"{ready}/{n} replicas ready")
-    elif ready >= floor:
-        ready_c = Cond(
-            C.READY, True, C.MINIMUM_REPLICAS_READY, f"{ready}/{n} replicas ready (minimum {floor})"
-        )
-    elif insufficient:
-        ready_c = Cond(C.READY, False, C.INSUFFICIENT_GPU, f"{ready}/{n} replicas ready; {insufficient}")
-    elif problems:
-        ready_c = Cond(
-            C.READY, False, _worst(problems).reason, f"{ready}/{n} replicas ready; {_worst(problems).message}"
-        )
-    elif unschedulable:
-        ready_c = Cond(
-            C.READY, False, C.UNSCHEDULABLE, f"{ready}/{n} replicas ready; {unschedulable[0].unschedulable}"
-        )
-    else:
-        ready_c = Cond(C.READY, False, C.WORKERS_STARTING, f"{ready}/{n} replicas ready; workers starting")
-    # Progressing.
-    if insufficient and ready < n + old:
-        prog = Cond(C.PROGRESSING, False, C.INSUFFICIENT_GPU, insufficient)
-    elif old:
-        prog = Cond(
-            C.PROGRESSING,
-            True,
-            C.ROLLING_UPDATE,
-            f"{updated}/{n} replicas at spec hash {target.spec_hash}, {old} old replica(s) left, "
-            f"{ready} ready",
-        )
-    elif replicas < n or ready < n:
-        prog = Cond(C.PROGRESSING, True, C.WORKERS_CREATED, f"{replicas}/{n} replicas created, {ready} ready")
-    elif terminating:
-        prog = Cond(C.PROGRESSING, True, C.SCALING_DOWN, f"{terminating} replica(s) draining")
-    else:
-        prog = Cond(
-            C.PROGRESSING, False, C.REPLICAS_UP_TO_DATE, f"{n} replica(s) at spec hash {target.spec_hash}"
-        )
-    # Degraded.
-    if problems:
-        worst = _worst(problems)
-        msgs = "; ".join(p.message for p in problems[:5])
-        deg = Cond(C.DEGRADED, True, worst.reason, msgs)
-    elif restarted:
-        deg = Cond(
-            C.DEGRADED,
-            True,
-            C.REPLICA_RESTARTED,
-            f"replica(s) {[v.index for v in restarted]} restarting as a unit",
-        )
-    else:
-        deg = Cond(C.DEGRADED, False, C.WORKERS_HEALTHY, "no crash loops, OOM kills or failed pods")
-    return [ready_c, prog, deg]
-
-
-def _worst(problems: list[Any]) -> Any:
-    order = {C.OOM_KILLED: 0, C.CRASH_LOOP: 1}
-    return sorted(problems, key=lambda p: order.get(p.reason, 2))[0]
-
-
 def _status_dict(deployment: LLMDeployment) -> dict[str, Any]:
     return deployment.status.to_dict()
 
@@ -554,15 +375,4 @@ def _owned_status(
     return out
 
 
-__all__ = [
-    "SPEC_HASH_LABEL",
-    "Target",
-    "account_gpu_hours",
-    "gpu_shortage",
-    "make_target",
-    "matching_nodes",
-    "node_matches",
-    "plan_reconcile",
-    "rfc3339",
-    "worker_gpus",
-]
+__all__ = ["SPEC_HASH_LABEL", "Target", "plan_reconcile"]

@@ -1,6 +1,7 @@
 """Group observed worker pods into replicas and judge each one: complete, ready, terminating, broken
 (a Ray group missing a member or with a failed pod restarts as a unit), Pending for want of GPUs, or
-crash-looping / OOM-killed (with the container's termination reason).
+crash-looping / OOM-killed (with the container's termination reason); and the GPUs a pod requests (the one
+parser of ``nvidia.com/gpu`` requests: the index slimming, free GPUs and GPU-hours all read it).
 
 Pure functions of pod dicts (the Kubernetes JSON shape), with time passed in.
 """
@@ -168,6 +169,21 @@ def _unschedulable(pod: Mapping[str, Any]) -> str | None:
         ):
             return str(c.get("message", "Unschedulable"))
     return None
+
+
+def container_gpus(container: Mapping[str, Any]) -> int:
+    """GPUs one container requests (its limit when no request is given; 0 when unreadable)."""
+    res = container.get("resources") or {}
+    raw = (res.get("requests") or {}).get(GPU_RESOURCE, (res.get("limits") or {}).get(GPU_RESOURCE, 0))
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 0
+
+
+def pod_gpus(pod: Mapping[str, Any]) -> int:
+    """GPUs the pod requests (sum over its containers)."""
+    return sum(container_gpus(c) for c in (pod.get("spec") or {}).get("containers") or [])
 
 
 def group_replicas(

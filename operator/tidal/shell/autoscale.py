@@ -3,14 +3,16 @@
 The handlers run :func:`autoscale_pass` (synchronous: call it through ``asyncio.to_thread``) inside the
 deployment's reconcile, every :func:`interval_seconds` when ``spec.autoscaling.enabled``. The decision is
 the pure algorithm's (:func:`tidal.scaling.compute_desired_replicas`), its inputs and outputs the pure glue's
-(:mod:`tidal.plan.autoscale`); this module only does the I/O: the Prometheus query, the list of every pod
-that requests GPUs (other workloads share the GPU nodes: free GPUs must subtract them too), the merge patch
-of ``spec.replicas`` on the main resource (as the HPA does; the scale subresource stays usable when
-autoscaling is off), and the operator's reason-labelled metrics.
+(:mod:`tidal.plan.autoscale`), all from the reconcile pass's one :class:`~tidal.plan.target.Resolved`; this
+module only does the I/O: the Prometheus query, the list of every pod that requests GPUs (other workloads
+share the GPU nodes: free GPUs must subtract them too), the merge patch of ``spec.replicas`` on the main
+resource (as the HPA does; the scale subresource stays usable when autoscaling is off), and the operator's
+reason-labelled metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -23,23 +25,26 @@ from typing import Any, Final
 
 from tidal.api import GROUP, PLURAL, VERSION, LLMDeployment
 from tidal.builders.names import label_value
-from tidal.plan import NodeInfo
-from tidal.plan.autoscale import (
-    AutoscalerPatch,
+from tidal.plan import NodeInfo, Observed, rfc3339
+from tidal.plan.autoscale.config import replica_capacity, scaling_config
+from tidal.plan.autoscale.observe import (
     alive_replicas,
-    autoscaler_patch,
     capacity_view,
-    engine_tuning,
     free_gpus,
     load_state,
     merge_pods,
-    pod_gpus,
     replica_ages,
-    replica_capacity,
-    scaling_config,
     with_replica_ages,
 )
-from tidal.plan.reconcile import Target, node_matches
+from tidal.plan.autoscale.status import (
+    AUTOSCALER_FAILED,
+    AutoscalerPatch,
+    autoscaler_patch,
+    failed_pass_patch,
+)
+from tidal.plan.autoscale.tuning import engine_tuning
+from tidal.plan.replicas import pod_gpus
+from tidal.plan.target import Resolved, node_matches
 from tidal.scaling import FleetObservation, ScalingDecision, compute_desired_replicas
 from tidal.shell import metrics
 from tidal.shell.kube import MERGE, Kube
@@ -128,7 +133,7 @@ class PassResult:
 
 def autoscale_pass(
     deployment: LLMDeployment,
-    target: Target,
+    resolved: Resolved,
     status: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     all_worker_pods: Sequence[Mapping[str, Any]],
@@ -140,28 +145,83 @@ def autoscale_pass(
     kube: Kube | None = None,
 ) -> PassResult:
     """Observe Prometheus (and, with ``kube``, the cluster's GPU pods) and decide (blocking I/O: run it in a
-    thread)."""
+    thread). ``resolved``: the pass's target and the replica views of ``pods``."""
     spec = deployment.spec
+    target = resolved.target
     name = deployment.metadata.name or ""
     ns = deployment.metadata.namespace or "default"
     prom = spec.autoscaling.prometheus
     obs, error = reader.observe(prom.url, ns, label_value(name), prom.selector, pod_prefix=name)
     obs = with_replica_ages(obs, replica_ages(pods, now_dt))
     engine = target.inputs.engine
-    load_capacity, capacity_text = replica_capacity(deployment, engine, target.recommendation)
-    config = scaling_config(deployment, engine.max_num_seqs, engine.gpu_memory_utilization, load_capacity)
+    load = replica_capacity(deployment, engine, target.recommendation)
+    config = scaling_config(deployment, engine.max_num_seqs, engine.gpu_memory_utilization, load.capacity)
     gpr = engine.world_size
     matching = None if nodes is None else [n for n in nodes if node_matches(n, deployment)]
     gpu_pods = GPU_PODS.get(kube) if kube is not None else None
     holders = merge_pods(all_worker_pods, gpu_pods or [])
-    capacity = capacity_view(spec.replicas, pods, now_dt, gpr, free_gpus(matching, holders))
+    capacity = capacity_view(spec.replicas, resolved.views, pods, gpr, free_gpus(matching, holders))
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
-    gpus_in_use = alive_replicas(pods, now_dt) * gpr
+    gpus_in_use = alive_replicas(resolved.views) * gpr
     tuning = engine_tuning(deployment, decision, status, now, pods, target)
     patch = autoscaler_patch(
-        decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, capacity_text
+        decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, load.text, load.unreachable
     )
     return PassResult(decision, patch, obs)
+
+
+def next_interval() -> float:
+    """:func:`interval_seconds`, or the default (with a warning) when the variable is malformed: a bad
+    setting must not stop the reconciles."""
+    try:
+        return interval_seconds()
+    except ValueError as exc:
+        log.warning("%s; using %gs", exc, DEFAULT_INTERVAL_S)
+        return DEFAULT_INTERVAL_S
+
+
+async def guarded_pass(
+    kube: Kube,
+    deployment: LLMDeployment,
+    resolved: Resolved,
+    observed: Observed,
+    all_worker_pods: Sequence[Mapping[str, Any]],
+    reader: PrometheusSignals,
+    now: datetime,
+    held: int,
+) -> tuple[AutoscalerPatch, int | None]:
+    """One pass off the event loop, and the merge patch of ``spec.replicas`` when the count changes: the
+    patch for the planner and the count just patched (``None``: unchanged). A pass that raises (a bug, a spec
+    no model handles) never stops the reconcile: one log line, ``ScalingActive=False``/``AutoscalerFailed``
+    with the error (its transition posts a Warning Event), and the replicas held at ``held``."""
+    ns, name = deployment.metadata.namespace or "default", deployment.metadata.name or ""
+    try:
+        result = await asyncio.to_thread(
+            autoscale_pass,
+            deployment,
+            resolved,
+            deployment.status.to_dict(),
+            observed.pods,
+            all_worker_pods,
+            observed.nodes,
+            reader,
+            time.time(),
+            now,
+            rfc3339(now),
+            kube,
+        )
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("%s/%s: autoscaler pass failed, replicas held at %d: %s", ns, name, held, error)
+        metrics.AUTOSCALER_DECISIONS.labels(AUTOSCALER_FAILED).inc()
+        return failed_pass_patch(held, error), None
+    patched = None
+    if result.decision.changed:
+        await asyncio.to_thread(patch_replicas, kube, ns, name, result.decision.desired)
+        patched = result.decision.desired
+        log.info("%s/%s: %s", ns, name, result.decision.message)
+    export_metrics(ns, name, result)
+    return result.patch, patched
 
 
 def patch_replicas(kube: Kube, namespace: str, name: str, replicas: int) -> None:
@@ -201,6 +261,8 @@ __all__ = [
     "PassResult",
     "autoscale_pass",
     "export_metrics",
+    "guarded_pass",
     "interval_seconds",
+    "next_interval",
     "patch_replicas",
 ]

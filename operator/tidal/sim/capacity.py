@@ -13,7 +13,23 @@ from dataclasses import dataclass, replace
 
 from tidal.sim.stepmodel import EngineLimits, StepTimeModel
 
-__all__ = ["Capacity", "concurrency_at", "modelled_capacity"]
+__all__ = ["Capacity", "TargetUnreachable", "concurrency_at", "modelled_capacity"]
+
+MIN_PREFILL_S_PER_TOKEN = 1e-9
+"""The smallest prefill cost per prompt token the capacity uses (a billion prompt tokens per second)."""
+
+
+class TargetUnreachable(ValueError):
+    """The TPOT target is shorter than one decode step with a single sequence in flight: no request rate,
+    however small, meets it (the API accepts any positive target; the model decides what a GPU can do)."""
+
+    def __init__(self, tpot_target_s: float, fastest_step_s: float) -> None:
+        super().__init__(
+            f"TPOT target {tpot_target_s:g}s is below the modelled decode step of one sequence "
+            f"({fastest_step_s * 1000:.3g} ms)"
+        )
+        self.tpot_target_s = tpot_target_s
+        self.fastest_step_s = fastest_step_s
 
 
 @dataclass(frozen=True)
@@ -30,16 +46,23 @@ class Capacity:
 def modelled_capacity(
     model: StepTimeModel, limits: EngineLimits, prompt_mean: float, output_mean: float, tpot_target_s: float
 ) -> Capacity:
-    """Largest sustainable request rate of one replica under the TPOT target (see module docstring)."""
+    """Largest sustainable request rate of one replica under the TPOT target (see module docstring). Raises
+    :class:`TargetUnreachable` when no batch size meets the target (not even one sequence at a time),
+    ``ValueError`` when the KV cache holds no request of the mix."""
     chunk = limits.max_num_batched_tokens
-    gamma = (model.step_seconds(chunk, 0, 0) - model.step_seconds(0, 0, 0)) / chunk
+    # Prefill seconds per prompt token; a step model flat over the chunk (memory-bound) gives 0: floored at
+    # MIN_PREFILL_S_PER_TOKEN (the capacity is then bounded by decode alone).
+    flat = model.step_seconds(0, 0, 0)
+    gamma = max(MIN_PREFILL_S_PER_TOKEN, (model.step_seconds(chunk, 0, 0) - flat) / chunk)
     ctx = prompt_mean + output_mean / 2
     best = Capacity(0.0, 1, 1.0 / gamma, 1.0, 0.0)
+    fastest = float("inf")
     b = 1
     while b <= limits.max_num_seqs:
         if b * (prompt_mean + output_mean) > limits.kv_cache_tokens:
             break
         d = model.step_seconds(0, b, int(b * ctx))
+        fastest = min(fastest, d)
         lam = 1.0 / (prompt_mean * gamma + output_mean * d / b)
         tpot = d / max(1e-9, 1 - lam * prompt_mean * gamma)
         if tpot > tpot_target_s:
@@ -48,6 +71,13 @@ def modelled_capacity(
         if lam > best.requests_per_s:
             best = Capacity(lam, b, 1.0 / gamma, b / d, float(b))
         b = b + 1 if b < 16 else int(b * 1.1) + 1
+    if fastest == float("inf"):
+        raise ValueError(
+            f"a KV cache of {limits.kv_cache_tokens} tokens holds no request of "
+            f"{prompt_mean:g}+{output_mean:g} tokens"
+        )
+    if best.requests_per_s <= 0:
+        raise TargetUnreachable(tpot_target_s, fastest)
     # Decode tokens per replica-second such that prompt/P_cap + generated/D_cap = 1 at the capacity.
     dec = output_mean / (1.0 / best.requests_per_s - prompt_mean * gamma)
     return replace(best, decode_tokens_per_s=dec)
