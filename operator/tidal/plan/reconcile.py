@@ -52,7 +52,6 @@ GPU_BACKOFF_MIN_SECONDS = 10.0
 GPU_BACKOFF_MAX_SECONDS = 300.0
 
 
-
 def _pod_ref(pod: Mapping[str, Any], reason: str) -> ObjectRef:
     meta = pod.get("metadata", {})
     return ObjectRef(
