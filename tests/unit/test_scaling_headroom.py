@@ -91,29 +91,41 @@ def test_a_burst_under_way_does_not_multiply_itself() -> None:
 
 
 @pytest.mark.parametrize(
-    ("span_lead_times", "history_q", "prior", "expected"),
-    [
-        # History showing more growth than the prior is believed at once (conservative).
-        (3, 3.0, 2.0, 3.0),
-        # History showing less pulls the estimate down only as it grows: (n h + 10 prior) / (n + 10).
-        (10, 1.0, 2.0, 1.5),
-        (90, 1.0, 2.0, 1.1),
-    ],
+    ("span_lead_times", "rise", "prior"),
+    [(3, 3.0, 2.0), (10, 1.0, 2.0), (90, 1.0, 2.0), (90, 3.0, 2.0)],
 )
-def test_prior_while_history_is_short(
-    span_lead_times: int, history_q: float, prior: float, expected: float
-) -> None:
+def test_prior_while_history_is_short(span_lead_times: int, rise: float, prior: float) -> None:
+    """The history's factor h counts as n = span / L observations, the prior as PRIOR_WEIGHT of them."""
     lead = 60.0
     n = int(span_lead_times * lead / STEP) + 1
-    if history_q == 1.0:
-        history = flat(1.0, n)
-    else:  # a 3x rise at the end of the history, 1 lead time long
-        k = int(lead / STEP)
-        history = [(STEP * i, 1.0 if i < n - 2 * k else history_q) for i in range(n)]
+    k = int(lead / STEP)
+    history = [(STEP * i, 1.0 if i < n - 2 * k else rise) for i in range(n)]
     est, hq, _samples, span = hr.estimate(history, lead, 0.99, prior, 300.0)
-    assert span == pytest.approx(span_lead_times * lead)
-    assert hq == pytest.approx(history_q)
-    assert est == pytest.approx(expected, rel=0.02)
+    assert span == pytest.approx(span_lead_times * lead) and hq is not None
+    w = span_lead_times
+    assert est == pytest.approx(max(1.0, (w * hq + hr.PRIOR_WEIGHT * prior) / (w + hr.PRIOR_WEIGHT)))
+    if rise == 1.0:
+        assert hq == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "history", "expected_lo", "expected_hi"),
+    [
+        ("flat", flat(2.0, 200), 1.0, 1.0),
+        # Recurring 3x bursts a third of the time: nearly all of the burst must be covered (1 % budget).
+        ("bursts", bursty(480, every=24, length=8), 2.8, 3.0),
+        # One 4x step in 4 hours: the rise is 1 lead time of demand in ~1000 samples; covering it all is
+        # not needed for a 1 % budget, so the factor stays well under 4.
+        ("one-off step", [(STEP * i, 1.0 if i < 900 else 4.0) for i in range(960)], 1.0, 3.0),
+    ],
+)
+def test_required_factor_is_request_weighted(
+    name: str, history: list[tuple[float, float]], expected_lo: float, expected_hi: float
+) -> None:
+    h = hr.required_factor(history, 120.0, 0.99, 300.0)
+    assert expected_lo <= h <= expected_hi, (name, h)
+    base = hr.base_levels(history, 300.0)
+    assert hr.unserved_fraction(history, base, 120.0, h) <= 0.01 + 1e-9
 
 
 def test_too_little_history_is_the_prior_alone() -> None:
@@ -198,7 +210,8 @@ def test_headroom_from_history_sizes_the_fleet() -> None:
     while history[-1][1] != 2.0:  # end on the base level
         history.pop()
     d = compute_desired_replicas(CFG, _obs(2.0, now), CapacityView(2, 2), AutoscalerState(), now, history)
-    assert d.headroom is not None and d.headroom.history_quantile == pytest.approx(3.0)
+    assert d.headroom is not None and d.headroom.history_quantile is not None
+    assert 2.8 <= d.headroom.history_quantile <= 3.0  # 3x bursts, 1 % of the demand may go unserved
     assert d.headroom.lead_time_s == 120.0 and d.headroom.samples > 400
     assert d.desired == 6, d.message
 

@@ -8,22 +8,22 @@ rise that the SLO-attainment target implies, measured on this deployment's own d
 
 The estimate, in order (every step is a pure function of the history and is unit-tested):
 
-1. **Growth samples.** For every history sample ``t`` the *lead-time growth* is
-   ``max(d(s) for s in (t, t + L]) / base(t)``, where ``d`` is the demand (replicas of work) and
-   ``base(t)`` the median demand over the ``base_window_s`` before ``t``. Against a median rather than the
-   instantaneous value, so a recurring burst reads as a rise over the level it recurs from, and the fleet
-   sized as ``base x headroom`` does not multiply a burst that is already under way.
-2. **Quantile.** The demand-weighted ``q``-quantile of these samples with ``q = sloAttainment``: a rise
-   larger than the headroom happens in at most ``1 - q`` of the request-weighted time; the headroom never
-   goes below 1.
-3. **Prior while history is short.** ``n = span / L`` lead times of history count as ``n`` observations; a
-   prior of ``prior`` (default 2.0: the fleet can absorb demand doubling within one lead time) counts as
-   ``PRIOR_WEIGHT`` of them. The estimate is ``max(h, (n h + k prior) / (n + k))``: a history that shows
-   *more* growth than the prior is believed at once; one that shows less pulls the headroom down only as it
-   grows (half way after ``k`` lead times, 90 % after ``9 k``). ``k`` = 10 lead times (about 20 minutes at
-   L = 2 min) halves the prior's say; the quantile of a 0.99 target needs about ``1 / (1 - q)`` = 100 lead
-   times (3 - 4 hours) before its tail rests on data, which is why the history read from Prometheus
-   reaches ``HISTORY_S`` back.
+1. **Base.** ``base(t)`` is the median demand ``d`` (replicas of work) over the ``base_window_s`` before
+   ``t``. Against a median rather than the instantaneous value, so a recurring burst reads as a rise over
+   the level it recurs from, and a fleet sized as ``base x headroom`` does not multiply a burst already
+   under way.
+2. **Factor at the target.** A fleet sized one lead time earlier as ``max(H x base(t - L), d(t - L))``
+   leaves ``max(0, d(t) - that)`` unserved. The history's factor ``h`` is the smallest ``H`` whose unserved
+   demand is at most ``1 - sloAttainment`` of all demand (:func:`required_factor`): the growth within one
+   lead time at the quantile the target implies, weighted by requests, so a one-off rise counts for the
+   demand it leaves unserved and not for every later hour. (:func:`growth_samples` and
+   :func:`weighted_quantile` give the plain per-sample growth distribution, for tests and diagnostics.)
+3. **Prior while history is short.** ``n = span / L`` lead times of history count as ``n`` observations, a
+   prior of ``prior`` (default 2.0: the fleet can absorb demand doubling within one lead time) as
+   ``PRIOR_WEIGHT`` = 10 of them: the estimate is ``(n h + k prior) / (n + k)``, half the prior's after
+   10 lead times (about 20 minutes at L = 2 min), 10 % after 90 (3 hours). A 0.99 target rests on about
+   ``1 / (1 - q)`` = 100 lead times of data before its tail is the deployment's own, which is why the
+   history read from Prometheus reaches ``HISTORY_S`` (4 h) back.
 4. **Feedback.** Measured attainment (an exponential moving average of the SLO misses over
    ``FEEDBACK_TAU_S``, updated only while the fleet is settled: nothing starting, no queue building)
    scales the headroom by a factor in ``[FEEDBACK_MIN, FEEDBACK_MAX]``: misses above the allowed
@@ -162,6 +162,47 @@ def growth_samples(
     return ratios, weights
 
 
+H_MAX = 10.0
+"""Largest headroom the history can ask for."""
+
+
+def unserved_fraction(
+    history: Sequence[tuple[float, float]], base: Sequence[float], lead_s: float, factor: float
+) -> float:
+    """Fraction of the demand in ``history`` that a fleet sized one lead time earlier as
+    ``max(factor x base, demand)`` would not have served (the arrivals the autoscaler could not react to)."""
+    total = missed = 0.0
+    j = 0
+    for t, d in history:
+        if t - lead_s < history[0][0]:
+            continue
+        while j + 1 < len(history) and history[j + 1][0] <= t - lead_s:
+            j += 1
+        total += d
+        missed += max(0.0, d - max(factor * base[j], history[j][1]))
+    return missed / total if total > 0 else 0.0
+
+
+def required_factor(
+    history: Sequence[tuple[float, float]], lead_s: float, target: float, base_window_s: float
+) -> float:
+    """The smallest headroom (bisection within ``[1, H_MAX]``) for which :func:`unserved_fraction` is at
+    most ``1 - target``: a request-weighted reading of "the growth within one lead time at the quantile
+    the target implies" (a one-off rise counts for the demand it leaves unserved, not for every later
+    hour as a time-quantile of growth ratios would)."""
+    base = base_levels(history, base_window_s)
+    budget = 1.0 - target
+    if unserved_fraction(history, base, lead_s, 1.0) <= budget:
+        return 1.0
+    lo, hi = 1.0, H_MAX
+    if unserved_fraction(history, base, lead_s, hi) > budget:
+        return hi
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if unserved_fraction(history, base, lead_s, mid) <= budget else (mid, hi)
+    return hi
+
+
 def estimate(
     history: Sequence[tuple[float, float]],
     lead_s: float,
@@ -171,13 +212,13 @@ def estimate(
 ) -> tuple[float, float | None, int, float]:
     """(estimate, history quantile or None, samples, history span): steps 1-3 of the module docstring."""
     span = history[-1][0] - history[0][0] if len(history) > 1 else 0.0
-    ratios, weights = growth_samples(history, lead_s, base_window_s)
-    if len(ratios) < MIN_SAMPLES or lead_s <= 0:
-        return max(1.0, prior), None, len(ratios), span
-    h = max(1.0, weighted_quantile(ratios, weights, target))
+    samples = sum(1 for t, _ in history if t - lead_s >= history[0][0]) if history else 0
+    if samples < MIN_SAMPLES or lead_s <= 0:
+        return max(1.0, prior), None, samples, span
+    h = required_factor(history, lead_s, target, base_window_s)
     n = span / lead_s
     shrunk = (n * h + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
-    return max(1.0, h, shrunk), h, len(ratios), span
+    return max(1.0, shrunk), h, samples, span
 
 
 def miss_average(previous: float | None, attainment: float | None, dt: float) -> float | None:
