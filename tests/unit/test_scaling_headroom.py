@@ -7,6 +7,7 @@ arithmetic consequences of the documented formulas on hand-made histories, not f
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -280,3 +281,48 @@ def test_settled_misses_raise_the_headroom_and_unsettled_ones_do_not() -> None:
     assert settled.state.headroom_feedback > 1.0
     assert starting.state.headroom_feedback == 1.0
     assert AutoscalerState.from_dict(settled.state.to_dict()) == settled.state
+
+
+# ------------------------------------------------------------------------ reserve cap (one-off steps)
+
+
+@pytest.mark.parametrize(
+    ("prior", "lead_times", "expected"),
+    [(2.0, 0.0, 2.0), (2.0, 10.0, 1.5), (2.0, 90.0, 1.1), (1.0, 5.0, 1.0), (3.0, 10.0, 2.0)],
+)
+def test_decayed_prior(prior: float, lead_times: float, expected: float) -> None:
+    """The prior's excess over 1 keeps PRIOR_WEIGHT / (n + PRIOR_WEIGHT) of itself (PRIOR_WEIGHT 10)."""
+    assert hr.decayed_prior(prior, lead_times) == pytest.approx(expected)
+
+
+def _room(base: float, factor: float, history_s: float, feedback: float = 1.0) -> hr.Headroom:
+    return hr.Headroom(factor, factor, None, 0.99, 120.0, history_s, 100, feedback, base)
+
+
+@pytest.mark.parametrize(
+    ("base", "factor", "history_s", "peak", "expected"),
+    [
+        (1.0, 3.0, 7200.0, 4.0, 3.0),  # recurring bursts: the factor's level was reached, no cap
+        (4.0, 3.0, 1200.0, 4.0, 6.0),  # after a one-off step: capped at base x remaining prior (1.5)
+        (4.0, 3.0, 0.0, 4.0, 8.0),  # no history yet: the prior's 2x stands
+        (4.0, 1.2, 1200.0, 4.0, 4.8),  # below the cap: base x factor
+        (1.0, 3.0, 1200.0, 2.0, 2.0),  # the peak above the prior's share
+    ],
+)
+def test_reserve_is_capped_by_the_peak_or_the_prior(
+    base: float, factor: float, history_s: float, peak: float, expected: float
+) -> None:
+    """The reserve never exceeds max(history peak, base x decayed prior x feedback)."""
+    assert hr.reserve(_room(base, factor, history_s), peak, 2.0) == pytest.approx(expected)
+
+
+def test_a_one_off_step_does_not_keep_its_own_multiple() -> None:
+    """Twenty minutes at 1 replica of work, then 4 (a one-off 4x step), five minutes on: the history factor
+    holds the step's growth, but the fleet stays near the stepped level (4 x the prior's remaining 1.4),
+    not 4 x the factor."""
+    history = [*flat(1.0, 80), *[(t + 80 * STEP, 4.0) for t, _ in flat(4.0, 20)]]
+    now = history[-1][0] + STEP
+    d = compute_desired_replicas(CFG, _obs(4.0, now), CapacityView(4, 4), AutoscalerState(), now, history)
+    assert d.headroom is not None and d.headroom.history_quantile is not None
+    assert d.headroom.history_quantile > 2.5  # the step left its demand unserved
+    assert d.desired <= math.ceil(4.0 * hr.decayed_prior(CFG.headroom_prior, 25 * 60 / 120)), d.message

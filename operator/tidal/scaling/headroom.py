@@ -221,6 +221,27 @@ def estimate(
     return max(1.0, shrunk), h, samples, span
 
 
+def decayed_prior(prior: float, lead_times: float) -> float:
+    """The prior's weight left after ``lead_times`` lead times of history, as a factor: its excess over 1
+    shrinks as ``(prior - 1) k / (n + k)``, ``k = PRIOR_WEIGHT`` (the prior's share in step 3)."""
+    return 1.0 + (max(1.0, prior) - 1.0) * PRIOR_WEIGHT / (max(0.0, lead_times) + PRIOR_WEIGHT)
+
+
+def reserve(room: Headroom, peak: float, prior: float) -> float:
+    """Replicas of work to keep: ``base x factor``, but no more than the highest demand in the history
+    (``peak``) or, above it, ``base x`` the prior's remaining weight ``x feedback``, whichever is larger.
+
+    Why the cap: the history factor prices growth *relative to the base*. After a one-off step the base
+    moves up to the new level while the factor still holds the step's own growth, so the fleet would keep
+    the step's multiple on top of the stepped level (the 4x step from one replica went to 10 replicas
+    where 3 serve it). A level the deployment has reached within the history plus the prior's share of
+    unseen growth bounds what the history can justify; growth beyond it is the reactive part's."""
+    floor = (
+        room.base * decayed_prior(prior, room.history_s / room.lead_time_s) if room.lead_time_s > 0 else 0.0
+    )
+    return min(room.base * room.factor, max(peak, floor * room.feedback))
+
+
 def miss_average(previous: float | None, attainment: float | None, dt: float) -> float | None:
     """Exponential moving average of the SLO miss fraction (time constant ``FEEDBACK_TAU_S``)."""
     if attainment is None:

@@ -155,7 +155,8 @@ class Reserve:
 
     headroom: hr.Headroom
     reserve: float
-    """Replicas of work to provision for: base demand x headroom."""
+    """Replicas of work to provision for: base demand x headroom, capped
+    (:func:`tidal.scaling.headroom.reserve`)."""
     backlog: float
     """Replicas of work added to drain what arrivals beyond the fleet queue up during one lead time."""
     miss_average: float | None
@@ -192,4 +193,5 @@ def plan_reserve(
     room = hr.headroom(
         history, lead, config.slo_attainment, config.headroom_prior, config.headroom_base_window_s, fb
     )
-    return Reserve(room, room.base * room.factor, max(0.0, unserved), miss, fb)
+    peak = max((d for _, d in history), default=0.0)
+    return Reserve(room, hr.reserve(room, peak, config.headroom_prior), max(0.0, unserved), miss, fb)
