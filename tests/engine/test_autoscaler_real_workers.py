@@ -226,8 +226,17 @@ def test_real_workers_scale_up_on_ttft_and_down_after_the_window(
                 time.sleep(1)
             wait_for(lambda: get()["spec"]["replicas"] == 2, timeout=120, interval=1, what="scale-down")
             assert time.monotonic() - stopped >= WINDOW_S - 3
-            history = [h["reason"] for h in get()["status"]["scalingHistory"]]
-            assert [r for r in history if r in ("ScaledUp", "ScaledDown")][-2:] == ["ScaledUp", "ScaledDown"]
+
+            # The operator patches spec.replicas first and its status (scalingHistory) in the handler's
+            # own patch right after: wait for the status to catch up instead of reading it once.
+            def scale_history() -> list[str]:
+                history = [h["reason"] for h in get()["status"]["scalingHistory"]]
+                return [r for r in history if r in ("ScaledUp", "ScaledDown")][-2:]
+
+            wait_for(
+                lambda: scale_history() == ["ScaledUp", "ScaledDown"], timeout=30, what="ScaledDown in status"
+            )
+            assert get()["spec"]["replicas"] == 2
             print(
                 f"\nidle TTFT {idle * 1000:.0f} ms, target {target:.2f} s, client TTFT p95 under load "
                 f"{client_p95}, requests {len(load.ttfts)}, errors {load.errors}; event: {msg}"
