@@ -641,7 +641,8 @@ def test_load_signal_capacity_from_the_performance_model() -> None:
     config = scaling_config(d, capacity=cap)
     assert config.prefill_tokens_per_replica_s == cap.prefill_tokens_per_s
     assert config.decode_tokens_per_replica_s == cap.decode_tokens_per_s
-    # The load signal now takes part: half the modelled capacity on one replica is a ratio near 0.5/0.85.
+    # The load signal now takes part: half the modelled capacity on one replica, with no demand history yet
+    # (the headroom is its prior), is a ratio near 0.5 x prior / 0.85.
     o = FleetObservation(
         NOW - 1,
         ttft_p95=0.1,
@@ -652,7 +653,9 @@ def test_load_signal_capacity_from_the_performance_model() -> None:
         generation_token_rate=cap.decode_tokens_per_s / 4,
     )
     decision = compute_desired_replicas(config, o, CapacityView(current=1, ready=1), AutoscalerState(), NOW)
-    assert decision.ratios["load"] == pytest.approx(0.5 / config.target_utilization, rel=0.05)
+    assert decision.ratios["load"] == pytest.approx(
+        0.5 * config.headroom_prior / config.target_utilization, rel=0.05
+    )
     assert (
         "load"
         not in compute_desired_replicas(

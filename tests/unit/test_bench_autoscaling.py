@@ -78,3 +78,40 @@ def test_saved_rows_render_the_same(tmp_path: Path) -> None:
     back = BENCH.load_row(json.dumps(asdict(row)))
     assert back == row
     assert BENCH.render([back], ("tidal", "hpa"), 0.99) == BENCH.render([row], ("tidal", "hpa"), 0.99)
+
+
+def _fam_row(
+    family: str, error: float, tidal: tuple[float, float], statics: dict[int, tuple[float, float]]
+) -> Any:
+    return BENCH.Row(family, family, 101, error, {"tidal": tidal}, statics, min(statics), True, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("family", "error", "tidal", "statics", "failed"),
+    [
+        ("bursts", 0.0, (0.995, 1.9), {4: (1.0, 2.0)}, []),
+        ("bursts", 0.0, (0.985, 1.9), {4: (1.0, 2.0)}, ["attainment"]),
+        ("bursts", 0.0, (0.995, 2.1), {4: (0.999, 2.0)}, ["GPU-h", "dominated"]),
+        ("bursts", 0.0, (0.995, 2.0), {4: (0.995, 2.0)}, ["dominated"]),  # as good on both
+        ("step4x", 0.0, (0.975, 1.0), {3: (0.999, 1.5)}, []),  # 0.97 on the one-off 4x step
+        ("step4x", 0.0, (0.965, 1.0), {3: (0.999, 1.5)}, ["attainment"]),
+        ("diurnal", 0.0, (0.995, 0.75), {2: (0.999, 1.0)}, ["GPU-h"]),  # above 0.7x the static
+        ("diurnal", 0.0, (0.995, 0.69), {2: (0.999, 1.0)}, []),
+        ("gamma", 0.0, (0.95, 0.9), {2: (0.999, 1.0)}, []),  # no attainment claim on gamma
+        ("spikes", -0.3, (0.975, 9.0), {3: (0.999, 1.5)}, ["attainment"]),  # 0.98 under capacity error
+        ("spikes", 0.3, (0.985, 9.0), {3: (0.999, 1.5)}, []),  # no cost claim under capacity error
+        ("step4x", -0.3, (0.5, 9.0), {3: (0.999, 1.5)}, []),
+    ],
+)
+def test_must_show_thresholds_fixed_before_tuning(
+    family: str,
+    error: float,
+    tidal: tuple[float, float],
+    statics: dict[int, tuple[float, float]],
+    failed: list[str],
+) -> None:
+    """The must-show check (bench --check): thresholds are issue 14's, fixed before tuning."""
+    out = BENCH.must_show(_fam_row(family, error, tidal, statics))
+    assert len(out) == len(failed), out
+    for got, want in zip(out, failed, strict=True):
+        assert want in got

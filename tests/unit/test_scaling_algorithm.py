@@ -21,7 +21,12 @@ from tidal.scaling import (
 
 NOW = 10_000.0
 CFG = ScalingConfig(
-    min_replicas=1, max_replicas=10, queue_per_replica=None, kv_cache_usage=None, tpot_p95_s=None
+    min_replicas=1,
+    max_replicas=10,
+    queue_per_replica=None,
+    kv_cache_usage=None,
+    tpot_p95_s=None,
+    headroom_prior=1.0,
 )
 
 
@@ -223,8 +228,9 @@ def test_load_signal_proportional_and_proportional_signals_bypass_cold_start() -
     d2 = compute_desired_replicas(
         cfg, o2, cap(5, 2, starting=3, cold_start_s=120), AutoscalerState(last_scale_up_time=NOW - 10), NOW
     )
-    # 12 replicas of work at 80 % on 2 ready: ratio 7.5 >= panic, so no step limit: ceil(2 x 7.5) = 15.
-    assert d2.desired == 15 and d2.reason is Reason.SCALED_UP and d2.panic, d2.message
+    # 12 replicas of work at 80 % on 2 ready: ratio 7.5 asks ceil(2 x 7.5) = 15 in one step, past
+    # max_scale_up_step; the safety bound max_scale_up_factor x ready (4 x 2 = +8) stops it at 13.
+    assert d2.desired == 13 and d2.reason is Reason.SCALED_UP and d2.panic, d2.message
 
 
 def test_panic_sets_window_and_blocks_scale_down_afterwards() -> None:
@@ -360,8 +366,9 @@ def test_state_keeps_old_status_without_demand_history() -> None:
 
 def test_queue_growth_sizes_the_unserved_demand_once() -> None:
     """Overload while replicas start: the queue grows 60 requests/s, each request is 0.1 replica-seconds
-    of work, so 6 replicas of demand are unserved. The ask is served 3 + 6 = 9 replicas of work at 80 %
-    -> 12, and stays 12 while the same queue keeps growing during the cold start (a stock of waiting
+    of work, so 6 replicas of demand are unserved. The ask is served 3 + 6 = 9 replicas of work plus the
+    backlog those 6 build during one lead time, drained over one more (+6): 15 at 80 % -> 19, in one
+    decision, and stays 19 while the same queue keeps growing during the cold start (a stock of waiting
     requests re-counted every decision would keep adding replicas for work already provided for)."""
     cfg = replace(
         TREND_CFG, queue_per_replica=5.0, cold_start_s=120, panic_threshold=100.0, max_scale_up_step=20
@@ -382,7 +389,7 @@ def test_queue_growth_sizes_the_unserved_demand_once() -> None:
         d = compute_desired_replicas(cfg, o, c, state, t)
         state, current = d.state, d.desired
         desired.append(current)
-        if i >= 1:  # 3 served + 60/s x 0.1 unserved = 9 replicas of work on 3 ready at 80 %
-            assert d.ratios["load"] == pytest.approx(9 / (3 * 0.8)), d.message
-    assert max(desired) == 12 and desired[-1] == 12, desired
+        if i >= 1:  # 3 served + 60/s x 0.1 unserved + 6 backlog = 15 replicas of work on 3 ready at 80 %
+            assert d.ratios["load"] == pytest.approx(15 / (3 * 0.8)), d.message
+    assert max(desired) == 19 and desired[1:] == [19] * 7, desired
     assert AutoscalerState.from_dict(json.loads(json.dumps(state.to_dict()))) == state

@@ -338,6 +338,10 @@ class AutoscalingTargets(ApiModel):
     """Target waiting requests per ready replica."""
     kv_cache_usage: float = Field(default=0.9, gt=0, le=1)
     """Target mean KV-cache usage, a fraction in (0, 1]."""
+    slo_attainment: float = Field(default=0.99, ge=0.5, le=0.9999)
+    """Fraction of requests that must meet both the TTFT and the TPOT target over a rolling window: the
+    autoscaler keeps headroom for the demand growth within one provisioning lead time at this quantile of
+    the deployment's history, and feeds the measured attainment back."""
 
 
 class PrometheusSource(ApiModel):

@@ -156,9 +156,7 @@ def replica_conditions(
     elif ready >= n:
         ready_c = Cond(READY, True, ALL_REPLICAS_READY, f"{ready}/{n} replicas ready")
     elif ready >= floor:
-        ready_c = Cond(
-            READY, True, MINIMUM_REPLICAS_READY, f"{ready}/{n} replicas ready (minimum {floor})"
-        )
+        ready_c = Cond(READY, True, MINIMUM_REPLICAS_READY, f"{ready}/{n} replicas ready (minimum {floor})")
     elif insufficient:
         ready_c = Cond(READY, False, INSUFFICIENT_GPU, f"{ready}/{n} replicas ready; {insufficient}")
     elif problems:

@@ -22,8 +22,19 @@ Pipeline, in order (docs/autoscaling.md has the formulas):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from tidal.scaling.detection import detect_sick_replicas, engine_advice, exclude_sick
+from tidal.scaling.headroom import material_change
+from tidal.scaling.signals import (
+    SATURATED_QUEUE,
+    Reserve,
+    demand_growth,
+    load_work,
+    plan_reserve,
+    signal_ratios,
+    waiting_growth,
+)
 from tidal.scaling.types import (
     AutoscalerState,
     CapacityView,
@@ -36,127 +47,6 @@ from tidal.scaling.types import (
 LAGGING = ("ttft", "tpot", "queue")
 PROPORTIONAL = ("load", "kv")
 _EPS = 1e-9
-
-
-def load_work(
-    config: ScalingConfig, obs: FleetObservation, waiting_growth: float | None = None
-) -> tuple[float, float]:
-    """Replicas' worth of work: served token rates over the modelled per-replica capacity, plus the
-    demand the fleet does not serve. Returns (total, unserved part).
-
-    Served rates saturate under overload; the excess shows in the waiting queue. With ``waiting_growth``
-    (requests/s by which the queue grows, fitted over ``queue_growth_window_s``) the unserved demand is
-    that growth times the work per request: a flow, which stops growing once the fleet (with the
-    replicas it already asked for) matches the demand. Without it (a lone observation) the backlog
-    drained over ``backlog_drain_s`` stands in. The stock of waiting requests is not sized for when the
-    growth is known: requests already queued on a replica stay there (vLLM does not migrate them), so
-    new replicas only take new arrivals, and a stock counted again at every decision while replicas
-    start would ask for more and more of them."""
-    pc, dc = config.prefill_tokens_per_replica_s or 1.0, config.decode_tokens_per_replica_s or 1.0
-    served = (obs.prompt_token_rate or 0.0) / pc + (obs.generation_token_rate or 0.0) / dc
-    unserved = 0.0
-    per_request = served / obs.request_rate if obs.request_rate else 0.0
-    if waiting_growth is not None:
-        unserved = max(0.0, waiting_growth) * per_request
-    elif obs.waiting:
-        unserved = obs.waiting * per_request / config.backlog_drain_s
-    return served + unserved, unserved
-
-
-def waiting_growth(history: tuple[tuple[float, float], ...]) -> float:
-    """Least-squares slope of the waiting requests over the samples (requests/s; 0 with fewer than 2)."""
-    if len(history) < 2:
-        return 0.0
-    n = len(history)
-    mt = sum(t for t, _ in history) / n
-    mq = sum(q for _, q in history) / n
-    var = sum((t - mt) ** 2 for t, _ in history)
-    if var <= 0:
-        return 0.0
-    return sum((t - mt) * (q - mq) for t, q in history) / var
-
-
-TREND_MIN_T = 3.0
-"""The demand slope must be this many standard errors above zero to be extrapolated: a fitted slope
-over a window of noisy rate samples is almost never exactly zero, and extrapolating noise over a cold
-start adds replicas for nothing."""
-SATURATED_QUEUE = 5.0
-"""Waiting requests per ready replica above which the fleet counts as saturated for the demand trend
-(when ``queue_per_replica`` is not set)."""
-TREND_MAX_GROWTH = 0.5
-"""At most this fraction of the current work is added for the expected growth."""
-
-
-def demand_growth(config: ScalingConfig, history: tuple[tuple[float, float], ...]) -> float:
-    """Relative growth of the demand expected over one cold start (0 when there is no clear rise).
-
-    Fitted to the prompt-token rate, not to the work: prompt tokens are counted when requests are
-    prefilled, close to their arrival, while the generated-token rate lags the demand by the length
-    of a generation (it climbs for a while after any start or step while batches fill), so a slope of
-    the work extrapolates the pipeline filling up rather than the traffic."""
-    cold = config.cold_start_s
-    if len(history) < 4 or not cold:
-        return 0.0
-    if history[-1][0] - history[0][0] < 0.75 * config.trend_window_s:
-        return 0.0  # not enough history yet (fresh start): no extrapolation
-    if history[0][1] < 0.25 * history[-1][1]:
-        return 0.0  # the window starts from (near) no traffic: a start-up, not a trend to extrapolate
-    n = len(history)
-    ts = [t for t, _ in history]
-    ds = [d for _, d in history]
-    mt, md = sum(ts) / n, sum(ds) / n
-    var = sum((t - mt) ** 2 for t in ts)
-    if var <= 0 or md <= 0:
-        return 0.0
-    slope = sum((t - mt) * (d - md) for t, d in zip(ts, ds, strict=True)) / var
-    resid = sum((d - md - slope * (t - mt)) ** 2 for t, d in zip(ts, ds, strict=True))
-    se = math.sqrt(resid / (n - 2) / var)
-    if slope <= 0 or slope < TREND_MIN_T * se:
-        return 0.0
-    level = md + slope * (ts[-1] - mt)  # the fitted demand now
-    return min(TREND_MAX_GROWTH, slope * cold / max(level, _EPS))
-
-
-def signal_ratios(
-    config: ScalingConfig,
-    obs: FleetObservation,
-    ready: int,
-    trend_extra: float = 0.0,
-    waiting_growth: float | None = None,
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Ratio of each available signal to its target, and a human description of each."""
-    n = max(ready, 1)
-    ratios: dict[str, float] = {}
-    text: dict[str, str] = {}
-    if config.ttft_p95_s and obs.ttft_p95 is not None:
-        ratios["ttft"] = obs.ttft_p95 / config.ttft_p95_s
-        text["ttft"] = f"ttft_p95 {obs.ttft_p95:.2f}s vs target {config.ttft_p95_s:.2f}s"
-    if config.tpot_p95_s and obs.tpot_p95 is not None:
-        ratios["tpot"] = obs.tpot_p95 / config.tpot_p95_s
-        text["tpot"] = f"tpot_p95 {obs.tpot_p95 * 1000:.0f}ms vs target {config.tpot_p95_s * 1000:.0f}ms"
-    if config.queue_per_replica and obs.waiting is not None:
-        per = obs.waiting / n
-        ratios["queue"] = per / config.queue_per_replica
-        text["queue"] = f"{per:.1f} waiting requests per replica vs target {config.queue_per_replica:g}"
-    if config.kv_cache_usage and obs.kv_cache_usage is not None:
-        ratios["kv"] = obs.kv_cache_usage / config.kv_cache_usage
-        text["kv"] = f"kv_cache_usage {obs.kv_cache_usage:.0%} vs target {config.kv_cache_usage:.0%}"
-    if (
-        config.prefill_tokens_per_replica_s
-        and config.decode_tokens_per_replica_s
-        and obs.prompt_token_rate is not None
-        and obs.generation_token_rate is not None
-    ):
-        work, unserved = load_work(config, obs, waiting_growth)
-        trend = f", trend +{trend_extra:.2f}" if trend_extra > 0 else ""
-        ratios["load"] = (work + trend_extra) / (n * config.target_utilization)
-        queue = f"queue +{waiting_growth:.1f}/s" if waiting_growth and waiting_growth > 0 else "backlog"
-        text["load"] = (
-            f"load {work:.2f} replicas of work ({obs.prompt_token_rate:.0f} prompt + "
-            f"{obs.generation_token_rate:.0f} generated tok/s, {queue} {unserved:.2f}{trend}) "
-            f"on {ready} ready at target utilisation {config.target_utilization:.0%}"
-        )
-    return ratios, text
 
 
 def _bound(config: ScalingConfig, n: int) -> tuple[int, Reason | None]:
@@ -178,8 +68,13 @@ def compute_desired_replicas(
     capacity: CapacityView,
     state: AutoscalerState,
     now: float,
+    past_demand: Sequence[tuple[float, float]] = (),
 ) -> ScalingDecision:
-    """Desired replicas for one deployment, with the reason and the numbers behind it."""
+    """Desired replicas for one deployment, with the reason and the numbers behind it.
+
+    ``past_demand``: time-ordered (time, replicas of work) demand samples before ``now`` (the simulator
+    records them from earlier decisions' ``demand``; the operator reads them from Prometheus), for the
+    headroom."""
     current = capacity.current
     ready = capacity.ready
     horizon = max(config.scale_down_stabilization_s, config.scale_up_stabilization_s)
@@ -214,6 +109,8 @@ def compute_desired_replicas(
     queue = state.queue_history
     trend_extra = 0.0
     growth: float | None = None
+    reserve: Reserve | None = None
+    work_now: float | None = None
     if (
         config.prefill_tokens_per_replica_s
         and config.decode_tokens_per_replica_s
@@ -223,7 +120,11 @@ def compute_desired_replicas(
             qw = config.queue_growth_window_s
             queue = (*((t, q) for t, q in queue if now - t <= qw + _EPS), (now, healthy_obs.waiting))
         growth = waiting_growth(queue)
-        work_now, _ = load_work(config, healthy_obs, growth)
+        work_now, unserved = load_work(config, healthy_obs, growth)
+        past = [(t, d) for t, d in past_demand if t < now - _EPS]
+        reserve = plan_reserve(
+            config, healthy_obs, capacity, state, [*past, (now, work_now)], work_now, unserved, now
+        )
         keep = config.trend_window_s
         history = (*((t, w) for t, w in history if now - t <= keep), (now, work_now))
         if (healthy_obs.waiting or 0.0) > max(ready, 1) * (config.queue_per_replica or SATURATED_QUEUE):
@@ -232,8 +133,17 @@ def compute_desired_replicas(
             demand = ()
         else:
             demand = (*((t, d) for t, d in demand if now - t <= keep), (now, healthy_obs.prompt_token_rate))
-        trend_extra = work_now * demand_growth(config, demand)
-    ratios, text = signal_ratios(config, healthy_obs, ready, trend_extra, growth)
+        if config.headroom_prior <= 1.0 and not past_demand:
+            trend_extra = work_now * demand_growth(config, demand)
+    ratios, text = signal_ratios(
+        config,
+        healthy_obs,
+        ready,
+        trend_extra,
+        growth,
+        reserve.reserve if reserve else 0.0,
+        reserve.backlog if reserve else 0.0,
+    )
     recs = state.recommendations or ((now, _bound(config, current)[0]),)  # a fresh start holds a full window
     if not ratios:
         held, _ = _bound(config, current)
@@ -314,11 +224,16 @@ def compute_desired_replicas(
         if config.scale_up_stabilization_s > 0 and reason is None:
             window = [n for t, n in recs if now - t <= config.scale_up_stabilization_s + _EPS]
             target = max(current, min([*window, target]))
-        jump = panic and (signal in PROPORTIONAL or "load" not in ratios)
-        if not jump and target > current + config.max_scale_up_step:
-            target = current + config.max_scale_up_step
+        # One-step sizing: a proportional signal goes where it points; the step limit is a safety bound
+        # (max_scale_up_factor x ready), not the pace. Panic lifts the limit only for lagging-only fleets.
+        jump = panic and signal not in PROPORTIONAL and "load" not in ratios
+        step_limit = config.max_scale_up_step
+        if signal in PROPORTIONAL:
+            step_limit = max(step_limit, math.ceil(config.max_scale_up_factor * max(ready, 1)))
+        if not jump and target > current + step_limit:
+            target = current + step_limit
             limiting = "maxScaleUpStep"
-            note = f"{why} asks for {proposed}; step limited to +{config.max_scale_up_step}"
+            note = f"{why} asks for {proposed}; step limited to +{step_limit}"
     elif proposed < current:
         consecutive += 1
         below_since = below_since if below_since is not None else now
@@ -410,7 +325,13 @@ def compute_desired_replicas(
         load_history=history,
         demand_history=demand,
         queue_history=queue,
+        miss_average=reserve.miss_average if reserve else state.miss_average,
+        headroom_feedback=reserve.feedback if reserve else state.headroom_feedback,
+        headroom_factor=state.headroom_factor,
+        last_decision_time=now,
     )
+    if reserve is not None and material_change(state.headroom_factor, reserve.headroom.factor):
+        new_state = new_state.evolve(headroom_factor=reserve.headroom.factor)
     return ScalingDecision(
         desired=desired,
         proposed=proposed,
@@ -424,4 +345,6 @@ def compute_desired_replicas(
         sick_replicas=sick,
         advice=advice,
         panic=panic,
+        headroom=reserve.headroom if reserve else None,
+        demand=work_now,
     )

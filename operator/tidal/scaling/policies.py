@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from tidal.scaling.algorithm import compute_desired_replicas
+from tidal.scaling.headroom import HISTORY_S
 from tidal.scaling.types import (
     AutoscalerState,
     CapacityView,
@@ -129,10 +130,17 @@ class TidalPolicy:
         self.config = config
         self.state = state or AutoscalerState()
         self.sync_period_s = sync_period_s
+        self.history: deque[tuple[float, float]] = deque()
+        """Demand samples (time, replicas of work) of earlier decisions, ``HISTORY_S`` back: in the
+        simulator the policy records its own history (the operator reads it from Prometheus)."""
 
     def decide(self, obs: FleetObservation | None, capacity: CapacityView, now: float) -> ScalingDecision:
-        decision = compute_desired_replicas(self.config, obs, capacity, self.state, now)
+        decision = compute_desired_replicas(self.config, obs, capacity, self.state, now, self.history)
         self.state = decision.state
+        if decision.demand is not None:
+            self.history.append((now, decision.demand))
+            while self.history and self.history[0][0] < now - HISTORY_S:
+                self.history.popleft()
         return decision
 
 

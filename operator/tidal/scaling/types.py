@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from tidal.scaling.headroom import Headroom
+
 
 class Reason(StrEnum):
     """CamelCase reasons carried by every decision (also used as Event reasons and metric labels)."""
@@ -101,6 +103,19 @@ class ScalingConfig:
     replica_warmup_s: float = 60.0
     """Replicas ready for less than this are not judged against their peers (cold caches, few requests:
     a fresh replica after a scale-up is not a sick one)."""
+    slo_attainment: float = 0.99
+    """Target fraction of requests meeting both latency targets over a rolling window: the objective the
+    headroom is sized for (its quantile) and the measured attainment is fed back against."""
+    detection_delay_s: float = 30.0
+    """Added to the cold start to give the provisioning lead time: the metrics window plus a sync period
+    before a rise is seen and acted on."""
+    headroom_prior: float = 2.0
+    """Headroom assumed while the demand history is short (:mod:`tidal.scaling.headroom`)."""
+    headroom_base_window_s: float = 300.0
+    """The base demand the headroom multiplies is the median over this window."""
+    max_scale_up_factor: float = 4.0
+    """Safety bound of a proportional (one-step) scale-up: at most this many times the ready replicas more
+    in one decision (or ``max_scale_up_step``, whichever is larger)."""
     min_replica_request_rate: float = 0.05
     """Replicas completing fewer requests per second than this over the window are not judged either:
     their latency quantiles rest on a handful of samples."""
@@ -114,6 +129,10 @@ class ScalingConfig:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if self.max_scale_up_step < 1 or self.max_scale_down_step < 1:
             raise ValueError("step limits must be >= 1")
+        if not 0.5 <= self.slo_attainment < 1:
+            raise ValueError(f"slo_attainment must be in [0.5, 1), got {self.slo_attainment}")
+        if self.headroom_prior < 1:
+            raise ValueError(f"headroom_prior must be >= 1, got {self.headroom_prior}")
         if not 0 < self.target_utilization <= 1:
             raise ValueError(f"target_utilization must be in (0, 1], got {self.target_utilization}")
 
@@ -150,6 +169,9 @@ class FleetObservation:
     prompt_token_rate: float | None = None
     generation_token_rate: float | None = None
     gpu_util: float | None = None
+    slo_attainment: float | None = None
+    """Fraction of the requests finished over the window that met both latency targets (0..1). From the
+    vLLM histograms it is bounded below by ``1 - TTFT misses - TPOT misses`` (their joint is not exported)."""
     replicas: tuple[ReplicaStats, ...] = ()
 
     def has_any_signal(self) -> bool:
@@ -226,6 +248,13 @@ class AutoscalerState:
     """(time, prompt tokens/s) samples inside ``trend_window_s``: the demand the load trend is fitted to."""
     queue_history: tuple[tuple[float, float], ...] = ()
     """(time, waiting requests) samples inside ``queue_growth_window_s``: the queue's growth."""
+    miss_average: float | None = None
+    """Moving average of the SLO miss fraction (:func:`tidal.scaling.headroom.miss_average`)."""
+    headroom_feedback: float = 1.0
+    """The attainment feedback factor on the headroom."""
+    headroom_factor: float | None = None
+    """The headroom of the last Event about it (a material change raises the next)."""
+    last_decision_time: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict for the CRD status."""
@@ -239,6 +268,10 @@ class AutoscalerState:
             "loadHistory": [[t, round(w, 4)] for t, w in self.load_history],
             "demandHistory": [[t, round(d, 2)] for t, d in self.demand_history],
             "queueHistory": [[t, q] for t, q in self.queue_history],
+            "missAverage": self.miss_average,
+            "headroomFeedback": self.headroom_feedback,
+            "headroomFactor": self.headroom_factor,
+            "lastDecisionTime": self.last_decision_time,
         }
 
     @classmethod
@@ -257,6 +290,10 @@ class AutoscalerState:
             load_history=tuple((float(t), float(w)) for t, w in data.get("loadHistory") or ()),
             demand_history=tuple((float(t), float(d)) for t, d in data.get("demandHistory") or ()),
             queue_history=tuple((float(t), float(q)) for t, q in data.get("queueHistory") or ()),
+            miss_average=_opt_float(data.get("missAverage")),
+            headroom_feedback=float(data.get("headroomFeedback") or 1.0),
+            headroom_factor=_opt_float(data.get("headroomFactor")),
+            last_decision_time=_opt_float(data.get("lastDecisionTime")),
         )
 
     def evolve(self, **changes: Any) -> AutoscalerState:
@@ -283,6 +320,10 @@ class ScalingDecision:
     sick_replicas: tuple[SickReplica, ...] = ()
     advice: tuple[EngineAdvice, ...] = ()
     panic: bool = False
+    headroom: Headroom | None = None
+    """The standing headroom behind the ``load`` signal (``None``: no load signal)."""
+    demand: float | None = None
+    """Replicas of work observed now: the sample to append to the demand history."""
 
     @property
     def changed(self) -> bool:

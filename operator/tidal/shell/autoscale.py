@@ -49,9 +49,10 @@ from tidal.plan.replicas import pod_gpus
 from tidal.plan.target import Resolved, node_matches
 from tidal.scaling import FleetObservation, ScalingDecision, compute_desired_replicas
 from tidal.shell import metrics
+from tidal.shell.history import HISTORY
 from tidal.shell.kube import MERGE, Kube
 from tidal.shell.kvcapacity import read_kv_reports
-from tidal.shell.prom import PrometheusSignals
+from tidal.shell.prom import DEFAULT_RATE_WINDOW, PrometheusSignals, matchers
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,22 @@ def autoscale_pass(
     gpu_pods = GPU_PODS.get(kube) if kube is not None else None
     holders = merge_pods(all_worker_pods, gpu_pods or [])
     capacity = capacity_view(spec.replicas, resolved.views, pods, gpr, free_gpus(matching, holders))
-    decision = compute_desired_replicas(config, obs, capacity, load_state(status), now)
+    key = (ns, name)
+    per_replica = (
+        None
+        if load.capacity is None
+        else (load.capacity.prefill_tokens_per_s, load.capacity.decode_tokens_per_s)
+    )
+
+    def range_query(expr: str, start: datetime, end: datetime, step: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = reader.client(prom.url).custom_query_range(expr, start, end, step)
+        return result
+
+    sel = matchers(ns, label_value(name), prom.selector)
+    window = str(getattr(reader, "window", DEFAULT_RATE_WINDOW))  # test doubles may not carry one
+    past = HISTORY.get(key, range_query, sel, window, per_replica, now)
+    decision = compute_desired_replicas(config, obs, capacity, load_state(status), now, past)
+    HISTORY.record(key, now, decision.demand)
     gpus_in_use = alive_replicas(resolved.views) * gpr
     tuning = engine_tuning(deployment, decision, status, now, pods, target)
     reports = read_kv_reports(
@@ -257,6 +273,10 @@ def export_metrics(namespace: str, name: str, result: PassResult) -> None:
     for signal, ratio in d.ratios.items():
         metrics.SIGNAL_RATIO.labels(namespace, name, signal).set(ratio)
     metrics.DEGRADED_REPLICAS.labels(namespace, name).set(len(d.sick_replicas))
+    if d.headroom is not None:
+        metrics.HEADROOM_FACTOR.labels(namespace, name).set(d.headroom.factor)
+        metrics.HEADROOM_LEAD_TIME.labels(namespace, name).set(d.headroom.lead_time_s)
+        metrics.HEADROOM_HISTORY.labels(namespace, name).set(d.headroom.history_s)
     if result.patch.gpu_hours_delta > 0:
         metrics.GPU_HOURS.labels(namespace, name).inc(result.patch.gpu_hours_delta)
     for cond in result.patch.conditions:

@@ -35,7 +35,13 @@ _POD_STATUS: Final = ("phase", "reason", "conditions", "containerStatuses", "ini
 _CHILD_META: Final = ("name", "namespace", "uid", "labels", "ownerReferences", "deletionTimestamp")
 """What the reconcile compares of a Service or PDB besides its spec (not ``managedFields``: ~2 KiB each)."""
 _LLMD_META: Final = (
-    "name", "namespace", "uid", "generation", "labels", "creationTimestamp", "deletionTimestamp"
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "labels",
+    "creationTimestamp",
+    "deletionTimestamp",
 )
 """The metadata the reconcile reads (not ``managedFields`` or kopf's annotations, which copy the spec)."""
 

@@ -74,6 +74,24 @@ DEGRADED_REPLICAS = Gauge(
     ["namespace", "name"],
     registry=REGISTRY,
 )
+HEADROOM_FACTOR = Gauge(
+    "tidal_autoscaler_headroom_factor",
+    "Capacity kept over the base demand for the demand growth within one provisioning lead time.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+HEADROOM_LEAD_TIME = Gauge(
+    "tidal_autoscaler_lead_time_seconds",
+    "Provisioning lead time behind the headroom: the cold start plus the detection delay.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+HEADROOM_HISTORY = Gauge(
+    "tidal_autoscaler_demand_history_seconds",
+    "Span of the demand history (read from Prometheus) behind the headroom.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
 GPU_HOURS = Counter(
     "tidal_gpu_hours_total",
     "GPU-hours consumed by an LLMDeployment's running workers, as accounted by the operator.",

@@ -254,7 +254,12 @@ class Reconciler:
         ns, name = str(written.meta["namespace"]), str(written.meta["name"])
         if written.slow:
             await self.writer.carry_out_reporting(
-                [], written.slow, written.state, written.meta, deployment, written.now,
+                [],
+                written.slow,
+                written.state,
+                written.meta,
+                deployment,
+                written.now,
                 self.writer.cluster_ip_lane,
             )
         export_status_metrics(ns, name, plan, deployment)

@@ -62,6 +62,21 @@ def histogram_quantile(q: float, values: Sequence[float], buckets: Sequence[floa
     return buckets[-1]
 
 
+def window_attainment(
+    ttft: Sequence[tuple[float, float, int]],
+    tpot: Sequence[tuple[float, float, int]],
+    t_ttft: float,
+    t_tpot: float,
+) -> float | None:
+    """SLO attainment over the window as the operator reads it from the vLLM histograms: 1 minus the TTFT
+    and the TPOT miss fractions (a lower bound on the joint; ``None`` without samples)."""
+    if not ttft and not tpot:
+        return None
+    miss_ttft = sum(v > t_ttft for _, v, _ in ttft) / len(ttft) if ttft else 0.0
+    miss_tpot = sum(v > t_tpot for _, v, _ in tpot) / len(tpot) if tpot else 0.0
+    return max(0.0, 1.0 - miss_ttft - miss_tpot)
+
+
 @dataclass
 class SimConfig:
     """Everything about the simulated fleet except the trace and the policy."""
@@ -304,6 +319,7 @@ def simulate(
             prompt_token_rate=rate(p0, prompt_total),
             generation_token_rate=rate(g0, gen_total),
             gpu_util=None,
+            slo_attainment=window_attainment(ttft_obs, tpot_obs, cfg.slo_ttft_s, cfg.slo_tpot_s),
             replicas=stats,
         )
         active = [r for r in replicas if r.state in (READY, STARTING)]

@@ -45,6 +45,7 @@ def scaling_config(
         tpot_p95_s=max(MIN_TARGET, t.tpot_p95_seconds),
         queue_per_replica=max(MIN_TARGET, t.queue_length_per_replica),
         kv_cache_usage=max(MIN_TARGET, t.kv_cache_usage),
+        slo_attainment=t.slo_attainment,
         tolerance=a.tolerance,
         panic_threshold=a.panic_threshold,
         panic_window_s=a.panic_window_seconds,

@@ -117,6 +117,29 @@ def _blocked(decision: ScalingDecision) -> tuple[str, str] | None:
     return None
 
 
+HEADROOM_KEY = "headroom"
+HEADROOM_CHANGED = "HeadroomChanged"
+"""Event reason when the standing headroom moves materially (``headroom.MATERIAL_CHANGE``)."""
+
+
+def headroom_status(decision: ScalingDecision) -> dict[str, Any] | None:
+    """``status.autoscaler.headroom``: the factor, and the lead time, quantile and history behind it."""
+    room = decision.headroom
+    if room is None:
+        return None
+    return {
+        "factor": round(room.factor, 3),
+        "estimate": round(room.estimate, 3),
+        "historyQuantile": None if room.history_quantile is None else round(room.history_quantile, 3),
+        "quantile": room.quantile,
+        "leadTimeSeconds": round(room.lead_time_s, 1),
+        "historySeconds": round(room.history_s, 1),
+        "samples": room.samples,
+        "feedback": round(room.feedback, 3),
+        "baseDemandReplicas": round(room.base, 3),
+    }
+
+
 def autoscaler_patch(
     decision: ScalingDecision,
     config: ScalingConfig,
@@ -144,6 +167,7 @@ def autoscaler_patch(
         DEGRADED_KEY: sick,
         BLOCKED_KEY: blocked[1] if blocked else None,
         LOAD_CAPACITY_KEY: load_capacity,
+        HEADROOM_KEY: headroom_status(decision),
     }
     fields: dict[str, Any] = {
         "autoscaler": state,
@@ -175,6 +199,9 @@ def autoscaler_patch(
     if entry is not None:
         fields["lastScale"] = entry
         fields["scalingHistory"] = [*history, entry][-MAX_HISTORY:]
+    room = decision.headroom
+    if room is not None and decision.state.headroom_factor != old_as.get("headroomFactor"):
+        events.append(EventSpec("Normal", HEADROOM_CHANGED, room.describe()))
     if tuning is not None:
         fields["engineTuning"], tuning_events = tuning_status(tuning, old, stamp, now, COOL_DOWN_S)
         events.extend(tuning_events)

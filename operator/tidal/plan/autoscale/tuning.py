@@ -186,5 +186,4 @@ def _notified_recently(notice: Mapping[str, Any] | None, reason: str, now: float
     return posted is not None and now - posted.timestamp() < RENOTIFY_SECONDS
 
 
-
 __all__ = ["RENOTIFY_SECONDS", "engine_tuning", "tuned_hash", "tuning_status"]

@@ -1,0 +1,297 @@
+"""Attainment-targeted headroom: how much capacity to keep for the demand the autoscaler cannot react to.
+
+Why it exists: a replica asked for now serves only after one *provisioning lead time* ``L`` (the measured
+decision-to-Ready time plus the detection delay of the metrics). Any rise of demand inside ``L`` lands on
+the replicas already there; no reactive rule can catch it. So the fleet keeps standing capacity for that
+rise, sized like safety stock over a replenishment lead time in inventory theory: at the quantile of the
+rise that the SLO-attainment target implies, measured on this deployment's own demand history.
+
+The estimate, in order (every step is a pure function of the history and is unit-tested):
+
+1. **Base.** ``base(t)`` is the median demand ``d`` (replicas of work) over the ``base_window_s`` before
+   ``t``. Against a median rather than the instantaneous value, so a recurring burst reads as a rise over
+   the level it recurs from, and a fleet sized as ``base x headroom`` does not multiply a burst already
+   under way.
+2. **Factor at the target.** A fleet sized one lead time earlier as ``max(H x base(t - L), d(t - L))``
+   leaves ``max(0, d(t) - that)`` unserved. The history's factor ``h`` is the smallest ``H`` whose unserved
+   demand is at most ``1 - sloAttainment`` of all demand (:func:`required_factor`): the growth within one
+   lead time at the quantile the target implies, weighted by requests, so a one-off rise counts for the
+   demand it leaves unserved and not for every later hour. (:func:`growth_samples` and
+   :func:`weighted_quantile` give the plain per-sample growth distribution, for tests and diagnostics.)
+3. **Prior while history is short.** ``n = span / L`` lead times of history count as ``n`` observations, a
+   prior of ``prior`` (default 2.0: the fleet can absorb demand doubling within one lead time) as
+   ``PRIOR_WEIGHT`` = 10 of them: the estimate is ``(n h + k prior) / (n + k)``, half the prior's after
+   10 lead times (about 20 minutes at L = 2 min), 10 % after 90 (3 hours). A 0.99 target rests on about
+   ``1 / (1 - q)`` = 100 lead times of data before its tail is the deployment's own, which is why the
+   history read from Prometheus reaches ``HISTORY_S`` (4 h) back.
+4. **Feedback.** Measured attainment (an exponential moving average of the SLO misses over
+   ``FEEDBACK_TAU_S``, updated only while the fleet is settled: nothing starting, no queue building)
+   scales the headroom by a factor in ``[FEEDBACK_MIN, FEEDBACK_MAX]``: misses above the allowed
+   ``1 - target`` raise it by up to ``FEEDBACK_UP`` per decision; misses below half the allowed lower it
+   by ``FEEDBACK_DOWN`` per decision (slow: about 13 minutes from 1.0 to 0.9 at a 15 s sync).
+
+Nothing here reads a clock or does I/O; the history is passed in (the simulator records it, the operator
+reads it from Prometheus range queries).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+HISTORY_S = 4 * 3600.0
+"""How far back the demand history reaches (the operator's Prometheus range query, the simulator's record)."""
+HISTORY_STEP_S = 15.0
+"""Resolution of the demand history (one sample per sync period)."""
+PRIOR_WEIGHT = 10.0
+"""The prior counts as this many lead times of history."""
+MIN_SAMPLES = 8
+"""Fewer growth samples than this: the prior alone."""
+FEEDBACK_TAU_S = 300.0
+"""Time constant of the measured-attainment moving average (the rolling window of the feedback)."""
+FEEDBACK_MIN = 0.9
+FEEDBACK_MAX = 2.0
+FEEDBACK_UP = 0.03
+"""Largest relative raise of the feedback factor per decision (at 3x the allowed misses or more)."""
+FEEDBACK_DOWN = 0.002
+"""Relative lowering of the feedback factor per decision while misses stay below half the allowed."""
+MATERIAL_CHANGE = 0.15
+"""A headroom change of this relative size or more is worth an Event."""
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """The standing headroom and the numbers behind it (shown in status, Events and metrics)."""
+
+    factor: float
+    """Capacity kept over the base demand: ``estimate x feedback`` (>= 1)."""
+    estimate: float
+    """From history and prior, before feedback."""
+    history_quantile: float | None
+    """The ``q``-quantile of the lead-time growth in the history alone (``None``: too few samples)."""
+    quantile: float
+    """``q``, from the SLO-attainment target."""
+    lead_time_s: float
+    """``L``: cold start plus detection delay."""
+    history_s: float
+    """Span of demand history behind the estimate."""
+    samples: int
+    """Growth samples behind the quantile."""
+    feedback: float
+    """Factor from measured attainment."""
+    base: float
+    """Base demand now (median over the base window), replicas of work."""
+
+    def describe(self) -> str:
+        """One line for messages and Events."""
+        hist = "none" if self.history_quantile is None else f"{self.history_quantile:.2f}"
+        return (
+            f"headroom {self.factor:.2f}x (q{self.quantile:.3g} growth within lead time "
+            f"{self.lead_time_s:.0f}s: "
+            f"history {hist} over {self.history_s / 60:.0f} min/{self.samples} samples, with prior -> "
+            f"{self.estimate:.2f}; attainment feedback x{self.feedback:.2f})"
+        )
+
+
+def lead_time(cold_start_s: float | None, detection_delay_s: float, fallback_cold_start_s: float) -> float:
+    """Provisioning lead time: the measured cold start (else the fallback) plus the detection delay."""
+    cold = cold_start_s if cold_start_s is not None and cold_start_s > 0 else fallback_cold_start_s
+    return max(0.0, cold) + max(0.0, detection_delay_s)
+
+
+def weighted_quantile(values: Sequence[float], weights: Sequence[float], q: float) -> float:
+    """The smallest value whose cumulative weight reaches ``q`` of the total (equal weights if all are 0)."""
+    if not values:
+        raise ValueError("quantile of no values")
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    pairs = sorted(zip(values, weights, strict=True))
+    total = sum(max(0.0, w) for _, w in pairs)
+    if total <= 0:
+        pairs = [(v, 1.0) for v, _ in pairs]
+        total = float(len(pairs))
+    need = q * total
+    acc = 0.0
+    for v, w in pairs:
+        acc += max(0.0, w)
+        if acc >= need - 1e-12:
+            return v
+    return pairs[-1][0]
+
+
+def base_levels(history: Sequence[tuple[float, float]], window_s: float) -> list[float]:
+    """Median demand over the ``window_s`` up to and including each sample."""
+    out: list[float] = []
+    lo = 0
+    for i, (t, _) in enumerate(history):
+        while history[lo][0] < t - window_s:
+            lo += 1
+        out.append(statistics.median(d for _, d in history[lo : i + 1]))
+    return out
+
+
+def growth_samples(
+    history: Sequence[tuple[float, float]], lead_s: float, base_window_s: float
+) -> tuple[list[float], list[float]]:
+    """(lead-time growth ratios, weights): one per sample with a full lead time of history after it."""
+    if not history:
+        return [], []
+    base = base_levels(history, base_window_s)
+    ratios: list[float] = []
+    weights: list[float] = []
+    window: deque[int] = deque()  # indices of a decreasing run of demand in (t, t + L]
+    j = 0
+    end = history[-1][0]
+    for i, (t, _) in enumerate(history):
+        if t + lead_s > end:
+            break
+        while j < len(history) and history[j][0] <= t + lead_s:
+            while window and history[window[-1]][1] <= history[j][1]:
+                window.pop()
+            window.append(j)
+            j += 1
+        while window and window[0] <= i:
+            window.popleft()
+        if not window or base[i] <= 0:
+            continue
+        ratios.append(history[window[0]][1] / base[i])
+        weights.append(base[i])
+    return ratios, weights
+
+
+H_MAX = 10.0
+"""Largest headroom the history can ask for."""
+
+
+def unserved_fraction(
+    history: Sequence[tuple[float, float]], base: Sequence[float], lead_s: float, factor: float
+) -> float:
+    """Fraction of the demand in ``history`` that a fleet sized one lead time earlier as
+    ``max(factor x base, demand)`` would not have served (the arrivals the autoscaler could not react to)."""
+    total = missed = 0.0
+    j = 0
+    for t, d in history:
+        if t - lead_s < history[0][0]:
+            continue
+        while j + 1 < len(history) and history[j + 1][0] <= t - lead_s:
+            j += 1
+        total += d
+        missed += max(0.0, d - max(factor * base[j], history[j][1]))
+    return missed / total if total > 0 else 0.0
+
+
+def required_factor(
+    history: Sequence[tuple[float, float]], lead_s: float, target: float, base_window_s: float
+) -> float:
+    """The smallest headroom (bisection within ``[1, H_MAX]``) for which :func:`unserved_fraction` is at
+    most ``1 - target``: a request-weighted reading of "the growth within one lead time at the quantile
+    the target implies" (a one-off rise counts for the demand it leaves unserved, not for every later
+    hour as a time-quantile of growth ratios would)."""
+    base = base_levels(history, base_window_s)
+    budget = 1.0 - target
+    if unserved_fraction(history, base, lead_s, 1.0) <= budget:
+        return 1.0
+    lo, hi = 1.0, H_MAX
+    if unserved_fraction(history, base, lead_s, hi) > budget:
+        return hi
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if unserved_fraction(history, base, lead_s, mid) <= budget else (mid, hi)
+    return hi
+
+
+def estimate(
+    history: Sequence[tuple[float, float]],
+    lead_s: float,
+    target: float,
+    prior: float,
+    base_window_s: float,
+) -> tuple[float, float | None, int, float]:
+    """(estimate, history quantile or None, samples, history span): steps 1-3 of the module docstring."""
+    span = history[-1][0] - history[0][0] if len(history) > 1 else 0.0
+    samples = sum(1 for t, _ in history if t - lead_s >= history[0][0]) if history else 0
+    if samples < MIN_SAMPLES or lead_s <= 0:
+        return max(1.0, prior), None, samples, span
+    h = required_factor(history, lead_s, target, base_window_s)
+    n = span / lead_s
+    shrunk = (n * h + PRIOR_WEIGHT * prior) / (n + PRIOR_WEIGHT)
+    return max(1.0, shrunk), h, samples, span
+
+
+def decayed_prior(prior: float, lead_times: float) -> float:
+    """The prior's weight left after ``lead_times`` lead times of history, as a factor: its excess over 1
+    shrinks as ``(prior - 1) k / (n + k)``, ``k = PRIOR_WEIGHT`` (the prior's share in step 3)."""
+    return 1.0 + (max(1.0, prior) - 1.0) * PRIOR_WEIGHT / (max(0.0, lead_times) + PRIOR_WEIGHT)
+
+
+def reserve(room: Headroom, peak: float, prior: float) -> float:
+    """Replicas of work to keep: ``base x factor``, but no more than the highest demand in the history
+    (``peak``) or, above it, ``base x`` the prior's remaining weight ``x feedback``, whichever is larger.
+
+    Why the cap: the history factor prices growth *relative to the base*. After a one-off step the base
+    moves up to the new level while the factor still holds the step's own growth, so the fleet would keep
+    the step's multiple on top of the stepped level (the 4x step from one replica went to 10 replicas
+    where 3 serve it). A level the deployment has reached within the history plus the prior's share of
+    unseen growth bounds what the history can justify; growth beyond it is the reactive part's."""
+    floor = (
+        room.base * decayed_prior(prior, room.history_s / room.lead_time_s) if room.lead_time_s > 0 else 0.0
+    )
+    return min(room.base * room.factor, max(peak, floor * room.feedback))
+
+
+def miss_average(previous: float | None, attainment: float | None, dt: float) -> float | None:
+    """Exponential moving average of the SLO miss fraction (time constant ``FEEDBACK_TAU_S``)."""
+    if attainment is None:
+        return previous
+    miss = min(1.0, max(0.0, 1.0 - attainment))
+    if previous is None:
+        return miss
+    a = 1.0 - math.exp(-max(0.0, dt) / FEEDBACK_TAU_S)
+    return previous + a * (miss - previous)
+
+
+def feedback(previous: float, miss: float | None, target: float) -> float:
+    """Step 4: the next feedback factor from the averaged misses and the target attainment."""
+    if miss is None:
+        return previous
+    allowed = max(1e-6, 1.0 - target)
+    f = previous
+    if miss > allowed:
+        f *= 1.0 + FEEDBACK_UP * min(1.0, (miss / allowed - 1.0) / 2.0)
+    elif miss < 0.5 * allowed:
+        f *= 1.0 - FEEDBACK_DOWN
+    return min(FEEDBACK_MAX, max(FEEDBACK_MIN, f))
+
+
+def headroom(
+    history: Sequence[tuple[float, float]],
+    lead_s: float,
+    target: float,
+    prior: float,
+    base_window_s: float,
+    feedback_factor: float,
+) -> Headroom:
+    """The headroom for the newest point of ``history`` (time-ordered (time, demand) samples)."""
+    est, hq, samples, span = estimate(history, lead_s, target, prior, base_window_s)
+    now = history[-1][0] if history else 0.0
+    recent = [d for t, d in history if t >= now - base_window_s]
+    base = statistics.median(recent) if recent else 0.0
+    return Headroom(
+        factor=max(1.0, est * feedback_factor),
+        estimate=est,
+        history_quantile=hq,
+        quantile=target,
+        lead_time_s=lead_s,
+        history_s=span,
+        samples=samples,
+        feedback=feedback_factor,
+        base=base,
+    )
+
+
+def material_change(old: float | None, new: float) -> bool:
+    """Whether the headroom moved enough (``MATERIAL_CHANGE``) to be worth an Event."""
+    return old is None or abs(new - old) >= MATERIAL_CHANGE * max(old, 1e-9)
