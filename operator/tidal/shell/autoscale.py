@@ -179,7 +179,10 @@ def autoscale_pass(
 
     sel = matchers(ns, label_value(name), prom.selector)
     window = str(getattr(reader, "window", DEFAULT_RATE_WINDOW))  # test doubles may not carry one
-    past = HISTORY.get(key, range_query, sel, window, per_replica, now)
+    # A Prometheus outside the allowlist is never queried (observe already held the deployment).
+    access = getattr(reader, "access", None)  # test doubles may not carry one
+    allowed = access is None or access.allows(prom.url)
+    past = HISTORY.get(key, range_query, sel, window, per_replica, now) if allowed else []
     decision = compute_desired_replicas(config, obs, capacity, load_state(status), now, past)
     HISTORY.record(key, now, decision.demand)
     gpus_in_use = alive_replicas(resolved.views) * gpr
@@ -187,7 +190,7 @@ def autoscale_pass(
     reports = read_kv_reports(
         reader, prom.url, ns, label_value(name), prom.selector, reporting_pods(resolved.views.values(),
         target.spec_hash),
-    )  # fmt: skip
+    ) if allowed else []  # fmt: skip
     kv = kv_capacity_update(deployment, engine, reports, status, stamp)
     patch = autoscaler_patch(
         decision, config, obs, status, now, stamp, gpus_in_use, error, tuning, load.text, load.unreachable

@@ -118,6 +118,11 @@ def matchers(namespace: str, deployment_label: str, selector: str = "") -> str:
     )
 
 
+class PrometheusNotAllowed(Exception):
+    """A URL outside the operator's allowlist: raised by :meth:`PrometheusSignals.client` before any
+    connection, so no query path (signals, demand history, KV check) can reach it."""
+
+
 @dataclass(frozen=True)
 class MetricNames:
     """The metric names this Prometheus has (one vLLM generation or the other)."""
@@ -160,7 +165,10 @@ class PrometheusSignals:
         self._lock = threading.Lock()
 
     def client(self, url: str) -> PrometheusConnect:
-        """The cached client for ``url`` (one retry: an autoscaler pass must not hang on a dead server)."""
+        """The cached client for ``url`` (one retry: an autoscaler pass must not hang on a dead server).
+        Raises :class:`PrometheusNotAllowed` for a URL outside the allowlist."""
+        if not self.access.allows(url):
+            raise PrometheusNotAllowed(f"Prometheus {redact(url)} is not in the operator's allowlist")
         with self._lock:
             if url not in self._clients:
                 session = requests.Session()
@@ -314,6 +322,7 @@ __all__ = [
     "RATE_WINDOW_ENV",
     "SAMPLE_TIME_QUERY",
     "MetricNames",
+    "PrometheusNotAllowed",
     "PrometheusSignals",
     "matchers",
     "rate_window",
