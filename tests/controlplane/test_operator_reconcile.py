@@ -290,8 +290,14 @@ def test_failed_member_restarts_its_group_only(env_factory: Any) -> None:
     ]
     evicted(env.cp.core, worker)  # the Ray worker of group 1, as its kubelet would report it
     # Group 1 is deleted whole and a new group (a fresh index, head and worker) takes its place.
+    # Wait until the new group has both members: its head and worker are created by separate writes, and
+    # Ready can still read True between them (it failed with the new group's head alone).
     after = wait_for(
-        lambda: env.ready(name) and "1" not in (g := groups()) and len(g) == 2 and g,
+        lambda: env.ready(name)
+        and "1" not in (g := groups())
+        and len(g) == 2
+        and all(len(uids) == 2 for uids in g.values())
+        and g,
         timeout=90,
         what="group 1 replaced whole",
     )
