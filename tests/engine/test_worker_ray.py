@@ -13,23 +13,25 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.engine import WorkerHandle, free_port, start_worker, tiny_model_dir
+from tests.support.engine import WorkerHandle, free_port, free_ports, start_worker, tiny_model_dir
 
 __all__ = ["tiny_model_dir"]
 
 
 def _ray_env(ray_port: int, *, timeout: float, role: str) -> dict[str, str]:
+    # Distinct from each other and from the GCS port: Ray refuses two components on one port.
+    ports = [p for p in free_ports(7) if p != ray_port][:6]
     start_args = [
         "--num-cpus=1",
         '--resources={"tidal_gpu": 1}',
         "--node-ip-address=127.0.0.1",
         "--object-store-memory=100000000",
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        f"--min-worker-port={free_port()}",
+        f"--node-manager-port={ports[0]}",
+        f"--object-manager-port={ports[1]}",
+        f"--dashboard-agent-listen-port={ports[2]}",
+        f"--metrics-export-port={ports[3]}",
+        f"--runtime-env-agent-port={ports[4]}",
+        f"--min-worker-port={ports[5]}",
         "--max-worker-port=0",
     ]
     return {

@@ -44,6 +44,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on loopback a moment ago.
+
+    All sockets stay bound until every port is chosen: calling :func:`free_port` repeatedly can return the
+    same port twice (the kernel reuses a port released a moment ago), which Ray refuses ("gcs_server is
+    trying to use a port number ... used by other components")."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
+
+
 @dataclass
 class WorkerHandle:
     """A running worker process."""
