@@ -7,8 +7,11 @@ Synthetic generators (all seeded, numpy ``default_rng``): ``poisson``; ``gamma``
 inter-arrivals with coefficient of variation ``cv``, default 3: bursty at short time scales, the shape
 used by BurstGPT-style traces); ``step`` (rate x4 from a third of the duration); ``spike`` (x3 for
 two minutes mid-trace); ``diurnal`` (sinusoidal rate, ±50 % over the duration). Time-varying ones
-draw by thinning, with gamma-renewal burstiness when ``cv`` > 1. Token lengths are lognormal with the
-means of the Azure 2023 conversation trace (~1k prompt, ~200 output tokens) unless given.
+draw by thinning, with gamma-renewal burstiness when ``cv`` > 1. Token lengths come from a length mix
+(``LENGTH_MIXES``): ``conversation`` (default), lognormal with the means of the Azure 2023 conversation trace
+(~1k prompt, ~200 output tokens) unless given; ``long-prompt``, the mix where the chunk budget matters (RAG,
+code, summarisation: 80 % of prompts log-uniform in 4,096-16,384 tokens, the rest conversation-like up to
+4,096, outputs uniform in 16-128 tokens; :func:`long_prompt_lengths`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ import numpy as np
 import numpy.typing as npt
 
 SYNTHETIC = ("poisson", "gamma", "step", "spike", "diurnal")
+LENGTH_MIXES = ("conversation", "long-prompt")
+LONG_PROMPT_SHARE = 0.8
+"""Share of a ``long-prompt`` trace's prompts drawn log-uniform in [LONG_PROMPT_MIN, LONG_PROMPT_MAX]."""
+LONG_PROMPT_MIN, LONG_PROMPT_MAX = 4096, 16384
+SHORT_OUTPUT_MIN, SHORT_OUTPUT_MAX = 16, 128
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,28 @@ def _lengths(
     return np.clip(np.rint(rng.lognormal(mu, sigma, n)), lo, hi).astype(np.int64)
 
 
+def long_prompt_lengths(
+    rng: np.random.Generator, n: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Prompt and output tokens of the ``long-prompt`` mix (see the module docstring)."""
+    long = rng.random(n) < LONG_PROMPT_SHARE
+    lo, hi = math.log(LONG_PROMPT_MIN), math.log(LONG_PROMPT_MAX)
+    long_len = np.rint(np.exp(rng.uniform(lo, hi, n))).astype(np.int64)
+    short_len = _lengths(rng, n, 1000.0, 0.8, 16, LONG_PROMPT_MIN)
+    output = rng.integers(SHORT_OUTPUT_MIN, SHORT_OUTPUT_MAX + 1, n).astype(np.int64)
+    return np.where(long, long_len, short_len), output
+
+
+def _token_lengths(
+    rng: np.random.Generator, n: int, lengths: str, prompt_mean: float, output_mean: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    if lengths == "long-prompt":
+        return long_prompt_lengths(rng, n)
+    if lengths != "conversation":
+        raise ValueError(f"unknown length mix {lengths!r}; choose from {', '.join(LENGTH_MIXES)}")
+    return _lengths(rng, n, prompt_mean, 0.8, 16, 8000), _lengths(rng, n, output_mean, 0.8, 1, 2000)
+
+
 def _renewal(rng: np.random.Generator, rate: float, duration: float, cv: float) -> npt.NDArray[np.float64]:
     """Arrival times of a renewal process with mean rate ``rate`` and inter-arrival CV ``cv``."""
     n = int(rate * duration * 1.3 + 100)
@@ -133,9 +163,11 @@ def from_rate(
     cv: float = 1.0,
     prompt_mean: float = 1000.0,
     output_mean: float = 200.0,
+    lengths: str = "conversation",
 ) -> Trace:
     """A trace with mean-rate curve ``lam`` over ``[0, duration)``: a renewal process at the peak rate
-    with inter-arrival CV ``cv``, thinned to ``lam``; lognormal token lengths with the given means."""
+    with inter-arrival CV ``cv``, thinned to ``lam``; token lengths from the mix ``lengths`` (the
+    conversation mix: lognormal with the given means)."""
     grid = np.linspace(0, duration, max(2001, int(duration) + 1))
     peak = float(np.max(lam(grid)))
     if peak <= 0:
@@ -143,9 +175,7 @@ def from_rate(
     cand = _renewal(rng, peak, duration, cv)
     keep = rng.random(cand.size) < lam(cand) / peak
     arr = cand[keep]
-    n = arr.size
-    prompt = _lengths(rng, n, prompt_mean, 0.8, 16, 8000)
-    output = _lengths(rng, n, output_mean, 0.8, 1, 2000)
+    prompt, output = _token_lengths(rng, arr.size, lengths, prompt_mean, output_mean)
     return Trace(name, arr, prompt, output)
 
 
@@ -157,16 +187,19 @@ def synthetic(
     cv: float | None = None,
     prompt_mean: float = 1000.0,
     output_mean: float = 200.0,
+    lengths: str = "conversation",
 ) -> Trace:
-    """A seeded synthetic trace. ``cv`` defaults to 3 for ``gamma`` and 1 (Poisson) otherwise."""
+    """A seeded synthetic trace. ``cv`` defaults to 3 for ``gamma`` and 1 (Poisson) otherwise;
+    ``lengths`` is the token-length mix (``LENGTH_MIXES``)."""
+    if lengths not in LENGTH_MIXES:
+        raise ValueError(f"unknown length mix {lengths!r}; choose from {', '.join(LENGTH_MIXES)}")
     rng = np.random.default_rng(seed)
     lam = rate_function(kind, rate, duration)
     c = cv if cv is not None else (3.0 if kind == "gamma" else 1.0)
-    name = f"{kind}(rate={rate:g}, cv={c:g}, seed={seed})"
+    mix = "" if lengths == "conversation" else f", {lengths}"
+    name = f"{kind}(rate={rate:g}, cv={c:g}, seed={seed}{mix})"
     if kind not in ("poisson", "gamma"):
-        return from_rate(name, lam, duration, rng, c, prompt_mean, output_mean)
+        return from_rate(name, lam, duration, rng, c, prompt_mean, output_mean, lengths)
     arr = _renewal(rng, rate, duration, c)
-    n = arr.size
-    prompt = _lengths(rng, n, prompt_mean, 0.8, 16, 8000)
-    output = _lengths(rng, n, output_mean, 0.8, 1, 2000)
+    prompt, output = _token_lengths(rng, arr.size, lengths, prompt_mean, output_mean)
     return Trace(name, arr, prompt, output)
