@@ -87,6 +87,7 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         (["--synthetic", "sawtooth"], "invalid choice: 'sawtooth'"),
         (["--rate", "fast"], "invalid float value: 'fast'"),
         (["--trace", "x.csv", "--synthetic", "gamma"], "not allowed with argument"),
+        (["--lengths", "huge"], "invalid choice: 'huge'"),
     ],
 )
 def test_bad_flags_fail_clearly(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +156,16 @@ def test_static_n_capacity_error_and_target(capsys: pytest.CaptureFixture[str]) 
     assert out["static:3"]["gpu_hours"] > out["static:1"]["gpu_hours"]
 
 
-@pytest.mark.parametrize("argv", [["--policy", "static:0"], ["--target", "1.5"], ["--capacity-error", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--policy", "static:0"],
+        ["--target", "1.5"],
+        ["--capacity-error", "-1"],
+        ["--max-num-batched-tokens", "0"],
+        ["--expected-input-tokens", "0"],
+    ],
+)
 def test_bad_evaluation_flags_fail_before_simulating(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,7 +5,9 @@ parsing of the known keys, so this works without a cluster). Prints a comparison
 with each policy's SLO attainment against the target, the right-sized static and the clairvoyant; a
 progress bar on stderr when it is a terminal; optionally a PNG of load, replicas (and headroom), p95 TTFT
 and per-minute attainment against the target. ``--capacity-error`` makes the simulated engine faster or
-slower than the capacity model the policies are given.
+slower than the capacity model the policies are given. The engine limits (``max_num_seqs`` and the per-step
+chunk budget ``max_num_batched_tokens``) are what the deployment's recommendation would apply for its
+expected prompt and output lengths and SLO targets; explicit engine values (YAML or flags) win.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import yaml
 from tidal.scaling.policies import POLICY_NAMES, is_policy_name
 from tidal.sim.fleet import PolicyResult, SimConfig
 from tidal.sim.runner import DEFAULT_TARGET, Comparison, compare
-from tidal.sim.stepmodel import load_step_model
-from tidal.sim.traces import SYNTHETIC, Trace, load_azure_csv, synthetic
+from tidal.sim.stepmodel import check_limits, load_step_model
+from tidal.sim.traces import LENGTH_MIXES, SYNTHETIC, Trace, load_azure_csv, synthetic
 
 
 def _dig(doc: Any, *keys: str) -> Any:
@@ -33,8 +35,18 @@ def _dig(doc: Any, *keys: str) -> Any:
     return doc
 
 
+def _explicit_int(value: Any) -> int | None:
+    """An explicit engine value (an int, or a digit string); None for ``"auto"`` or absent."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return int(value)
+    return None
+
+
 def deployment_settings(path: str) -> dict[str, Any]:
-    """Model, GPU, TP, SLO targets and replica bounds from an LLMDeployment YAML (known keys only)."""
+    """Model, GPU, TP, SLO targets, replica bounds, expected lengths and explicit engine limits from an
+    LLMDeployment YAML (known keys only)."""
     doc = yaml.safe_load(Path(path).read_text())
     spec = _dig(doc, "spec") or {}
     model = _dig(spec, "model", "architecture", "catalogName") or _dig(spec, "model", "name")
@@ -49,6 +61,10 @@ def deployment_settings(path: str) -> dict[str, Any]:
             "min_replicas": _dig(spec, "autoscaling", "minReplicas"),
             "max_replicas": _dig(spec, "autoscaling", "maxReplicas"),
             "slo_attainment": _dig(spec, "autoscaling", "targets", "sloAttainment"),
+            "input_tokens": _dig(spec, "recommendation", "expectedInputTokens"),
+            "output_tokens": _dig(spec, "recommendation", "expectedOutputTokens"),
+            "max_num_seqs": _explicit_int(_dig(spec, "engine", "maxNumSeqs")),
+            "max_num_batched_tokens": _explicit_int(_dig(spec, "engine", "maxNumBatchedTokens")),
         }.items()
         if v is not None
     }
@@ -185,18 +201,41 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 < target <= 1 or not -0.9 <= args.capacity_error <= 9:
         print("--target must be in (0, 1] and --capacity-error in [-0.9, 9]", file=sys.stderr)
         return 2
+    for flag in ("max_num_batched_tokens", "expected_input_tokens", "expected_output_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            print(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
+            return 2
+    if args.trace and args.lengths != "conversation":
+        print("--lengths applies to synthetic traces; a CSV trace brings its own lengths", file=sys.stderr)
+        return 2
     trace: Trace
     if args.trace:
         trace = load_azure_csv(args.trace, args.time_scale, args.duration)
     else:
         kind = args.synthetic or "gamma"
-        trace = synthetic(kind, args.rate, args.duration or 1800.0, args.seed, args.cv)
+        trace = synthetic(kind, args.rate, args.duration or 1800.0, args.seed, args.cv, lengths=args.lengths)
         if args.time_scale != 1.0:
             trace = Trace(trace.name, trace.arrivals / args.time_scale, trace.prompt, trace.output)
     if len(trace) == 0:
         print("the trace is empty", file=sys.stderr)
         return 2
-    loaded = load_step_model(model, gpu, tp)
+    mbt = args.max_num_batched_tokens or settings.get("max_num_batched_tokens")
+    loaded = load_step_model(
+        model,
+        gpu,
+        tp,
+        input_tokens=args.expected_input_tokens or settings.get("input_tokens"),
+        output_tokens=args.expected_output_tokens or settings.get("output_tokens"),
+        slo_ttft_seconds=slo_ttft,
+        slo_tpot_seconds=slo_tpot,
+        max_num_seqs=settings.get("max_num_seqs"),
+        max_num_batched_tokens=mbt,
+    )
+    try:
+        check_limits(loaded.limits)
+    except ValueError as exc:
+        print(f"engine limits: {exc}", file=sys.stderr)
+        return 2
     cfg = SimConfig(
         model=loaded.model,
         limits=loaded.limits,
@@ -209,7 +248,13 @@ def _run(args: argparse.Namespace) -> int:
         capacity_error=args.capacity_error,
         record_requests=bool(args.plot),
     )
-    print(f"step model: {loaded.source}; capacity error {args.capacity_error:+g}", file=sys.stderr)
+    lim = loaded.limits
+    print(
+        f"step model: {loaded.source}; capacity error {args.capacity_error:+g}; engine limits: "
+        f"max_num_seqs {lim.max_num_seqs:,}, max_num_batched_tokens {lim.max_num_batched_tokens:,} "
+        f"({'given' if mbt else 'recommended'}), KV {lim.kv_cache_tokens:,} tokens",
+        file=sys.stderr,
+    )
     bar = None if args.no_progress or not sys.stderr.isatty() else _progress(sys.stderr)
     c = compare(trace, cfg, policies, lo, hi, progress=bar, target=target, right_sized=not args.no_right_size)
     if args.json:
@@ -237,6 +282,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--synthetic", choices=SYNTHETIC, help="synthetic trace kind (default gamma)")
     parser.add_argument("--rate", type=float, default=5.0, help="mean requests/s of a synthetic trace")
+    parser.add_argument(
+        "--lengths",
+        choices=LENGTH_MIXES,
+        default="conversation",
+        help="token-length mix of a synthetic trace (long-prompt: most prompts 4k-16k, outputs 16-128)",
+    )
     parser.add_argument("--cv", type=float, default=None, help="inter-arrival CV (gamma default 3, others 1)")
     parser.add_argument(
         "--duration", type=float, default=None, help="seconds of trace (synthetic default 1800)"
@@ -246,6 +297,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="catalog model name (default llama-3.1-8b)")
     parser.add_argument("--gpu", help="GPU type (default h100)")
     parser.add_argument("--tp", type=int, help="tensor-parallel size (GPUs per replica)")
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help="per-step token budget (chunked prefill) of every replica; default: the deployment's explicit "
+        "spec.engine value, else what its recommendation would apply",
+    )
+    parser.add_argument(
+        "--expected-input-tokens",
+        type=int,
+        help="prompt length the recommendation is sized for (default spec.recommendation, else 1,024)",
+    )
+    parser.add_argument(
+        "--expected-output-tokens",
+        type=int,
+        help="output length the recommendation is sized for (default spec.recommendation, else 256)",
+    )
     parser.add_argument("--slo-ttft", type=float, help="p95 TTFT target, seconds (default 2.0)")
     parser.add_argument("--slo-tpot", type=float, help="p95 TPOT target, seconds (default 0.1)")
     parser.add_argument(

@@ -22,7 +22,7 @@ import heapq
 import math
 from collections import deque
 
-from tidal.sim.stepmodel import EngineLimits, StepTimeModel
+from tidal.sim.stepmodel import EngineLimits, StepTimeModel, check_limits
 
 WAITING, PREFILLING, DECODING, DONE = 0, 1, 2, 3
 
@@ -89,6 +89,7 @@ class ReplicaEngine:
         limits: EngineLimits,
         record_steps: bool = False,
     ) -> None:
+        check_limits(limits)
         self.rid = rid
         self.model = model
         self.limits = limits

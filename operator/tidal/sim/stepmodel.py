@@ -11,7 +11,7 @@ otherwise a linear model fitted to the H100 / Llama-3.1-8B measurements in
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -33,6 +33,22 @@ class EngineLimits:
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
     block_size: int = 16
+
+
+def check_limits(limits: EngineLimits) -> None:
+    """Refuse engine limits vLLM would refuse or that leave nothing to simulate (``ValueError``)."""
+    if limits.max_num_batched_tokens < 1 or limits.max_num_seqs < 1 or limits.block_size < 1:
+        raise ValueError(
+            "max_num_batched_tokens, max_num_seqs and block_size must be >= 1, got "
+            f"{limits.max_num_batched_tokens}, {limits.max_num_seqs}, {limits.block_size}"
+        )
+    if limits.max_num_batched_tokens < limits.max_num_seqs:
+        raise ValueError(
+            f"max_num_batched_tokens {limits.max_num_batched_tokens:,} < max_num_seqs "
+            f"{limits.max_num_seqs:,}: vLLM refuses this (each decoding sequence needs a token of the budget)"
+        )
+    if limits.kv_cache_tokens <= limits.block_size:
+        raise ValueError(f"kv_cache_tokens must exceed one block, got {limits.kv_cache_tokens}")
 
 
 @dataclass(frozen=True)
@@ -107,34 +123,53 @@ class LoadedModel:
     source: str
 
 
-def load_step_model(model: str, gpu: str, tp: int = 1) -> LoadedModel:
-    """The recommender's performance model and recommended engine limits, or the built-in fallback."""
+def load_step_model(model: str, gpu: str, tp: int = 1, **recommend_input: Any) -> LoadedModel:
+    """The recommender's performance model and recommended engine limits, or the built-in fallback.
+
+    ``recommend_input``: further :class:`tidal.recommender.recommend.RecommendInput` fields the deployment
+    gives (``input_tokens``, ``output_tokens``, ``slo_ttft_seconds``, ``slo_tpot_seconds``,
+    ``max_num_batched_tokens``, ...), so the limits are the ones its recommendation would apply; a given
+    ``max_num_batched_tokens`` (or ``max_num_seqs``) is kept as given, also without the recommender; None
+    values are left to the recommender."""
+    recommend_input = {k: v for k, v in recommend_input.items() if v is not None}
     try:
         perf: Any = importlib.import_module("tidal.recommender.perf")
         catalog: Any = importlib.import_module("tidal.recommender.catalog")
         gpus: Any = importlib.import_module("tidal.recommender.gpus")
     except ImportError:
         return LoadedModel(
-            LinearStepModel(), EngineLimits(), "builtin H100/Llama-3.1-8B fit (recommender absent)"
+            LinearStepModel(),
+            _given(EngineLimits(), recommend_input),
+            "builtin H100/Llama-3.1-8B fit (recommender absent)",
         )
     profile = catalog.get_model(model)
     g = gpus.get_gpu(gpu)
     pm = perf.performance_model(profile, g, tp=tp)
     limits = EngineLimits()
+    note = ""
     try:
         rec_mod: Any = importlib.import_module("tidal.recommender.recommend")
-        rec = _recommend(rec_mod, profile, g, tp)
-        if rec is not None:
-            limits = EngineLimits(
-                kv_cache_tokens=int(_get(rec, "kv_cache_tokens", limits.kv_cache_tokens)),
-                max_num_seqs=int(_get(rec, "max_num_seqs", limits.max_num_seqs)),
-                max_num_batched_tokens=int(
-                    _get(rec, "max_num_batched_tokens", limits.max_num_batched_tokens)
-                ),
-            )
-    except Exception:  # the recommender is optional for simulation; fall back to vLLM defaults
-        pass
-    return LoadedModel(pm, limits, f"recommender performance model ({model} on {gpu}, tp={tp})")
+        rec = rec_mod.recommend(profile, g, tp=tp, **recommend_input)
+        limits = EngineLimits(
+            kv_cache_tokens=int(_get(rec, "kv_cache_tokens", limits.kv_cache_tokens)),
+            max_num_seqs=int(_get(rec, "max_num_seqs", limits.max_num_seqs)),
+            max_num_batched_tokens=int(_get(rec, "max_num_batched_tokens", limits.max_num_batched_tokens)),
+        )
+    except Exception as exc:  # the recommender is optional for simulation; fall back to vLLM defaults
+        note = f"; no recommendation ({exc}): vLLM's default limits"
+    return LoadedModel(
+        pm,
+        _given(limits, recommend_input),
+        f"recommender performance model ({model} on {gpu}, tp={tp}){note}",
+    )
+
+
+def _given(limits: EngineLimits, fields: dict[str, Any]) -> EngineLimits:
+    """``limits`` with the engine limits ``fields`` fixes (``max_num_seqs``, ``max_num_batched_tokens``)."""
+    fixed = {
+        k: int(fields[k]) for k in ("max_num_seqs", "max_num_batched_tokens") if fields.get(k) is not None
+    }
+    return replace(limits, **fixed)
 
 
 def _get(obj: Any, name: str, default: Any) -> Any:
@@ -144,13 +179,3 @@ def _get(obj: Any, name: str, default: Any) -> Any:
         if holder is not None and getattr(holder, name, None) is not None:
             return getattr(holder, name)
     return default
-
-
-def _recommend(rec_mod: Any, profile: Any, gpu: Any, tp: int) -> Any:
-    fn = getattr(rec_mod, "recommend", None)
-    if fn is None:
-        return None
-    try:
-        return fn(profile, gpu, tp=tp)
-    except TypeError:
-        return fn(profile, gpu)
