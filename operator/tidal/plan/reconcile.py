@@ -115,7 +115,9 @@ def plan_reconcile(
     pass reads the same); its count is replaced by the one to converge to.
 
     Longer than 80 lines on purpose: its numbered steps are one pass over the replicas in the order the plan
-    is carried out, sharing the running counts (reserved indices, ready and terminating replicas)."""
+    is carried out, sharing the running counts (reserved indices, ready and terminating replicas, and the
+    replicas after the plan that the status describes). The steps that stand alone are helpers: the
+    objects around the replicas (:func:`_plan_dependents`) and when to look again (:func:`_requeue_after`)."""
     if replicas is None and autoscaler is not None:
         replicas = autoscaler.desired
     desired = deployment.spec.replicas if replicas is None else replicas
@@ -217,43 +219,9 @@ def plan_reconcile(
             )
         )
 
-    # 6. Services and the disruption budget.
-    by_name = {s.get("metadata", {}).get("name"): s for s in observed.services}
-    wanted = [build_api_service(deployment)]
+    # 6. Services, the disruption budget and the worker's code.
+    _plan_dependents(plan, deployment, observed, target, views, created, desired)
     alive_after = cur + remaining_old
-    # A group's headless Service lives as long as any of its pods (terminating ones included).
-    group_indices = sorted(
-        {v.index for v in views.values() if v.group_size > 1}
-        | (set(created) if target.group_size > 1 else set())
-    )
-    wanted.extend(build_group_service(deployment, i) for i in group_indices)
-    wanted_names = {s["metadata"]["name"] for s in wanted}
-    plan.apply.extend(s for s in wanted if _needs_apply(s, by_name.get(s["metadata"]["name"])))
-    for svc_name, svc in by_name.items():
-        if svc_name not in wanted_names:
-            meta = svc.get("metadata", {})
-            plan.delete.append(ObjectRef("v1", "Service", ns, str(svc_name), meta.get("uid"), "group gone"))
-    # A budget only while it protects something: with one replica (or none) minAvailable would be 0, a PDB
-    # that allows every eviction and still costs an object, its status updates and their watch events.
-    pdb = build_pdb(deployment, desired, target.group_size) if pdb_min_available(desired, 1) > 0 else None
-    for observed_pdb in observed.pdbs:
-        meta = observed_pdb.get("metadata", {})
-        if pdb is None or meta.get("name") != pdb["metadata"]["name"]:
-            reason = "one replica or none: nothing to protect"
-            plan.delete.append(
-                ObjectRef(
-                    "policy/v1", "PodDisruptionBudget", ns, str(meta.get("name")), meta.get("uid"), reason
-                )
-            )
-    pdbs = {p.get("metadata", {}).get("name"): p for p in observed.pdbs}
-    if pdb is not None and _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
-        plan.apply.append(pdb)
-    # The worker's code the pods mount (stock vLLM image).
-    code_apply, code_delete = plan_worker_code(
-        deployment, target.inputs.config.worker_code, observed.config_maps
-    )
-    plan.apply.extend(code_apply)
-    plan.delete.extend(code_delete)
 
     # 7. Status of the state after this plan.
     replicas_after = len(alive_after) + len(created)
@@ -314,22 +282,81 @@ def plan_reconcile(
     plan.events = events
 
     # 8. When to look again.
+    plan.requeue_after = _requeue_after(conds, merged, stamp, now)
+    plan.summary = (
+        f"{ns}/{name}: desired {desired}, ready {ready_after}/{replicas_after}, hash {target.spec_hash}, "
+        f"+{len(created)} -{len(deleted) + len(restarted)} replicas"
+    )
+    return plan
+
+
+def _plan_dependents(
+    plan: Plan,
+    deployment: LLMDeployment,
+    observed: Observed,
+    target: Target,
+    views: Mapping[int, ReplicaView],
+    created: Sequence[int],
+    desired: int,
+) -> None:
+    """Add to ``plan`` what the replicas need around them: the API Service, a headless Service per Ray
+    group (``created``: the replica indices this plan creates), the disruption budget for ``desired``
+    replicas and the worker-code ConfigMap; and delete those no longer wanted."""
+    ns = deployment.metadata.namespace or "default"
+    by_name = {s.get("metadata", {}).get("name"): s for s in observed.services}
+    wanted = [build_api_service(deployment)]
+    # A group's headless Service lives as long as any of its pods (terminating ones included).
+    group_indices = sorted(
+        {v.index for v in views.values() if v.group_size > 1}
+        | (set(created) if target.group_size > 1 else set())
+    )
+    wanted.extend(build_group_service(deployment, i) for i in group_indices)
+    wanted_names = {s["metadata"]["name"] for s in wanted}
+    plan.apply.extend(s for s in wanted if _needs_apply(s, by_name.get(s["metadata"]["name"])))
+    for svc_name, svc in by_name.items():
+        if svc_name not in wanted_names:
+            meta = svc.get("metadata", {})
+            plan.delete.append(ObjectRef("v1", "Service", ns, str(svc_name), meta.get("uid"), "group gone"))
+    # A budget only while it protects something: with one replica (or none) minAvailable would be 0, a PDB
+    # that allows every eviction and still costs an object, its status updates and their watch events.
+    pdb = build_pdb(deployment, desired, target.group_size) if pdb_min_available(desired, 1) > 0 else None
+    for observed_pdb in observed.pdbs:
+        meta = observed_pdb.get("metadata", {})
+        if pdb is None or meta.get("name") != pdb["metadata"]["name"]:
+            reason = "one replica or none: nothing to protect"
+            plan.delete.append(
+                ObjectRef(
+                    "policy/v1", "PodDisruptionBudget", ns, str(meta.get("name")), meta.get("uid"), reason
+                )
+            )
+    pdbs = {p.get("metadata", {}).get("name"): p for p in observed.pdbs}
+    if pdb is not None and _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
+        plan.apply.append(pdb)
+    # The worker's code the pods mount (stock vLLM image).
+    code_apply, code_delete = plan_worker_code(
+        deployment, target.inputs.config.worker_code, observed.config_maps
+    )
+    plan.apply.extend(code_apply)
+    plan.delete.extend(code_delete)
+
+
+def _requeue_after(
+    conds: Sequence[Cond], merged: Sequence[Mapping[str, Any]], stamp: str, now: datetime
+) -> float | None:
+    """When to look again: backing off while GPUs are short (the longer it lasts, up to
+    :data:`GPU_BACKOFF_MAX_SECONDS`), soon while progressing or degraded, else only on a change."""
     progressing = next(c for c in conds if c.type == C.PROGRESSING)
     degraded = next(c for c in conds if c.type == C.DEGRADED)
     if progressing.reason == C.INSUFFICIENT_GPU:
         since = next((c.get("lastTransitionTime") for c in merged if c["type"] == C.PROGRESSING), stamp)
         started = parse_time(str(since)) or now
         held = (now - started).total_seconds()
-        plan.requeue_after = min(GPU_BACKOFF_MAX_SECONDS, max(GPU_BACKOFF_MIN_SECONDS, held))
+        return min(GPU_BACKOFF_MAX_SECONDS, max(GPU_BACKOFF_MIN_SECONDS, held))
     elif progressing.status:
-        plan.requeue_after = PROGRESS_REQUEUE_SECONDS
+        return PROGRESS_REQUEUE_SECONDS
     elif degraded.status:
-        plan.requeue_after = DEGRADED_REQUEUE_SECONDS
-    plan.summary = (
-        f"{ns}/{name}: desired {desired}, ready {ready_after}/{replicas_after}, hash {target.spec_hash}, "
-        f"+{len(created)} -{len(deleted) + len(restarted)} replicas"
-    )
-    return plan
+        return DEGRADED_REQUEUE_SECONDS
+    return None
 
 
 def _status_dict(deployment: LLMDeployment) -> dict[str, Any]:
