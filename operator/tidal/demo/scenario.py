@@ -2,7 +2,7 @@
 the demo (its namespace, the demo's Prometheus, short windows) and the operator's short autoscaler interval.
 
 It exists apart from :mod:`tidal.demo.runner` so what the demo shows can be read, and tested, without the
-processes that show it.
+processes that show it; :mod:`tidal.demo.cli` reads its defaults from here without importing the runner.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
-from tidal.demo.cli import EXAMPLE, NAMESPACE
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "llama-3.1-8b.yaml"
+NAMESPACE = "tidal-demo"
 
 AUTOSCALER_ENV = {
     "TIDAL_AUTOSCALER_INTERVAL_SECONDS": "5",
@@ -63,6 +62,8 @@ def demo_deployment(doc: dict[str, Any], namespace: str, prometheus_url: str) ->
 
 def load_example(path: Path) -> dict[str, Any]:
     """The one ``LLMDeployment`` in the example file."""
+    import yaml  # not at the top: tidal.demo.cli imports this module, and it stays light
+
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     if len(docs) != 1 or docs[0].get("kind") != "LLMDeployment":
         raise ValueError(f"{path}: expected one LLMDeployment")
