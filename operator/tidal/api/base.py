@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP: Final = "tidal.dev"
@@ -119,6 +119,16 @@ class ApiModel(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------- scalars
+
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""Pattern of an object name of up to 253 characters (Secret, ConfigMap, claim, ServiceAccount)."""
+DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+"""Pattern of a key in a Secret's or ConfigMap's data."""
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+ShortStr = Annotated[str, Field(max_length=1024)]
 
 _INT_OR_AUTO_MSG = 'must be a positive integer or "auto"'
 

@@ -15,10 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from tidal.api.base import ApiModel, Quantity, Rule
+from tidal.api.base import DATA_KEY, DNS_SUBDOMAIN, ApiModel, Quantity, Rule
 
-_NAME_253 = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-_KEY = r"^[-._a-zA-Z0-9]+$"
 _ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 _CAPABILITY = r"^[A-Z_]+$"
 Capability = Annotated[str, Field(min_length=1, max_length=64, pattern=_CAPABILITY)]
@@ -93,9 +91,9 @@ EXTRA_ARGS_RULE = Rule(
 class KeySelector(ApiModel):
     """A key of a Secret or ConfigMap in the ``LLMDeployment``'s namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=_NAME_253)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """Name of the Secret or ConfigMap."""
-    key: str = Field(min_length=1, max_length=253, pattern=_KEY)
+    key: str = Field(min_length=1, max_length=253, pattern=DATA_KEY)
     """Key inside it."""
     optional: bool | None = None
     """Start the pod even when the object or key is missing (core/v1 semantics)."""
@@ -166,7 +164,9 @@ class ModelCache(ApiModel):
         ),
     )
 
-    persistent_volume_claim: str | None = Field(default=None, min_length=1, max_length=253, pattern=_NAME_253)
+    persistent_volume_claim: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN
+    )
     """A PersistentVolumeClaim in the namespace, mounted read-write at the cache directory and shared by
     every worker pod of the deployment. With more than one node it must be ``ReadWriteMany`` (e.g. NFS,
     CephFS, a cloud file store); the Hugging Face downloader locks files, so concurrent starts share one
@@ -222,5 +222,7 @@ class PodSecurity(ApiModel):
     across nodes. Anything but ``NET_BIND_SERVICE`` takes the pod out of Pod Security ``restricted``."""
     automount_service_account_token: bool = False
     """Mount the ServiceAccount token. Off: the worker and Ray never call the Kubernetes API."""
-    service_account_name: str | None = Field(default=None, min_length=1, max_length=253, pattern=_NAME_253)
+    service_account_name: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN
+    )
     """ServiceAccount of the worker pods (the namespace's ``default`` when unset)."""

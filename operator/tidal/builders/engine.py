@@ -8,7 +8,8 @@ recommendation rolls the pods, in ``Advise`` mode the recommendation is only wri
 ``status.recommendation`` and the ``"auto"`` settings are left to vLLM (TP and PP default to 1). Explicit
 values always win; where they differ from what Tidal would choose on its own, the difference is reported.
 
-The recommender is pure and deterministic, so its result is cached per input.
+The recommender is pure and deterministic, so its result is cached per input. The model's architecture
+comes from :mod:`tidal.builders.modelprofile` (its names are re-exported here).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tidal.api import AUTO, LLMDeploymentSpec, ModelSource, RecommendationStatus
+from tidal.api import AUTO, LLMDeploymentSpec, RecommendationStatus
 from tidal.api.status import LLMDeploymentStatus, PredictedPerformance, RecommendedValues
-from tidal.builders import hubmodels
 from tidal.builders.gpus import gpu_spec
-from tidal.recommender.catalog import catalog_profile, hub_repo, resolve_name
+from tidal.builders.modelprofile import (
+    MODEL_UNRESOLVED_HINT,
+    checkpoint_bytes,
+    model_name_hint,
+    model_profile,
+)
 from tidal.recommender.gpus import UnknownGPUError
-from tidal.recommender.memory import weight_bytes
 from tidal.recommender.models import ModelProfile
 from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
 
@@ -95,106 +99,20 @@ def replica_shape(world_size: int, gpus_per_node: int) -> ReplicaShape:
     return ReplicaShape(world_size, k, world_size // k)
 
 
-# ------------------------------------------------------------------------------------------ model profile
-
-
-def model_name_hint(uri: str) -> str:
-    """The repository-like name of a model URI (``org/name`` for hf://, the last path segment otherwise)."""
-    scheme, _, rest = uri.partition("://")
-    if scheme == "hf":
-        return rest.split("@", 1)[0]
-    parts = [p for p in rest.split("/") if p]
-    return parts[-1] if parts else rest
-
-
-_ARCH_FIELDS = {
-    "num_layers": "num_layers",
-    "hidden_size": "hidden_size",
-    "num_attention_heads": "num_attention_heads",
-    "num_key_value_heads": "num_kv_heads",
-    "head_dim": "head_dim",
-    "vocab_size": "vocab_size",
-    "intermediate_size": "intermediate_size",
-    "num_experts": "num_experts",
-    "num_experts_per_token": "num_experts_per_tok",
-    "moe_intermediate_size": "moe_intermediate_size",
-    "kv_lora_rank": "kv_lora_rank",
-    "qk_rope_head_dim": "qk_rope_head_dim",
-    "max_position_embeddings": "max_position_embeddings",
-    "tie_word_embeddings": "tie_word_embeddings",
-    "quantization": "quantization",
-}
-
-
-def model_profile(model: ModelSource) -> tuple[ModelProfile | None, str]:
-    """The architecture the recommender sizes for, and where it came from (or why there is none).
-
-    ``spec.model.architecture`` wins (a catalogue name, explicit numbers, or both); otherwise the URI's model
-    name is looked up in the built-in catalogue, then (hf:// URIs) in the Hub ``config.json`` profiles the
-    shell fetched (:mod:`tidal.builders.hubmodels`).
-    """
-    arch = model.architecture
-    base: ModelProfile | None = None
-    source = ""
-    if arch is not None and arch.catalog_name:
-        cat = resolve_name(arch.catalog_name)
-        if cat is None:
-            return None, f"spec.model.architecture.catalogName {arch.catalog_name!r} is not in the catalogue"
-        base, source = catalog_profile(cat), f"catalogue entry {cat} (spec.model.architecture.catalogName)"
-    elif arch is None:
-        hint = model_name_hint(model.uri)
-        cat = resolve_name(hint)
-        if cat is None:
-            return _hub_profile(model.uri, hint)
-        base, source = catalog_profile(cat), f"catalogue entry {cat} (from the model URI)"
-    overrides = {
-        target: getattr(arch, name)
-        for name, target in _ARCH_FIELDS.items()
-        if arch is not None and getattr(arch, name) is not None
-    }
-    if base is None:
-        assert arch is not None and arch.num_layers and arch.hidden_size and arch.num_attention_heads
-        heads = arch.num_attention_heads
-        base = ModelProfile(
-            name=model_name_hint(model.uri),
-            architecture="custom",
-            num_layers=arch.num_layers,
-            hidden_size=arch.hidden_size,
-            num_attention_heads=heads,
-            num_kv_heads=arch.num_key_value_heads or heads,
-            head_dim=arch.head_dim or arch.hidden_size // heads,
-            intermediate_size=arch.intermediate_size or 4 * arch.hidden_size,
-            vocab_size=arch.vocab_size or 32000,
-            max_position_embeddings=arch.max_position_embeddings or 8192,
-            quantization=arch.quantization,
-        )
-        return base, "spec.model.architecture numbers"
-    if overrides:
-        base = dataclasses.replace(base, **overrides)
-        source += " with spec.model.architecture overrides"
-    return base, source
-
-
-MODEL_UNRESOLVED_HINT = (
-    "set spec.model.architecture (catalogName or numLayers/hiddenSize/numAttentionHeads) for a recommendation"
-)
-
-
-def _hub_profile(uri: str, hint: str) -> tuple[ModelProfile | None, str]:
-    repo = hub_repo(uri) if uri.startswith("hf://") else None
-    if repo is None:
-        return None, f"model {hint!r} is not in the built-in catalogue; {MODEL_UNRESOLVED_HINT}"
-    found = hubmodels.lookup(*repo)
-    missing = f"model {hint!r} is not in the built-in catalogue"
-    if found is None:
-        return None, f"{missing} and its config.json has not been fetched from the Hub yet"
-    if found.profile is None:
-        return (
-            None,
-            f"{missing} and its config.json could not be used: {found.error}; {MODEL_UNRESOLVED_HINT}",
-        )
-    rev = f"@{repo[1]}" if repo[1] else ""
-    return found.profile, f"config.json of {repo[0]}{rev} from the Hub"
+__all__ = [
+    "MODEL_UNRESOLVED_HINT",
+    "TUNABLE",
+    "EffectiveEngine",
+    "RecommendationResult",
+    "ReplicaShape",
+    "checkpoint_bytes",
+    "model_name_hint",
+    "model_profile",
+    "recommend_for_spec",
+    "replica_shape",
+    "resolve_engine",
+    "tuned_overrides",
+]
 
 
 # ----------------------------------------------------------------------------------------- recommendation
@@ -252,25 +170,12 @@ def _quantization_conflict(spec: LLMDeploymentSpec, profile: ModelProfile) -> li
     ]
 
 
-def checkpoint_bytes(model: ModelSource) -> int | None:
-    """Bytes of the model's weights as stored in the checkpoint (its own dtype and quantization, not
-    ``--quantization``), ``None`` when the recommender does not know the model."""
-    profile, _ = model_profile(model)
-    if profile is None:
-        return None
-    try:
-        return weight_bytes(profile, 1, 1, "auto", None).per_gpu
-    except ValueError:
-        return None
-
-
 def recommend_for_spec(
     spec: LLMDeploymentSpec, generation: int | None, measured_kv_tokens: int | None = None
 ) -> RecommendationResult | None:
     """Run the recommender for ``spec`` (``None`` when neither the model nor the GPU is known: the reason
     is returned in a status without values). ``measured_kv_tokens``: the KV capacity the running engines
     reported, in place of the prediction (``status.kvCapacity.tokensInUse``)."""
-    apply = spec.recommendation.mode == "Apply"
     profile, source = model_profile(spec.model)
     try:
         gpu = gpu_spec(spec.resources.gpu_type)
@@ -314,9 +219,15 @@ def recommend_for_spec(
             ),
             {},
         )
+    reasons = [_cut(f"model: {source}"), *_quantization_conflict(spec, profile)]
+    status = _status_of(spec, rec, reasons, _differences(explicit, _values_of(free)), generation)
     values = _values_of(rec)
-    free_values = _values_of(free)
-    differences = [
+    return RecommendationResult(status, {k: v for k, v in values.items() if k not in explicit})
+
+
+def _differences(explicit: dict[str, int | float], free_values: dict[str, int | float]) -> list[str]:
+    """Where an explicit setting differs from what Tidal would choose on its own."""
+    return [
         _cut(
             f"spec.engine.{spec_name}={explicit[ef]:g} is explicit and wins; Tidal would choose "
             f"{free_values[ef]:g}"
@@ -324,13 +235,23 @@ def recommend_for_spec(
         for ef, spec_name, _ in TUNABLE
         if ef in explicit and not math.isclose(float(explicit[ef]), float(free_values[ef]))
     ]
-    reasons = [_cut(f"model: {source}"), *_quantization_conflict(spec, profile)]
-    reasons = [*reasons, *(_cut(r) for r in rec.reasons)][:_MAX_REASONS]
-    status = RecommendationStatus(
+
+
+def _status_of(
+    spec: LLMDeploymentSpec,
+    rec: Recommendation,
+    reasons: list[str],
+    differences: list[str],
+    generation: int | None,
+) -> RecommendationStatus:
+    """``status.recommendation`` for ``rec``: its values, ``reasons`` then the recommender's own, the
+    explicit settings that differ, the memory arithmetic and the predicted performance."""
+    values = _values_of(rec)
+    return RecommendationStatus(
         values=RecommendedValues(**{k: v for k, v in values.items()}),  # type: ignore[arg-type]
-        applied=apply and rec.feasible,
+        applied=spec.recommendation.mode == "Apply" and rec.feasible,
         feasible=rec.feasible,
-        reasons=reasons,
+        reasons=[*reasons, *(_cut(r) for r in rec.reasons)][:_MAX_REASONS],
         differences=differences[:16],
         arithmetic={
             "weightsGiBPerGpu": round(rec.weights_gib_per_gpu, 3),
@@ -345,7 +266,6 @@ def recommend_for_spec(
         ),
         observed_generation=generation,
     )
-    return RecommendationResult(status, {k: v for k, v in values.items() if k not in explicit})
 
 
 # ---------------------------------------------------------------------------------------- effective engine

@@ -1,6 +1,6 @@
 """Hub model profiles the shell has fetched, for the planner: the bridge between I/O and the pure core.
 
-Why it exists: the planner (:func:`tidal.builders.engine.model_profile`) must size a model whose
+Why it exists: the planner (:func:`tidal.builders.modelprofile.model_profile`) must size a model whose
 ``config.json`` lives on the Hugging Face Hub, but the pure core does no I/O. The shell
 (:mod:`tidal.shell.hub`) fetches before it plans and records the outcome here with :func:`record`: a
 profile, or the one-line reason there is none. The planner reads it with :func:`lookup` and turns a

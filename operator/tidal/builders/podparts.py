@@ -21,7 +21,7 @@ import math
 from typing import Any
 
 from tidal.api import LLMDeployment
-from tidal.builders.engine import checkpoint_bytes
+from tidal.builders.modelprofile import checkpoint_bytes
 
 GIB = 1024**3
 MEMORY_BASE_GIB = 4

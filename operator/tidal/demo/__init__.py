@@ -11,6 +11,8 @@ a newcomer sees what Tidal does in a few minutes, without a GPU or a cluster.
 * :mod:`tidal.demo.prometheus` — the Prometheus process.
 * :mod:`tidal.demo.identity` — the operator's ServiceAccount, RBAC and token kubeconfig.
 * :mod:`tidal.demo.display` — the table, the Events and the summary.
+* :mod:`tidal.demo.scenario` — the options and the example adjusted for the demo.
+* :mod:`tidal.demo.kube` — the CRDs, the namespace and the tolerant reads of the API.
 * :mod:`tidal.demo.runner` — the whole run; :mod:`tidal.demo.cli` — its flags.
 
 See docs/demo.md.

@@ -11,8 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "llama-3.1-8b.yaml"
-NAMESPACE = "tidal-demo"
+from tidal.demo.scenario import EXAMPLE, NAMESPACE, DemoOptions
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +56,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tidal.demo.runner import Demo, DemoOptions  # heavy imports only when the demo runs
+    from tidal.demo.runner import Demo  # heavy imports only when the demo runs
 
     color = not args.no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
     options = DemoOptions(

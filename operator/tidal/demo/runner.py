@@ -9,13 +9,14 @@ windows). Then, once a second: follow the worker pods (fleet endpoints and scrap
 profile on, print a table row when something changed and every Event on the deployment as it arrives.
 At the end (or on Ctrl-C / SIGTERM): a summary, then every process stopped and scratch data removed;
 the logs stay under ``<state-dir>/logs`` and ``<state-dir>/devcluster/logs``.
+
+What is run (options, the adjusted example) is in :mod:`tidal.demo.scenario`, re-exported here; the API
+calls of the set-up and the show in :mod:`tidal.demo.kube`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
 import logging
 import os
 import shutil
@@ -25,16 +26,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
-
-import yaml
+from typing import Any
 
 from tidal.builders.names import deployment_selector, selector_string
 from tidal.demo import display
-from tidal.demo.cli import EXAMPLE, NAMESPACE
 from tidal.demo.exporter import PodInfo, SimulatedFleet
 from tidal.demo.identity import (
     RULES_FILE,
@@ -44,8 +41,10 @@ from tidal.demo.identity import (
     request_token,
     token_kubeconfig,
 )
+from tidal.demo.kube import get_or_none, install_crds, prepare_namespace, wait_for
 from tidal.demo.model import LoadProfile, ReplicaModel
 from tidal.demo.prometheus import Prometheus, start_prometheus
+from tidal.demo.scenario import AUTOSCALER_ENV, DemoOptions, demo_deployment, load_example
 from tidal.devcluster.cluster import ClusterConfig, DevCluster, free_port
 from tidal.devcluster.process import Component, start_component, stop_component, tail
 
@@ -54,60 +53,11 @@ log = logging.getLogger("tidal.demo")
 OPERATOR_NAMESPACE = "tidal-system"
 OPERATOR_ACCOUNT = "tidal-operator"
 
-AUTOSCALER_ENV = {
-    "TIDAL_AUTOSCALER_INTERVAL_SECONDS": "5",
-    "TIDAL_AUTOSCALER_RATE_WINDOW": "20s",
-}
-"""The operator's autoscaler loop and PromQL rate window for the demo (defaults are 15 s and longer);
-values already in the environment win."""
-
-DEMO_AUTOSCALING = {
-    "scaleDownStabilizationSeconds": 30,
-    "coldStartSeconds": 5,
-    "metricsStaleAfterSeconds": 30,
-}
-"""Short windows so a scale-down happens within minutes (the example keeps production values)."""
+__all__ = ["Demo", "DemoInterrupted", "DemoOptions", "demo_deployment", "load_example"]
 
 
 class DemoInterrupted(Exception):
     """SIGTERM arrived (Ctrl-C raises KeyboardInterrupt)."""
-
-
-@dataclass
-class DemoOptions:
-    """Flags of ``tidal demo``."""
-
-    duration_s: float = 240.0
-    state_dir: Path = Path(".tidal/demo")
-    keep: bool = False
-    color: bool = True
-    example: Path = EXAMPLE
-    namespace: str = NAMESPACE
-    gpu_nodes: int = 2
-    low: float = 0.4
-    high: float = 2.4
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-
-
-def demo_deployment(doc: dict[str, Any], namespace: str, prometheus_url: str) -> dict[str, Any]:
-    """The example adjusted for the demo: its namespace, the demo's Prometheus, short windows."""
-    d = copy.deepcopy(doc)
-    d["metadata"]["namespace"] = namespace
-    spec = d["spec"]
-    auto = spec.setdefault("autoscaling", {})
-    auto["enabled"] = True
-    auto["prometheus"] = {**auto.get("prometheus", {}), "url": prometheus_url}
-    auto.update(DEMO_AUTOSCALING)
-    spec["replicas"] = max(1, int(spec.get("minReplicas", 1)))
-    return d
-
-
-def load_example(path: Path) -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    if len(docs) != 1 or docs[0].get("kind") != "LLMDeployment":
-        raise ValueError(f"{path}: expected one LLMDeployment")
-    doc: dict[str, Any] = docs[0]
-    return doc
 
 
 class Demo:
@@ -203,8 +153,8 @@ class Demo:
         from kubernetes import config as k8s_config
 
         self.api_client = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
-        self._install_crds()
-        self._prepare_namespace()
+        install_crds(self.api_client)
+        prepare_namespace(self.api_client, o.namespace)
 
         self.step("simulated vLLM fleet + Prometheus (1 s scrapes, file_sd follows the pods)")
         self.fleet = SimulatedFleet(
@@ -281,56 +231,6 @@ class Demo:
         cluster.start()
         self.say(f"    ready in {cluster.startup_seconds:.1f}s at {cluster.server}")
 
-    def _install_crds(self) -> None:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        from tidal.api.crdgen import build_crd
-        from tidal.shell.peering import PEERING_CRDS
-
-        ext: Any = client.ApiextensionsV1Api(self.api_client)
-        docs = [build_crd(), *PEERING_CRDS]
-        for doc in docs:
-            try:
-                ext.create_custom_resource_definition(doc)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-
-        def established(name: str) -> bool:
-            conditions = ext.read_custom_resource_definition(name).status.conditions or []
-            return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-        for doc in docs:
-            name = str(doc["metadata"]["name"])
-            _wait(functools.partial(established, name), 30, f"CRD {name} Established")
-
-    def _prepare_namespace(self) -> None:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        core: Any = client.CoreV1Api(self.api_client)
-        try:
-            core.create_namespace({"metadata": {"name": self.o.namespace}})
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        _wait(
-            lambda: bool(core.read_namespaced_service_account("default", self.o.namespace)),
-            30,
-            "default ServiceAccount",
-            errors=(ApiException,),
-        )
-        # The example's pods read HF_TOKEN from this Secret; KWOK runs no container, so a placeholder will do.
-        try:
-            core.create_namespaced_secret(
-                self.o.namespace,
-                {"metadata": {"name": "hf-token"}, "stringData": {"token": "demo-placeholder"}},
-            )
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-
     def _operator_kubeconfig(self) -> Path:
         """The chart's least-privilege identity when the rules file is there (a source checkout)."""
         if not RULES_FILE.exists():
@@ -369,7 +269,7 @@ class Demo:
             with urllib.request.urlopen(url, timeout=2) as rsp:
                 return bool(rsp.status == 200)
 
-        _wait(healthy, 60, "operator /healthz", errors=(OSError,))
+        wait_for(healthy, 60, "operator /healthz", errors=(OSError,))
 
     def _remove_kubeconfigs(self) -> None:
         """Credentials of a cluster that is gone are useless; with ``--keep`` they stay."""
@@ -413,11 +313,11 @@ class Demo:
             t = time.monotonic() - self._started
             if t >= self.o.duration_s:
                 break
-            pods = _get_or_none(lambda: core.list_namespaced_pod(self.o.namespace, label_selector=selector))
+            pods = get_or_none(lambda: core.list_namespaced_pod(self.o.namespace, label_selector=selector))
             if pods is not None:  # a failed list keeps the last known pods
                 self.fleet.sync([p for p in (PodInfo.from_pod(pod) for pod in pods.items) if p is not None])
             offered = self.fleet.tick(t)
-            obj = _get_or_none(
+            obj = get_or_none(
                 lambda: custom.get_namespaced_custom_object(
                     GROUP, VERSION, self.o.namespace, PLURAL, self.deployment_name
                 )
@@ -438,7 +338,7 @@ class Demo:
         self._events(core, time.monotonic() - self._started)  # whatever arrived during the last second
 
     def _events(self, core: Any, t: float) -> None:
-        answer = _get_or_none(
+        answer = get_or_none(
             lambda: core.list_namespaced_event(
                 self.o.namespace, field_selector=f"involvedObject.name={self.deployment_name}"
             )
@@ -458,34 +358,6 @@ class Demo:
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise DemoInterrupted(f"signal {signum}")
-
-
-def _get_or_none(call: Callable[[], Any]) -> Any:
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        return call()
-    except ApiException as exc:
-        log.warning("API call failed: %s %s", exc.status, exc.reason)
-        return None
-
-
-def _wait(
-    predicate: Callable[[], bool],
-    timeout_s: float,
-    what: str,
-    errors: tuple[type[BaseException], ...] = (),
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if predicate():
-                return
-        except errors:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def _remove_all_but_logs(directory: Path) -> None:

@@ -5,6 +5,7 @@ authorization, NodeRestriction admission), kube-controller-manager, kube-schedul
 processes built by `make controlplane`, writes an admin kubeconfig, and creates fake GPU nodes. It is used
 by the pytest fixtures (tests/support/cluster.py) and by `python -m tidal.devcluster up|down|status`.
 Nothing is mocked: the operator's tests talk to the same API server code a production cluster runs.
+The components' command lines are in :mod:`tidal.devcluster.commands`.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from typing import Any
 import yaml
 
 from tidal.devcluster.binaries import find_bin_dir
-from tidal.devcluster.nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, GPUNodeSpec, gpu_node_manifest
+from tidal.devcluster.commands import (
+    apiserver_argv,
+    controller_manager_argv,
+    etcd_argv,
+    kwok_argv,
+    scheduler_argv,
+)
+from tidal.devcluster.nodes import GPUNodeSpec, gpu_node_manifest
 from tidal.devcluster.pki import CertPair, ClusterPKI, generate_pki
 from tidal.devcluster.process import Component, start_component, stop_component, tail
-
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-"""Room for ~65,000 ClusterIPs: each LLMDeployment has Services (the 1,000-deployment bench needs them)."""
-SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
 class ClusterStartError(RuntimeError):
@@ -186,49 +190,13 @@ class DevCluster:
         self.components[name] = start_component(name, argv, self.log_dir)
 
     def _start_etcd(self) -> None:
-        peer = free_port()
-        client_url = f"http://127.0.0.1:{self.etcd_port}"
-        peer_url = f"http://127.0.0.1:{peer}"
-        argv = [
-            str(self.bin_dir / "etcd"),
-            "--name=devcluster",
-            f"--data-dir={self.work_dir / 'etcd-data'}",
-            f"--listen-client-urls={client_url}",
-            f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=devcluster={peer_url}",
-            "--log-level=warn",
-        ]
-        if self.config.etcd_unsafe_no_fsync:
-            argv.append("--unsafe-no-fsync")
+        argv = etcd_argv(
+            self.bin_dir, self.work_dir, self.etcd_port, free_port(), self.config.etcd_unsafe_no_fsync
+        )
         self._start("etcd", argv)
 
     def _start_apiserver(self) -> None:
-        pki = self.pki
-        argv = [
-            str(self.bin_dir / "kube"),
-            "apiserver",
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={self.api_port}",
-            f"--cert-dir={self.work_dir / 'apiserver-certs'}",
-            f"--tls-cert-file={pki.serving.cert}",
-            f"--tls-private-key-file={pki.serving.key}",
-            f"--client-ca-file={pki.ca.cert}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={pki.service_account_pub}",
-            f"--service-account-signing-key-file={pki.service_account_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            # The `kubernetes` Endpoints may not point at loopback, and nothing in-cluster needs it.
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1",
-        ]
+        argv = apiserver_argv(self.bin_dir, self.work_dir, self.api_port, self.etcd_port, self.pki)
         self._start("kube-apiserver", argv)
 
     def _component_kubeconfig(self, stem: str, user: str) -> Path:
@@ -247,52 +215,9 @@ class DevCluster:
         cm = self._component_kubeconfig("controller-manager", "system:kube-controller-manager")
         sched = self._component_kubeconfig("scheduler", "system:kube-scheduler")
         kwok = self._component_kubeconfig("kwok", "kwok-controller")
-        self._start(
-            "kube-controller-manager",
-            [
-                str(self.bin_dir / "kube"),
-                "controller-manager",
-                f"--kubeconfig={cm}",
-                f"--authentication-kubeconfig={cm}",
-                f"--authorization-kubeconfig={cm}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki.service_account_key}",
-                f"--root-ca-file={pki.ca.cert}",
-                f"--cluster-signing-cert-file={pki.ca.cert}",
-                f"--cluster-signing-key-file={pki.ca.key}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--v=1",
-            ],
-        )
-        self._start(
-            "kube-scheduler",
-            [
-                str(self.bin_dir / "kube"),
-                "scheduler",
-                f"--kubeconfig={sched}",
-                f"--authentication-kubeconfig={sched}",
-                f"--authorization-kubeconfig={sched}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                "--leader-elect=false",
-                "--v=1",
-            ],
-        )
-        self._start(
-            "kwok",
-            [
-                str(self.bin_dir / "kwok"),
-                f"--kubeconfig={kwok}",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}",
-                "--node-ip=10.244.0.1",
-                "--cidr=10.244.0.0/16",
-                "--node-lease-duration-seconds=40",
-            ],
-        )
+        self._start("kube-controller-manager", controller_manager_argv(self.bin_dir, cm, pki, free_port()))
+        self._start("kube-scheduler", scheduler_argv(self.bin_dir, sched, free_port()))
+        self._start("kwok", kwok_argv(self.bin_dir, kwok))
 
     # -- readiness ----------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from typing import Any, Final
 
 from tidal.api import LLMDeployment
 from tidal.api.status import KVCapacityStatus, LLMDeploymentStatus, RecommendedValues
-from tidal.builders.engine import EffectiveEngine, model_profile
+from tidal.builders.engine import EffectiveEngine
+from tidal.builders.modelprofile import model_profile
 from tidal.plan.replicas import ReplicaView
 from tidal.plan.types import EventSpec
 from tidal.recommender.gpus import UnknownGPUError, get_gpu

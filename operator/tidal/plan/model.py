@@ -13,7 +13,7 @@ from typing import Final
 
 from tidal.api import AUTO, LLMDeployment
 from tidal.builders import hubmodels
-from tidal.builders.engine import model_name_hint, model_profile
+from tidal.builders.modelprofile import model_name_hint, model_profile
 from tidal.plan.conditions import Cond
 from tidal.recommender.catalog import hub_repo, resolve_name
 

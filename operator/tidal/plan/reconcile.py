@@ -34,17 +34,16 @@ from typing import Any
 from tidal.api import MAX_HISTORY, LLMDeployment, Signal
 from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selector
 from tidal.builders.pods import BuilderConfig, build_replica_pods
-from tidal.builders.services import build_api_service, build_group_service, build_pdb, pdb_min_available
 from tidal.plan import conditions as C
 from tidal.plan.autoscale.status import AutoscalerPatch
 from tidal.plan.conditions import Cond, merge_conditions, replica_conditions
+from tidal.plan.dependents import plan_dependents
 from tidal.plan.documents import rfc3339, without_nulls
 from tidal.plan.gpuhours import account_gpu_hours, worker_gpus
 from tidal.plan.model import model_condition
 from tidal.plan.replicas import ReplicaView, parse_time
 from tidal.plan.target import DEFAULT_CONFIG, Resolved, Target, gpu_shortage, resolve
 from tidal.plan.types import EventSpec, ObjectRef, Observed, Plan
-from tidal.plan.workercode import plan_worker_code
 
 SURGE = 1
 """Extra replicas a rollout may run above the desired count."""
@@ -65,33 +64,6 @@ def _usefulness(view: ReplicaView) -> tuple[bool, str, int]:
     """Sort key: least useful first (not ready, then newest, then highest index)."""
     newest_first = "".join(chr(0x10FFFF - ord(ch)) for ch in view.created)
     return (view.ready, newest_first, -view.index)
-
-
-def _contains(observed: Any, desired: Any) -> bool:
-    """``desired`` is a sub-document of ``observed`` (server defaults on top are fine)."""
-    if isinstance(desired, Mapping):
-        return isinstance(observed, Mapping) and all(
-            _contains(observed.get(k), v) for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(observed, list)
-            and len(observed) == len(desired)
-            and all(_contains(o, d) for o, d in zip(observed, desired, strict=True))
-        )
-    return bool(observed == desired)
-
-
-def _needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    if observed is None:
-        return True
-    d_meta, o_meta = desired["metadata"], observed.get("metadata", {})
-    if not _contains(o_meta.get("labels") or {}, d_meta.get("labels") or {}):
-        return True
-    uids = {r.get("uid") for r in o_meta.get("ownerReferences") or []}
-    if not {r["uid"] for r in d_meta.get("ownerReferences", [])} <= uids:
-        return True
-    return not _contains(observed.get("spec") or {}, desired.get("spec") or {})
 
 
 def plan_reconcile(
@@ -115,7 +87,10 @@ def plan_reconcile(
     pass reads the same); its count is replaced by the one to converge to.
 
     Longer than 80 lines on purpose: its numbered steps are one pass over the replicas in the order the plan
-    is carried out, sharing the running counts (reserved indices, ready and terminating replicas)."""
+    is carried out, sharing the running counts (reserved indices, ready and terminating replicas, and the
+    replicas after the plan that the status describes). The steps that stand alone are elsewhere: the
+    objects around the replicas (:func:`~tidal.plan.dependents.plan_dependents`) and when to look again
+    (:func:`_requeue_after`)."""
     if replicas is None and autoscaler is not None:
         replicas = autoscaler.desired
     desired = deployment.spec.replicas if replicas is None else replicas
@@ -217,43 +192,9 @@ def plan_reconcile(
             )
         )
 
-    # 6. Services and the disruption budget.
-    by_name = {s.get("metadata", {}).get("name"): s for s in observed.services}
-    wanted = [build_api_service(deployment)]
+    # 6. Services, the disruption budget and the worker's code.
+    plan_dependents(plan, deployment, observed, target, views, created, desired)
     alive_after = cur + remaining_old
-    # A group's headless Service lives as long as any of its pods (terminating ones included).
-    group_indices = sorted(
-        {v.index for v in views.values() if v.group_size > 1}
-        | (set(created) if target.group_size > 1 else set())
-    )
-    wanted.extend(build_group_service(deployment, i) for i in group_indices)
-    wanted_names = {s["metadata"]["name"] for s in wanted}
-    plan.apply.extend(s for s in wanted if _needs_apply(s, by_name.get(s["metadata"]["name"])))
-    for svc_name, svc in by_name.items():
-        if svc_name not in wanted_names:
-            meta = svc.get("metadata", {})
-            plan.delete.append(ObjectRef("v1", "Service", ns, str(svc_name), meta.get("uid"), "group gone"))
-    # A budget only while it protects something: with one replica (or none) minAvailable would be 0, a PDB
-    # that allows every eviction and still costs an object, its status updates and their watch events.
-    pdb = build_pdb(deployment, desired, target.group_size) if pdb_min_available(desired, 1) > 0 else None
-    for observed_pdb in observed.pdbs:
-        meta = observed_pdb.get("metadata", {})
-        if pdb is None or meta.get("name") != pdb["metadata"]["name"]:
-            reason = "one replica or none: nothing to protect"
-            plan.delete.append(
-                ObjectRef(
-                    "policy/v1", "PodDisruptionBudget", ns, str(meta.get("name")), meta.get("uid"), reason
-                )
-            )
-    pdbs = {p.get("metadata", {}).get("name"): p for p in observed.pdbs}
-    if pdb is not None and _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
-        plan.apply.append(pdb)
-    # The worker's code the pods mount (stock vLLM image).
-    code_apply, code_delete = plan_worker_code(
-        deployment, target.inputs.config.worker_code, observed.config_maps
-    )
-    plan.apply.extend(code_apply)
-    plan.delete.extend(code_delete)
 
     # 7. Status of the state after this plan.
     replicas_after = len(alive_after) + len(created)
@@ -314,22 +255,31 @@ def plan_reconcile(
     plan.events = events
 
     # 8. When to look again.
+    plan.requeue_after = _requeue_after(conds, merged, stamp, now)
+    plan.summary = (
+        f"{ns}/{name}: desired {desired}, ready {ready_after}/{replicas_after}, hash {target.spec_hash}, "
+        f"+{len(created)} -{len(deleted) + len(restarted)} replicas"
+    )
+    return plan
+
+
+def _requeue_after(
+    conds: Sequence[Cond], merged: Sequence[Mapping[str, Any]], stamp: str, now: datetime
+) -> float | None:
+    """When to look again: backing off while GPUs are short (the longer it lasts, up to
+    :data:`GPU_BACKOFF_MAX_SECONDS`), soon while progressing or degraded, else only on a change."""
     progressing = next(c for c in conds if c.type == C.PROGRESSING)
     degraded = next(c for c in conds if c.type == C.DEGRADED)
     if progressing.reason == C.INSUFFICIENT_GPU:
         since = next((c.get("lastTransitionTime") for c in merged if c["type"] == C.PROGRESSING), stamp)
         started = parse_time(str(since)) or now
         held = (now - started).total_seconds()
-        plan.requeue_after = min(GPU_BACKOFF_MAX_SECONDS, max(GPU_BACKOFF_MIN_SECONDS, held))
+        return min(GPU_BACKOFF_MAX_SECONDS, max(GPU_BACKOFF_MIN_SECONDS, held))
     elif progressing.status:
-        plan.requeue_after = PROGRESS_REQUEUE_SECONDS
+        return PROGRESS_REQUEUE_SECONDS
     elif degraded.status:
-        plan.requeue_after = DEGRADED_REQUEUE_SECONDS
-    plan.summary = (
-        f"{ns}/{name}: desired {desired}, ready {ready_after}/{replicas_after}, hash {target.spec_hash}, "
-        f"+{len(created)} -{len(deleted) + len(restarted)} replicas"
-    )
-    return plan
+        return DEGRADED_REQUEUE_SECONDS
+    return None
 
 
 def _status_dict(deployment: LLMDeployment) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from tidal.api import ModelSource
 from tidal.builders import hubmodels
-from tidal.builders.engine import model_name_hint
+from tidal.builders.modelprofile import model_name_hint
 from tidal.recommender.catalog import UnsupportedArchitectureError, hub_profile, hub_repo, resolve_name
 from tidal.recommender.models import ModelProfile
 
