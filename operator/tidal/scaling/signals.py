@@ -191,7 +191,12 @@ def plan_reserve(
         miss = hr.miss_average(state.miss_average, obs.slo_attainment, dt)
         fb = hr.feedback(state.headroom_feedback, miss, config.slo_attainment)
     room = hr.headroom(
-        history, lead, config.slo_attainment, config.headroom_prior, config.headroom_base_window_s, fb
+        history,
+        lead,
+        config.slo_attainment,
+        config.headroom_prior,
+        config.headroom_base_window_s,
+        fb,
+        config.target_utilization,
     )
-    peak = max((d for _, d in history), default=0.0)
-    return Reserve(room, hr.reserve(room, peak, config.headroom_prior), max(0.0, unserved), miss, fb)
+    return Reserve(room, hr.reserve(room), max(0.0, unserved), miss, fb)
