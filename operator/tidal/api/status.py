@@ -168,6 +168,10 @@ class EngineOverrides(ApiModel):
     """``--max-num-seqs`` lowered after frequent preemptions."""
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     """``--gpu-memory-utilization`` raised after a KV cache full at small batches."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    """``--max-num-batched-tokens`` (the prefill chunk budget) lowered after TPOT breaches in
+    prefill-dominated steps, or raised back towards the recommendation after TTFT breaches with TPOT
+    headroom."""
 
 
 class EngineTuningChange(ApiModel):
@@ -176,7 +180,7 @@ class EngineTuningChange(ApiModel):
     time: Timestamp
     """When it was applied."""
     setting: str = Field(min_length=1, max_length=64)
-    """The spec field name (``maxNumSeqs``, ``gpuMemoryUtilization``)."""
+    """The spec field name (``maxNumSeqs``, ``gpuMemoryUtilization``, ``maxNumBatchedTokens``)."""
     from_: float = Field(alias="from")
     """The value before."""
     to: float
@@ -194,7 +198,7 @@ class EngineTuningRollback(ApiModel):
     time: Timestamp
     """When it was rolled back."""
     setting: str = Field(min_length=1, max_length=64)
-    """The spec field name (``maxNumSeqs``, ``gpuMemoryUtilization``)."""
+    """The spec field name (``maxNumSeqs``, ``gpuMemoryUtilization``, ``maxNumBatchedTokens``)."""
     from_: float = Field(alias="from")
     """The value that crash-looped (the change's ``to``); it is blocked."""
     to: float
@@ -238,7 +242,8 @@ class EngineTuningStatus(ApiModel):
     """The last change rolled back because its rollout crash-looped."""
     blocked: dict[str, float] = Field(default_factory=dict, max_length=8)
     """Setting -> a value that crash-looped and was rolled back: tuning does not apply it again, nor a value
-    beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``); skipped advice says ``blocked``."""
+    beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``, and for ``maxNumBatchedTokens``, which
+    moves both ways, past it as seen from the value in force); skipped advice says ``blocked``."""
 
 
 class LLMDeploymentStatus(ApiModel):

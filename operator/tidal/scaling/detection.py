@@ -10,7 +10,9 @@ samples) is neither judged nor a peer, so the replicas a panic scale-up just add
 
 Engine advice reads saturation patterns that more replicas would not fix: a KV cache that is full
 while batches are small (raise ``gpu_memory_utilization`` or lower ``max_model_len``), and frequent
-preemptions (lower ``max_num_seqs``). Each piece of advice names the setting, the engine's current value
+preemptions (lower ``max_num_seqs``), and a prefill chunk budget the live prompt mix makes too large for
+the TPOT target or too small for the TTFT target (``max_num_batched_tokens``,
+:mod:`tidal.scaling.chunkadvice`). Each piece of advice names the setting, the engine's current value
 and a concrete, bounded next value (:func:`tidal.scaling.tuning.bounded_value`), so ``Apply`` mode can
 apply it as it stands (:func:`tidal.scaling.tuning.plan_engine_tuning`).
 """
@@ -21,6 +23,7 @@ import statistics
 from dataclasses import replace
 
 from tidal.recommender.recommend import DEFAULT_GPU_MEMORY_UTILIZATION
+from tidal.scaling.chunkadvice import chunk_advice
 from tidal.scaling.tuning import (
     GPU_MEMORY_CEILING,
     GPU_MEMORY_STEP,
@@ -175,4 +178,7 @@ def engine_advice(config: ScalingConfig, obs: FleetObservation, ready: int) -> t
                 ),
             )
         )
+    chunk = chunk_advice(config, obs, ready)
+    if chunk is not None:
+        out.append(chunk)
     return tuple(out)

@@ -10,7 +10,9 @@ comes back.
 Why a block and not a longer cool-down: the failure is a fact about that value on this deployment, not about
 time. A cool-down of hours would also hold back the other setting and any safe smaller step, and once it ran
 out the same advice would bring back the same crash. The block holds only that setting at that value or
-beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``); it stays in the status until an operator
+beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``; ``maxNumBatchedTokens`` moves both ways,
+so beyond is past it as seen from the restored value: a raised chunk that failed blocks larger ones, a
+lowered one smaller ones, :func:`tidal.scaling.tuning.is_blocked`); it stays in the status until an operator
 removes it, and an explicit spec value wins over tuning anyway.
 
 The change is blamed only when it is what produced the hash the replicas run with now:
@@ -30,7 +32,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from tidal.builders.names import SPEC_HASH_LABEL
-from tidal.scaling.tuning import GPU_MEMORY_UTILIZATION, TUNABLE
+from tidal.scaling.tuning import GPU_MEMORY_UTILIZATION, MAX_NUM_BATCHED_TOKENS, TUNABLE
 
 ROLLBACK_WINDOW_S: Final = 1800.0
 """A crash loop at the tuned hash is blamed on the change for at most this long after it was applied."""
@@ -168,7 +170,7 @@ def plan_rollback(
         f"{setting} {bad:g} -> {restored:g}: rolled back the change of {last.get('time')} "
         f"({restored:g} -> {bad:g}, {age:.0f}s ago): pod {crash.pod} container {crash.container} "
         f"{crash.reason} ({crash.restarts} restarts{code}), {crash.crashing}/{crash.pods} pods crash-looping "
-        f"at spec hash {spec_hash}; {setting} {bad:g} {_beyond(setting)} is not applied again"
+        f"at spec hash {spec_hash}; {setting} {bad:g} {_beyond(setting, bad, restored)} is not applied again"
     )
     blocked = {k: float(v) for k, v in (tuning.get("blocked") or {}).items() if v is not None}
     return Rollback(
@@ -182,7 +184,9 @@ def plan_rollback(
     )
 
 
-def _beyond(setting: str) -> str:
+def _beyond(setting: str, bad: float, restored: float) -> str:
+    if setting == MAX_NUM_BATCHED_TOKENS:
+        return "or higher" if bad > restored else "or lower"
     return "or higher" if setting == GPU_MEMORY_UTILIZATION else "or lower"
 
 

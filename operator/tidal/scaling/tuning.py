@@ -11,12 +11,17 @@ trusted by the SRE on call:
 * A setting the user wrote explicitly in the spec is never overridden; the decision says so.
 * Changes are bounded (:func:`bounded_value`): ``maxNumSeqs`` never below 1 and at most halved per step;
   ``gpuMemoryUtilization`` at most :data:`GPU_MEMORY_STEP` up per step and never above
-  :data:`GPU_MEMORY_CEILING`. ``maxModelLen`` is advice only: a shorter context refuses requests that
-  worked before, which is the user's call.
+  :data:`GPU_MEMORY_CEILING`; ``maxNumBatchedTokens`` (the prefill chunk budget, the one setting tuning
+  moves both ways) at most halved or doubled per step and kept within :data:`CHUNK_FLOOR` ..
+  :data:`CHUNK_CEILING` (the advice, :mod:`tidal.scaling.chunkadvice`, adds the tighter bounds it knows:
+  never below ``max_num_seqs``, never raised above the recommendation). ``maxModelLen`` is advice only: a
+  shorter context refuses requests that worked before, which is the user's call.
 * At most one change per :data:`COOL_DOWN_S`: the change rolls the replicas (the effective settings are
   part of the pod template hash), and its effect needs time to show in the metrics before the next one.
 * A value whose rollout crash-looped was rolled back (:mod:`tidal.scaling.rollback`) and is *blocked*: that
-  value, or one beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``), is not applied again.
+  value, or one beyond it (lower ``maxNumSeqs``, higher ``gpuMemoryUtilization``; for
+  ``maxNumBatchedTokens``, which moves both ways, a value at or past the blocked one as seen from the value
+  the engine runs with, see :func:`is_blocked`), is not applied again.
 
 Pure: the previous overrides and the time of the last change are passed in (they live in
 ``status.engineTuning`` so a restart neither forgets nor repeats a change).
@@ -37,7 +42,8 @@ if TYPE_CHECKING:
 MAX_NUM_SEQS: Final = "maxNumSeqs"
 GPU_MEMORY_UTILIZATION: Final = "gpuMemoryUtilization"
 MAX_MODEL_LEN: Final = "maxModelLen"
-TUNABLE: Final = (MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION)
+MAX_NUM_BATCHED_TOKENS: Final = "maxNumBatchedTokens"
+TUNABLE: Final = (MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION, MAX_NUM_BATCHED_TOKENS)
 """Settings an override may change (spec field names)."""
 
 GPU_MEMORY_CEILING: Final = 0.95
@@ -46,6 +52,11 @@ covers CUDA-graph pools, NCCL buffers and allocator fragmentation its profiler d
 measured full at small batches, half of that margin may go to the KV cache, no more."""
 GPU_MEMORY_STEP: Final = 0.02
 """Most ``gpuMemoryUtilization`` is raised by one change."""
+CHUNK_FLOOR: Final = 512
+"""Lowest ``maxNumBatchedTokens`` tuning ever sets: below it a step's fixed cost (weights read, kernel
+launches) dominates and prefill throughput collapses, while the TPOT gain over 512 is small."""
+CHUNK_CEILING: Final = 8192
+"""Highest ``maxNumBatchedTokens`` tuning ever sets (vLLM's API-server default on large GPUs)."""
 COOL_DOWN_S: Final = 600.0
 """At most one applied change per this many seconds."""
 
@@ -62,6 +73,13 @@ def bounded_value(setting: str, current: float, suggested: float) -> float | Non
         ceiling = min(GPU_MEMORY_CEILING, current + GPU_MEMORY_STEP)
         raised = round(min(ceiling, suggested), 4)
         return raised if raised > current + 1e-9 else None
+    if setting == MAX_NUM_BATCHED_TOKENS:
+        cur = int(current)
+        if suggested < cur:
+            lowered = max(CHUNK_FLOOR, math.ceil(cur / 2), math.ceil(suggested))
+            return float(lowered) if lowered < cur else None
+        raised = min(CHUNK_CEILING, 2 * cur, math.floor(suggested))
+        return float(raised) if raised > cur else None
     return None
 
 
@@ -78,14 +96,29 @@ class TuningChange:
     builders; :func:`tidal.scaling.rollback.plan_rollback` blames only that hash)."""
 
 
-def is_blocked(setting: str, value: float, blocked: Mapping[str, float]) -> bool:
+def is_blocked(
+    setting: str, value: float, blocked: Mapping[str, float], current: float | None = None
+) -> bool:
     """``value`` is the blocked value of ``setting`` or beyond it in the direction tuning moves it (lower
-    ``maxNumSeqs``, higher ``gpuMemoryUtilization``)."""
+    ``maxNumSeqs``, higher ``gpuMemoryUtilization``).
+
+    ``maxNumBatchedTokens`` moves both ways, so "beyond" is relative to ``current``, the value the engine
+    runs with (after a rollback, the restored one): a value that reaches the blocked one or passes it, going
+    from ``current`` towards it, is blocked; a step the other way is not (a raised chunk that OOM-killed the
+    profile run blocks that chunk and larger ones, not a smaller one). Without ``current`` only the blocked
+    value itself is."""
     if setting not in blocked:
         return False
+    bad = blocked[setting]
     if setting == MAX_NUM_SEQS:
-        return value <= blocked[setting] + 1e-9
-    return value >= blocked[setting] - 1e-9
+        return value <= bad + 1e-9
+    if setting == MAX_NUM_BATCHED_TOKENS:
+        if abs(value - bad) <= 1e-9:
+            return True
+        if current is None or abs(current - bad) <= 1e-9:
+            return False
+        return value >= bad if current < bad else value <= bad
+    return value >= bad - 1e-9
 
 
 @dataclass(frozen=True)
@@ -155,7 +188,7 @@ def plan_engine_tuning(
             skipped[a.setting] = "atBound"
             notes.append(f"{a.setting} {a.current:g} is at its bound: not changed")
             continue
-        if is_blocked(a.setting, value, blocked):
+        if is_blocked(a.setting, value, blocked, a.current):
             skipped[a.setting] = "blocked"
             notes.append(
                 f"{a.setting} -> {value:g} is blocked: {a.setting} {blocked[a.setting]:g} crash-looped "
@@ -187,11 +220,14 @@ def _fmt(values: Mapping[str, float]) -> str:
 
 
 __all__ = [
+    "CHUNK_CEILING",
+    "CHUNK_FLOOR",
     "COOL_DOWN_S",
     "GPU_MEMORY_CEILING",
     "GPU_MEMORY_STEP",
     "GPU_MEMORY_UTILIZATION",
     "MAX_MODEL_LEN",
+    "MAX_NUM_BATCHED_TOKENS",
     "MAX_NUM_SEQS",
     "TUNABLE",
     "TuningChange",

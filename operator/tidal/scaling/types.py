@@ -100,6 +100,12 @@ class ScalingConfig:
     """The engine's max_num_seqs, for engine advice (batch size relative to the limit)."""
     gpu_memory_utilization: float | None = None
     """The engine's effective gpu_memory_utilization (``None``: vLLM's default), for engine advice."""
+    max_num_batched_tokens: int | None = None
+    """The engine's effective max_num_batched_tokens (the prefill chunk budget per step; vLLM's default for
+    the GPU class when left to vLLM, ``None``: unknown), for chunk advice
+    (:mod:`tidal.scaling.chunkadvice`)."""
+    recommended_max_num_batched_tokens: int | None = None
+    """The recommender's chunk budget: chunk advice raises the budget back towards it, never above it."""
     replica_warmup_s: float = 60.0
     """Replicas ready for less than this are not judged against their peers (cold caches, few requests:
     a fresh replica after a scale-up is not a sick one)."""

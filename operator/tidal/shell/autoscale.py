@@ -160,7 +160,16 @@ def autoscale_pass(
     obs = with_replica_ages(obs, replica_ages(pods, now_dt))
     engine = target.inputs.engine
     load = replica_capacity(deployment, engine, target.recommendation)
-    config = scaling_config(deployment, engine.max_num_seqs, engine.gpu_memory_utilization, load.capacity)
+    rec = target.recommendation
+    rec_mbt = rec.values.get("max_num_batched_tokens") if rec is not None and rec.status.feasible else None
+    config = scaling_config(
+        deployment,
+        engine.max_num_seqs,
+        engine.gpu_memory_utilization,
+        load.capacity,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        recommended_max_num_batched_tokens=None if rec_mbt is None else int(rec_mbt),
+    )
     gpr = engine.world_size
     matching = None if nodes is None else [n for n in nodes if node_matches(n, deployment)]
     gpu_pods = GPU_PODS.get(kube) if kube is not None else None

@@ -17,6 +17,7 @@ from tidal.builders.engine import EffectiveEngine, RecommendationResult, model_p
 from tidal.builders.gpus import gpu_spec
 from tidal.recommender.gpus import UnknownGPUError
 from tidal.recommender.perf import performance_model
+from tidal.recommender.recommendation import vllm_default_limits
 from tidal.scaling import ScalingConfig
 from tidal.sim.capacity import TargetUnreachable, modelled_capacity
 from tidal.sim.stepmodel import EngineLimits
@@ -31,12 +32,25 @@ def scaling_config(
     max_num_seqs: int | None = None,
     gpu_memory_utilization: float | None = None,
     capacity: ReplicaCapacity | None = None,
+    *,
+    max_num_batched_tokens: int | None = None,
+    recommended_max_num_batched_tokens: int | None = None,
 ) -> ScalingConfig:
-    """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs`` and
-    ``gpu_memory_utilization`` are the engine's effective values (explicit, tuned or recommended), for
-    engine advice; ``capacity`` (:func:`replica_capacity`) turns the ``load`` signal on. Targets below
-    :data:`MIN_TARGET` (the API accepts any positive number) are read as :data:`MIN_TARGET`."""
+    """The algorithm's configuration from ``spec.autoscaling`` and the replica bounds. ``max_num_seqs``,
+    ``gpu_memory_utilization`` and ``max_num_batched_tokens`` are the engine's effective values (explicit,
+    tuned or recommended), for engine advice (an unset chunk budget is vLLM's default for the GPU class,
+    unknown for an unknown GPU); ``recommended_max_num_batched_tokens`` is the recommendation's chunk budget
+    (the most chunk advice raises it to); ``capacity`` (:func:`replica_capacity`) turns the ``load`` signal
+    on. Targets below :data:`MIN_TARGET` (the API accepts any positive number) are read as
+    :data:`MIN_TARGET`."""
     spec = deployment.spec
+    engine_mbt = spec.engine.max_num_batched_tokens
+    mbt = engine_mbt if isinstance(engine_mbt, int) else max_num_batched_tokens
+    if mbt is None:
+        try:
+            mbt, _ = vllm_default_limits(gpu_spec(spec.resources.gpu_type))
+        except UnknownGPUError:
+            mbt = None
     a = spec.autoscaling
     t = a.targets
     engine_seqs = spec.engine.max_num_seqs
@@ -63,6 +77,8 @@ def scaling_config(
         max_num_seqs=engine_seqs if isinstance(engine_seqs, int) else max_num_seqs,
         gpu_memory_utilization=spec.engine.gpu_memory_fraction or gpu_memory_utilization,
         replica_warmup_s=a.replica_warmup_seconds,
+        max_num_batched_tokens=mbt,
+        recommended_max_num_batched_tokens=recommended_max_num_batched_tokens,
     )
 
 

@@ -31,7 +31,12 @@ ENGINE_TUNING_ROLLED_BACK: Final = "EngineTuningRolledBack"
 RENOTIFY_SECONDS: Final = 3600.0
 """An ``EngineTuningSkipped`` Event for the same setting and reason is not posted again sooner than this."""
 
-_ENGINE_FIELDS: Final = {"maxNumSeqs": "max_num_seqs", "gpuMemoryUtilization": "gpu_memory_utilization"}
+_ENGINE_FIELDS: Final = {
+    "maxNumSeqs": "max_num_seqs",
+    "gpuMemoryUtilization": "gpu_memory_utilization",
+    "maxNumBatchedTokens": "max_num_batched_tokens",
+}
+_INTEGER_SETTINGS: Final = ("maxNumSeqs", "maxNumBatchedTokens")
 
 
 def engine_tuning(
@@ -174,8 +179,8 @@ def _tuning_entry(
 
 
 def _value(setting: str, value: float) -> int | float:
-    """A setting's value as the status stores it (``maxNumSeqs`` is an integer)."""
-    return int(value) if setting == "maxNumSeqs" else value
+    """A setting's value as the status stores it (``maxNumSeqs`` and ``maxNumBatchedTokens`` are integers)."""
+    return int(value) if setting in _INTEGER_SETTINGS else value
 
 
 def _notified_recently(notice: Mapping[str, Any] | None, reason: str, now: float) -> bool:
