@@ -17,8 +17,8 @@ import argparse
 
 import numpy as np
 
-from tidal.scaling.policies import StaticPolicy
 from tidal.sim import SimConfig, load_step_model, simulate, synthetic
+from tidal.sim.baselines import StaticPolicy
 
 REPLICAS = 4
 RATES = (8, 12, 16)

@@ -61,8 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # tests.support (worker fixture, tiny model) when run as a script
 
-from tidal.scaling.policies import StaticPolicy  # noqa: E402
 from tidal.sim import EngineLimits, LinearStepModel, SimConfig, Trace, simulate  # noqa: E402
+from tidal.sim.baselines import StaticPolicy  # noqa: E402
 from tidal.sim.fleet import histogram_quantile  # noqa: E402
 
 MAX_NUM_SEQS = 16

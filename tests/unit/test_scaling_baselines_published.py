@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidal.scaling.policies import EnovaPolicy, HpaPolicy, KedaPolicy, KpaPolicy
 from tidal.scaling.types import CapacityView, FleetObservation
+from tidal.sim.baselines import EnovaPolicy, HpaPolicy, KedaPolicy, KpaPolicy
 
 pytestmark = pytest.mark.unit
 

@@ -7,16 +7,15 @@ from typing import Any
 import pytest
 
 from tidal.scaling import CapacityView, FleetObservation, Reason, ScalingConfig
-from tidal.scaling.policies import (
+from tidal.scaling.policies import ScalingPolicy, TidalPolicy
+from tidal.sim.baselines import (
     ApaPolicy,
     EnovaPolicy,
     HpaPolicy,
     KpaPolicy,
     QueueThresholdPolicy,
-    ScalingPolicy,
     SchedulePolicy,
     StaticPolicy,
-    TidalPolicy,
 )
 
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from tidal.cli import main
-from tidal.scaling.policies import StaticPolicy
 from tidal.sim import EngineLimits, LinearStepModel, SimConfig, Trace, simulate, synthetic
+from tidal.sim.baselines import StaticPolicy
 from tidal.sim.engine import ReplicaEngine, Request
 
 LONG = ["simulate", "--synthetic", "poisson", "--lengths", "long-prompt", "--duration", "600"]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tidal.scaling.policies import KpaPolicy, SchedulePolicy, StaticPolicy
 from tidal.sim import (
     EngineLimits,
     LinearStepModel,
@@ -20,6 +19,7 @@ from tidal.sim import (
     simulate,
     synthetic,
 )
+from tidal.sim.baselines import KpaPolicy, SchedulePolicy, StaticPolicy
 from tidal.sim.fleet import histogram_quantile
 from tidal.sim.runner import compare
 

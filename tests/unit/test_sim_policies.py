@@ -1,6 +1,6 @@
 """Tidal on a bursty synthetic trace: it meets >= 99 % SLO attainment, the clairvoyant reference meets it
 too, and no baseline beats tidal on both attainment and GPU-hours. Every policy is the real policy object
-of tidal.scaling.policies running in virtual time.
+of tidal.scaling.policies and tidal.sim.baselines running in virtual time.
 
 This test no longer bounds tidal's GPU-hours by 1.15x the clairvoyant: that threshold was tuned on this
 very trace (issue 14), and on a 20-minute trace started without history the documented conservative

@@ -3,9 +3,10 @@
 ``traces`` (Azure CSV, seeded synthetic generators) → ``fleet.simulate`` (replicas built from
 ``engine.ReplicaEngine`` with step times from a ``stepmodel.StepTimeModel``, a least-outstanding load
 balancer, scrapes producing :class:`tidal.scaling.FleetObservation`, and the policy objects of
-:mod:`tidal.scaling.policies` deciding in virtual time) → ``runner.compare`` for all policies, with
-``oracle`` computing capacities, ``clairvoyant`` the verified perfect-foresight reference, the right-sized
-static beside every result, and ``suite`` the families of traces with fixed tuning and test seeds.
+:mod:`tidal.scaling.policies` and :mod:`tidal.sim.baselines` deciding in virtual time) → ``runner.compare``
+for all policies, with ``oracle`` computing capacities, ``clairvoyant`` the verified perfect-foresight
+reference, the right-sized static beside every result, and ``suite`` the families of traces with fixed
+tuning and test seeds.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tidal.scaling.policies import SchedulePolicy
+from tidal.sim.baselines import SchedulePolicy
 from tidal.sim.fleet import PolicyResult, SimConfig, simulate
 from tidal.sim.traces import Trace
 

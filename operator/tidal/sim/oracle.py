@@ -19,19 +19,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tidal.scaling.policies import (
+from tidal.scaling.policies import ScalingPolicy, TidalPolicy, static_count
+from tidal.scaling.types import ScalingConfig
+from tidal.sim.baselines import (
     ApaPolicy,
     EnovaPolicy,
     HpaPolicy,
     KedaPolicy,
     KpaPolicy,
     QueueThresholdPolicy,
-    ScalingPolicy,
     StaticPolicy,
-    TidalPolicy,
-    static_count,
 )
-from tidal.scaling.types import ScalingConfig
 from tidal.sim.capacity import Capacity, concurrency_at, modelled_capacity
 from tidal.sim.clairvoyant import INTERVAL_S, initial_need
 from tidal.sim.fleet import SimConfig, simulate
@@ -106,7 +104,7 @@ def make_policy(
     min_replicas: int = 1,
     max_replicas: int = 64,
 ) -> ScalingPolicy:
-    """A fresh policy object by name (see tidal.scaling.policies for the rules)."""
+    """A fresh policy object by name (see tidal.sim.baselines for the rules)."""
     cap = setup.modelled
     # The concurrency-driven baselines target the modelled requests in flight per replica at 70 % of
     # its modelled capacity (KPA's default target utilisation), so none is handicapped by a naive target.

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from tidal.scaling.policies import POLICY_NAMES, StaticPolicy, static_count
+from tidal.scaling.policies import POLICY_NAMES, static_count
+from tidal.sim.baselines import StaticPolicy
 from tidal.sim.clairvoyant import ClairvoyantResult, clairvoyant
 from tidal.sim.fleet import PolicyResult, SimConfig, simulate
 from tidal.sim.oracle import PolicySetup, make_policy, setup_policies

@@ -140,6 +140,31 @@ def headroom_status(decision: ScalingDecision) -> dict[str, Any] | None:
     }
 
 
+def _scale_record(
+    decision: ScalingDecision,
+    blocked: tuple[str, str] | None,
+    old_as: Mapping[str, Any],
+    stamp: str,
+    events: list[EventSpec],
+) -> dict[str, Any] | None:
+    """The ``scalingHistory`` entry of this decision (a change, or a newly blocked scale), None without one;
+    appends its Events to ``events``."""
+    entry: dict[str, Any] | None = None
+    message = (
+        f"{decision.message} (proposed {decision.proposed}, applied {decision.desired}, "
+        f"limited by {decision.limiting_factor})"
+    )
+    if decision.changed:
+        reason = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
+        entry = _scale_entry(stamp, decision.current, decision.desired, reason, message)
+        events.append(EventSpec("Normal", reason, message))
+    if blocked is not None and blocked[1] != old_as.get(BLOCKED_KEY):
+        events.append(EventSpec("Warning", blocked[0], message))
+        if entry is None:
+            entry = _scale_entry(stamp, decision.current, decision.desired, blocked[0], message)
+    return entry
+
+
 def autoscaler_patch(
     decision: ScalingDecision,
     config: ScalingConfig,
@@ -178,27 +203,10 @@ def autoscaler_patch(
         ][:20],
         "gpuHours": round(gpu_hours, 6),
     }
-    history = list(old.get("scalingHistory") or [])
-    entry: dict[str, Any] | None = None
-    if decision.changed:
-        reason = "ScaledUp" if decision.desired > decision.current else "ScaledDown"
-        message = (
-            f"{decision.message} (proposed {decision.proposed}, applied {decision.desired}, "
-            f"limited by {decision.limiting_factor})"
-        )
-        entry = _scale_entry(stamp, decision.current, decision.desired, reason, message)
-        events.append(EventSpec("Normal", reason, message))
-    if blocked is not None and blocked[1] != old_as.get(BLOCKED_KEY):
-        message = (
-            f"{decision.message} (proposed {decision.proposed}, applied {decision.desired}, "
-            f"limited by {decision.limiting_factor})"
-        )
-        events.append(EventSpec("Warning", blocked[0], message))
-        if entry is None:
-            entry = _scale_entry(stamp, decision.current, decision.desired, blocked[0], message)
+    entry = _scale_record(decision, blocked, old_as, stamp, events)
     if entry is not None:
         fields["lastScale"] = entry
-        fields["scalingHistory"] = [*history, entry][-MAX_HISTORY:]
+        fields["scalingHistory"] = [*(old.get("scalingHistory") or []), entry][-MAX_HISTORY:]
     room = decision.headroom
     if room is not None and decision.state.headroom_factor != old_as.get("headroomFactor"):
         events.append(EventSpec("Normal", HEADROOM_CHANGED, room.describe()))
