@@ -7,7 +7,8 @@ pod exists). Short windows and a 1 s autoscaler interval keep it fast.
     -> scale-down only after the stabilisation window;
 (b) Prometheus stopped -> replicas held, MetricsAvailable=False and a MetricsStale Event; back to True when
     it returns;
-(c) the operator killed and restarted inside the scale-down window does not scale down early;
+(c) the operator killed and restarted inside the scale-down window does not scale down early; a
+    restarted operator's first pass has the demand history behind the headroom back from Prometheus;
 (d) one replica far slower than its peers at the same load -> ReplicaDegraded Event and advice, a
     PerformanceDegraded condition naming the pod, no scale-out; cleared when it recovers;
 (e) frequent preemptions: in Apply mode max_num_seqs is lowered (status.engineTuning, EngineTuned Event) and
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.controlplane
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
-NAMES = ("scale", "stale", "restart", "sick", "tuned", "advised", "foreign", "unreachable")
+NAMES = ("scale", "stale", "restart", "history", "sick", "tuned", "advised", "foreign", "unreachable")
 MAX_REPLICAS = 4
 WINDOW_S = 20.0
 """Scale-down stabilisation window of the scale tests."""
@@ -335,6 +336,38 @@ def test_operator_restart_inside_the_window_does_not_scale_down_early(rig: Rig) 
     )
     wait_for(lambda: rig.replicas(name) == 1, timeout=60, what="scale-down after the window")
     assert time.monotonic() - low >= WINDOW_S - 3
+
+
+def test_headroom_history_comes_back_from_prometheus_after_a_restart(rig: Rig) -> None:
+    """Issue 14 must-show 4: the headroom's inputs (``status.autoscaler.headroom``, which ``kubectl describe``
+    shows) rest on a demand history read from Prometheus by a range query, so the first pass of a restarted
+    operator has the history from before the kill; one kept only in memory would start again at 0 s."""
+    name = "history"
+    rig.create(name, replicas=1)
+    wait_for(lambda: rig.ready_pods(name) == 1, timeout=60, what="1 ready replica")
+    before = wait_for(
+        lambda: (
+            (h := rig.get(name).get("status", {}).get("autoscaler", {}).get("headroom") or {}).get(
+                "historySeconds", 0
+            )
+            >= 40
+            and h
+        ),
+        timeout=120,
+        what="40 s of demand history behind the headroom",
+    )
+    assert before["leadTimeSeconds"] > 0 and before["factor"] >= 1.0, before
+    rig.operator.kill(signal.SIGKILL)
+    killed_at = time.time()
+    rig.operator.start()
+    after = wait_for(
+        lambda: (a := rig.get(name)["status"]["autoscaler"])["gpuHoursAt"] > killed_at and a,
+        timeout=30,
+        what="a pass of the restarted operator",
+    )
+    room = after.get("headroom")
+    # The range query's 15 s step can make it up to one step shorter than the in-memory one before.
+    assert room and room["historySeconds"] >= before["historySeconds"] - 20, (before, after)
 
 
 def test_one_slow_replica_is_degraded_not_a_reason_to_scale_out(rig: Rig) -> None:

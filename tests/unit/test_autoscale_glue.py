@@ -135,6 +135,7 @@ def pod(
                     "maxScaleDownStep": 3,
                     "metricsStaleAfterSeconds": 12,
                     "coldStartSeconds": 45,
+                    "headroomPrior": 4,
                 }
             },
             {
@@ -148,6 +149,7 @@ def pod(
                 "max_scale_down_step": 3,
                 "metrics_stale_after_s": 12.0,
                 "cold_start_s": 45.0,
+                "headroom_prior": 4.0,
             },
         ),
     ],

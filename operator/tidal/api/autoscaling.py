@@ -77,6 +77,11 @@ class Autoscaling(ApiModel):
     replica_warmup_seconds: float = Field(default=60.0, ge=0)
     """A replica ready for less than this is not compared with its peers for ``ReplicaDegraded`` (cold
     caches and few requests right after a scale-up)."""
+    headroom_prior: float = Field(default=2.0, ge=1, le=10)
+    """Demand growth within one provisioning lead time to keep capacity for while this deployment's own
+    history is short (2.0: the demand may double before a new replica is ready). Its weight falls as the
+    history grows (half after 4 lead times); growth the history shows always counts. Raise it for traffic
+    known to burst harder from the first minutes (the first burst otherwise lands on a fleet sized for 2x)."""
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
     """The Prometheus to query."""
 

@@ -60,6 +60,7 @@ def scaling_config(
         queue_per_replica=max(MIN_TARGET, t.queue_length_per_replica),
         kv_cache_usage=max(MIN_TARGET, t.kv_cache_usage),
         slo_attainment=t.slo_attainment,
+        headroom_prior=a.headroom_prior,
         tolerance=a.tolerance,
         panic_threshold=a.panic_threshold,
         panic_window_s=a.panic_window_seconds,
