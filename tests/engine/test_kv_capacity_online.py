@@ -33,6 +33,7 @@ from tidal.plan.kvcapacity import KV_CAPACITY_MISMATCH, kv_capacity_update
 from tidal.recommender.kvcheck import EngineKV
 from tidal.shell.kvcapacity import read_kv_reports
 from tidal.shell.prom import PrometheusSignals
+from tidal.shell.promaccess import PrometheusAccess
 
 __all__ = ["tiny_model_dir", "tiny_worker"]
 
@@ -80,7 +81,7 @@ def _deployment(kv_bytes: int) -> LLMDeployment:
 
 
 def _reports(prom: PrometheusServer, timeout: float = 60.0) -> list[EngineKV]:
-    reader = PrometheusSignals()
+    reader = PrometheusSignals(access=PrometheusAccess(allow=(prom.url,)))  # the operator's allowlist
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reports = read_kv_reports(reader, prom.url, NS, NAME, "", {POD})
