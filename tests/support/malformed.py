@@ -159,6 +159,9 @@ MALFORMED_CASES: list[tuple[str, dict[str, Any], str]] = [
     _case("kv-target-above-one", "spec.autoscaling.targets.kvCacheUsage", {"spec.autoscaling.targets": {"kvCacheUsage": 1.5}}),
     _case("ttft-target-negative", "spec.autoscaling.targets.ttftP95Seconds", {"spec.autoscaling.targets": {"ttftP95Seconds": -1}}),
     _case("autoscaling-enabled-string", "spec.autoscaling.enabled", {"spec.autoscaling": {"enabled": "yes"}}),
+    _case("headroom-max-below-one", "spec.autoscaling.headroomMax", {"spec.autoscaling": {"headroomMax": 0.5}}),
+    _case("headroom-prior-above-max", "spec.autoscaling.headroomPrior must not exceed spec.autoscaling.headroomMax", {"spec.autoscaling": {"headroomPrior": 3, "headroomMax": 2}}),
+    _case("headroom-prior-above-default-max", "spec.autoscaling.headroomPrior", {"spec.autoscaling": {"headroomPrior": 12}}),
     _case("prometheus-url-no-scheme", "spec.autoscaling.prometheus.url", {"spec.autoscaling": {"prometheus": {"url": "prometheus:9090"}}}),
     _case("expected-input-tokens-zero", "spec.recommendation.expectedInputTokens", {"spec.recommendation": {"expectedInputTokens": 0}}),
 ]  # fmt: skip

@@ -276,6 +276,25 @@ def test_scale_down_keeps_the_headroom() -> None:
     assert all(a - b <= 1 for a, b in itertools.pairwise(seen)), seen
 
 
+def test_headroom_max_bounds_what_the_history_asks_for() -> None:
+    """``spec.autoscaling.headroomMax``: the same 3x-burst history, bounded at 1.5x, keeps 2 x 1.5 = 3
+    replicas instead of 6, and says the bound was what held it; 1 keeps no standing capacity at all."""
+    history = bursty(480, every=24, length=6, base=2.0, factor=3.0)
+    while history[-1][1] != 2.0:
+        history.pop()
+    now = history[-1][0] + STEP
+    for cap in (1.5, 1.0):
+        cfg = CFG.__class__(**{**CFG.__dict__, "headroom_max": cap, "headroom_prior": 1.0})
+        d = compute_desired_replicas(cfg, _obs(2.0, now), CapacityView(8, 8), AutoscalerState(), now, history)
+        assert d.headroom is not None and d.headroom.factor == cap
+        assert d.headroom.history_quantile is not None and d.headroom.history_quantile > 2.5
+        assert f"capped at headroomMax {cap:g}" in d.headroom.describe()
+        # The load signal asks for base x cap replicas of work on 8 ready at 100 % utilisation.
+        assert d.ratios["load"] * 8 == pytest.approx(2.0 * cap, rel=0.02), d.message
+    with pytest.raises(ValueError, match="headroom_max"):
+        CFG.__class__(**{**CFG.__dict__, "headroom_max": 0.5})
+
+
 def test_settled_misses_raise_the_headroom_and_unsettled_ones_do_not() -> None:
     history = flat(2.0, 400)
     now = history[-1][0] + STEP

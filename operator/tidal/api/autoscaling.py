@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tidal.api.base import ApiModel, PositiveFloat
+from tidal.api.base import ApiModel, PositiveFloat, Rule
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus-operated.monitoring.svc:9090"
 """The in-cluster Prometheus (the Service the Prometheus Operator creates in ``monitoring``)."""
@@ -49,6 +49,18 @@ class PrometheusSource(ApiModel):
 class Autoscaling(ApiModel):
     """SLO-driven autoscaling of ``spec.replicas`` between ``minReplicas`` and ``maxReplicas``."""
 
+    __rules__ = (
+        Rule(
+            cel=(
+                "!has(self.headroomPrior) || !has(self.headroomMax) "
+                "|| self.headroomPrior <= self.headroomMax"
+            ),
+            message="spec.autoscaling.headroomPrior must not exceed spec.autoscaling.headroomMax",
+            check=lambda a: a.headroom_prior <= a.headroom_max,
+            field_path=".headroomPrior",
+        ),
+    )
+
     enabled: bool = False
     """Let Tidal write ``spec.replicas``; when false the replica count is left to you (or
     ``kubectl scale``)."""
@@ -82,6 +94,11 @@ class Autoscaling(ApiModel):
     history is short (2.0: the demand may double before a new replica is ready). Its weight falls as the
     history grows (half after 4 lead times); growth the history shows always counts. Raise it for traffic
     known to burst harder from the first minutes (the first burst otherwise lands on a fleet sized for 2x)."""
+    headroom_max: float = Field(default=10.0, ge=1, le=10)
+    """The most standing capacity kept for demand growth, as a multiple of the base demand (the median over
+    the last five minutes): a cost bound on the headroom the history and the attainment feedback ask for.
+    1 turns the standing headroom off (purely reactive scaling: bursts shorter than a cold start land on
+    the replicas already there); 10, the default, leaves the headroom to the SLO-attainment target."""
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
     """The Prometheus to query."""
 

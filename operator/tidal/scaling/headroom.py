@@ -38,6 +38,8 @@ The estimate, in order (every step is a pure function of the history and is unit
    by ``FEEDBACK_DOWN`` per decision, never below 1: feedback only adds to what the history asks for. (A
    floor of 0.9 let the quiet minutes between recurring bursts, settled and all within the SLO, take a
    tenth off the headroom the next burst needed.)
+5. **Bound.** The factor is at most ``cap`` (``spec.autoscaling.headroomMax``, default :data:`H_MAX`): the
+   user's cost bound on standing capacity.
 
 Nothing here reads a clock or does I/O; the history is passed in (the simulator records it, the operator
 reads it from Prometheus range queries).
@@ -68,6 +70,8 @@ FEEDBACK_UP = 0.03
 """Largest relative raise of the feedback factor per decision (at 3x the allowed misses or more)."""
 FEEDBACK_DOWN = 0.002
 """Relative lowering of the feedback factor per decision while misses stay below half the allowed."""
+H_MAX = 10.0
+"""Largest headroom the history can ask for; also the default of ``spec.autoscaling.headroomMax``."""
 MATERIAL_CHANGE = 0.15
 """A headroom change of this relative size or more is worth an Event."""
 
@@ -94,6 +98,8 @@ class Headroom:
     """Factor from measured attainment."""
     base: float
     """Base demand now (median over the base window), replicas of work."""
+    cap: float = H_MAX
+    """The largest factor kept (``spec.autoscaling.headroomMax``)."""
 
     def describe(self) -> str:
         """One line for messages and Events."""
@@ -102,7 +108,9 @@ class Headroom:
             f"headroom {self.factor:.2f}x (q{self.quantile:.3g} growth within lead time "
             f"{self.lead_time_s:.0f}s: "
             f"history {hist} over {self.history_s / 60:.0f} min/{self.samples} samples, with prior -> "
-            f"{self.estimate:.2f}; attainment feedback x{self.feedback:.2f})"
+            f"{self.estimate:.2f}; attainment feedback x{self.feedback:.2f}"
+            + (f"; capped at headroomMax {self.cap:g}" if self.estimate * self.feedback > self.cap else "")
+            + ")"
         )
 
 
@@ -170,10 +178,6 @@ def growth_samples(
         ratios.append(history[window[0]][1] / base[i])
         weights.append(base[i])
     return ratios, weights
-
-
-H_MAX = 10.0
-"""Largest headroom the history can ask for."""
 
 
 QUEUE_BUDGET_S = 2.0
@@ -359,14 +363,16 @@ def headroom(
     base_window_s: float,
     feedback_factor: float,
     utilization: float = 1.0,
+    cap: float = H_MAX,
 ) -> Headroom:
-    """The headroom for the newest point of ``history`` (time-ordered (time, demand) samples)."""
+    """The headroom for the newest point of ``history`` (time-ordered (time, demand) samples), at most
+    ``cap`` (the user's cost bound, ``spec.autoscaling.headroomMax``)."""
     est, hq, samples, span = estimate(history, lead_s, target, prior, base_window_s, utilization)
     now = history[-1][0] if history else 0.0
     recent = [d for t, d in history if t >= now - base_window_s]
     base = statistics.median(recent) if recent else 0.0
     return Headroom(
-        factor=max(1.0, est * feedback_factor),
+        factor=max(1.0, min(cap, est * feedback_factor)),
         estimate=est,
         history_quantile=hq,
         quantile=target,
@@ -375,6 +381,7 @@ def headroom(
         samples=samples,
         feedback=feedback_factor,
         base=base,
+        cap=cap,
     )
 
 

@@ -198,5 +198,6 @@ def plan_reserve(
         config.headroom_base_window_s,
         fb,
         config.target_utilization,
+        config.headroom_max,
     )
     return Reserve(room, hr.reserve(room), max(0.0, unserved), miss, fb)

@@ -117,6 +117,8 @@ class ScalingConfig:
     before a rise is seen and acted on."""
     headroom_prior: float = 2.0
     """Headroom assumed while the demand history is short (:mod:`tidal.scaling.headroom`)."""
+    headroom_max: float = 10.0
+    """The largest headroom factor kept (``spec.autoscaling.headroomMax``; 1: no standing headroom)."""
     headroom_base_window_s: float = 300.0
     """The base demand the headroom multiplies is the median over this window."""
     max_scale_up_factor: float = 4.0
@@ -139,6 +141,8 @@ class ScalingConfig:
             raise ValueError(f"slo_attainment must be in [0.5, 1), got {self.slo_attainment}")
         if self.headroom_prior < 1:
             raise ValueError(f"headroom_prior must be >= 1, got {self.headroom_prior}")
+        if self.headroom_max < 1:
+            raise ValueError(f"headroom_max must be >= 1, got {self.headroom_max}")
         if not 0 < self.target_utilization <= 1:
             raise ValueError(f"target_utilization must be in (0, 1], got {self.target_utilization}")
 

@@ -61,6 +61,7 @@ def scaling_config(
         kv_cache_usage=max(MIN_TARGET, t.kv_cache_usage),
         slo_attainment=t.slo_attainment,
         headroom_prior=a.headroom_prior,
+        headroom_max=a.headroom_max,
         tolerance=a.tolerance,
         panic_threshold=a.panic_threshold,
         panic_window_s=a.panic_window_seconds,
