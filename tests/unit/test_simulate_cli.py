@@ -3,6 +3,7 @@ Azure-format CSV trace with --time-scale. Small traces, so the whole module runs
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,9 @@ def test_static_n_capacity_error_and_target(capsys: pytest.CaptureFixture[str]) 
         ["--capacity-error", "-1"],
         ["--max-num-batched-tokens", "0"],
         ["--expected-input-tokens", "0"],
+        ["--headroom-max", "0.5"],
+        ["--headroom-prior", "3", "--headroom-max", "2"],
+        ["--headroom-max", "12"],
     ],
 )
 def test_bad_evaluation_flags_fail_before_simulating(
@@ -180,3 +184,35 @@ def test_table_names_the_target_and_the_right_sized_static(capsys: pytest.Captur
     captured = capsys.readouterr()
     assert "SLO-attainment target 99.00%" in captured.out and "(right-sized)" in captured.out
     assert "right-sized static" in captured.out and "[#" not in captured.err and "%" not in captured.err
+
+
+def test_the_simulated_tidal_policy_runs_the_deployments_target_and_headroom(tmp_path: Path) -> None:
+    """A deployment asking for 0.95 attainment and at most 1.5x headroom is simulated with both (they used
+    to be dropped: the simulated policy ran 0.99 and 10x whatever the deployment said); flags win."""
+    from tidal.cli.simulate import deployment_settings, register, tidal_settings
+    from tidal.sim.fleet import SimConfig
+    from tidal.sim.oracle import make_policy, setup_policies
+    from tidal.sim.stepmodel import load_step_model
+    from tidal.sim.traces import synthetic
+
+    doc = tmp_path / "d.yaml"
+    doc.write_text(
+        "spec:\n  autoscaling:\n    headroomPrior: 1.2\n    headroomMax: 1.5\n"
+        "    targets: {sloAttainment: 0.95}\n"
+    )
+    parser = argparse.ArgumentParser()
+    register(parser)
+    settings = deployment_settings(str(doc))
+    args = parser.parse_args(["--synthetic", "gamma"])
+    got = tidal_settings(args, settings["slo_attainment"], settings)
+    assert got == {"slo_attainment": 0.95, "headroom_prior": 1.2, "headroom_max": 1.5}
+    args = parser.parse_args(["--synthetic", "gamma", "--headroom-max", "3"])
+    assert tidal_settings(args, 1.0, settings)["headroom_max"] == 3.0
+    assert tidal_settings(args, 1.0, settings)["slo_attainment"] == 0.9999  # within the API's range
+
+    trace = synthetic("gamma", 2.0, 60.0, 0)
+    loaded = load_step_model("llama-3.1-8b", "h100", 1)
+    cfg = SimConfig(model=loaded.model, limits=loaded.limits)
+    policy = make_policy("tidal", setup_policies(trace, cfg), cfg, tidal_settings=got)
+    config = policy.config  # type: ignore[attr-defined]
+    assert (config.slo_attainment, config.headroom_prior, config.headroom_max) == (0.95, 1.2, 1.5)

@@ -45,8 +45,8 @@ def _explicit_int(value: Any) -> int | None:
 
 
 def deployment_settings(path: str) -> dict[str, Any]:
-    """Model, GPU, TP, SLO targets, replica bounds, expected lengths and explicit engine limits from an
-    LLMDeployment YAML (known keys only)."""
+    """Model, GPU, TP, SLO targets, replica bounds, headroom prior and bound, expected lengths and explicit
+    engine limits from an LLMDeployment YAML (known keys only)."""
     doc = yaml.safe_load(Path(path).read_text())
     spec = _dig(doc, "spec") or {}
     model = _dig(spec, "model", "architecture", "catalogName") or _dig(spec, "model", "name")
@@ -61,6 +61,8 @@ def deployment_settings(path: str) -> dict[str, Any]:
             "min_replicas": _dig(spec, "autoscaling", "minReplicas"),
             "max_replicas": _dig(spec, "autoscaling", "maxReplicas"),
             "slo_attainment": _dig(spec, "autoscaling", "targets", "sloAttainment"),
+            "headroom_prior": _dig(spec, "autoscaling", "headroomPrior"),
+            "headroom_max": _dig(spec, "autoscaling", "headroomMax"),
             "input_tokens": _dig(spec, "recommendation", "expectedInputTokens"),
             "output_tokens": _dig(spec, "recommendation", "expectedOutputTokens"),
             "max_num_seqs": _explicit_int(_dig(spec, "engine", "maxNumSeqs")),
@@ -183,6 +185,66 @@ def plot(c: Comparison, path: str, cfg: SimConfig | None = None) -> None:
     plt.close(fig)
 
 
+def _invalid(args: argparse.Namespace, target: float, settings: dict[str, Any]) -> str | None:
+    """What is wrong with the flags (the first thing found), or None."""
+    unknown = [p for p in args.policy or () if not is_policy_name(p)]
+    if unknown:
+        return f"unknown policy {unknown}; choose from {', '.join(POLICY_NAMES)} or static:N"
+    if not 0 < target <= 1 or not -0.9 <= args.capacity_error <= 9:
+        return "--target must be in (0, 1] and --capacity-error in [-0.9, 9]"
+    for flag in ("max_num_batched_tokens", "expected_input_tokens", "expected_output_tokens"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
+    prior = args.headroom_prior or settings.get("headroom_prior") or 2.0
+    cap = args.headroom_max or settings.get("headroom_max") or 10.0
+    if not 1 <= prior <= cap <= 10:
+        return f"need 1 <= headroom prior ({prior:g}) <= headroom max ({cap:g}) <= 10"
+    if args.trace and args.lengths != "conversation":
+        return "--lengths applies to synthetic traces; a CSV trace brings its own lengths"
+    return None
+
+
+def _trace(args: argparse.Namespace) -> Trace:
+    """The CSV trace, or the synthetic one the flags describe."""
+    if args.trace:
+        return load_azure_csv(args.trace, args.time_scale, args.duration)
+    kind = args.synthetic or "gamma"
+    trace = synthetic(kind, args.rate, args.duration or 1800.0, args.seed, args.cv, lengths=args.lengths)
+    if args.time_scale != 1.0:
+        trace = Trace(trace.name, trace.arrivals / args.time_scale, trace.prompt, trace.output)
+    return trace
+
+
+def tidal_settings(args: argparse.Namespace, target: float, settings: dict[str, Any]) -> dict[str, float]:
+    """What Tidal's own policy runs with beyond the shared SLO targets: the attainment target (within the
+    API's range, 0.5-0.9999) and the headroom prior and bound (flags, else the deployment's, else the
+    API defaults): the policy simulated is the one the operator would run for that deployment."""
+    return {
+        "slo_attainment": min(0.9999, max(0.5, target)),
+        "headroom_prior": float(args.headroom_prior or settings.get("headroom_prior") or 2.0),
+        "headroom_max": float(args.headroom_max or settings.get("headroom_max") or 10.0),
+    }
+
+
+def _report(c: Comparison, args: argparse.Namespace, target: float, cfg: SimConfig) -> None:
+    """The table (or JSON) on stdout, and the plot if asked for."""
+    if args.json:
+        out: dict[str, Any] = {r.policy: r.summary() for r in c.results}
+        rs = c.right_sized_result
+        out["_references"] = {
+            "target": target,
+            "capacity_error": args.capacity_error,
+            "right_sized_static": None if rs is None else {"replicas": c.right_sized, **rs.summary()},
+            "clairvoyant_met_target": None if c.clairvoyant is None else c.clairvoyant.met,
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print(render_table(c))
+    if args.plot:
+        plot(c, args.plot, cfg)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = deployment_settings(args.deployment) if args.deployment else {}
     model = args.model or settings.get("model") or "llama-3.1-8b"
@@ -191,31 +253,11 @@ def _run(args: argparse.Namespace) -> int:
     slo_ttft = float(args.slo_ttft or settings.get("slo_ttft") or 2.0)
     slo_tpot = float(args.slo_tpot or settings.get("slo_tpot") or 0.1)
     target = float(args.target or settings.get("slo_attainment") or DEFAULT_TARGET)
-    lo = int(settings.get("min_replicas", 1))
-    hi = int(settings.get("max_replicas", args.max_replicas))
-    policies = args.policy or list(POLICY_NAMES)
-    unknown = [p for p in policies if not is_policy_name(p)]
-    if unknown:
-        print(f"unknown policy {unknown}; choose from {', '.join(POLICY_NAMES)} or static:N", file=sys.stderr)
+    problem = _invalid(args, target, settings)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
-    if not 0 < target <= 1 or not -0.9 <= args.capacity_error <= 9:
-        print("--target must be in (0, 1] and --capacity-error in [-0.9, 9]", file=sys.stderr)
-        return 2
-    for flag in ("max_num_batched_tokens", "expected_input_tokens", "expected_output_tokens"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            print(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
-            return 2
-    if args.trace and args.lengths != "conversation":
-        print("--lengths applies to synthetic traces; a CSV trace brings its own lengths", file=sys.stderr)
-        return 2
-    trace: Trace
-    if args.trace:
-        trace = load_azure_csv(args.trace, args.time_scale, args.duration)
-    else:
-        kind = args.synthetic or "gamma"
-        trace = synthetic(kind, args.rate, args.duration or 1800.0, args.seed, args.cv, lengths=args.lengths)
-        if args.time_scale != 1.0:
-            trace = Trace(trace.name, trace.arrivals / args.time_scale, trace.prompt, trace.output)
+    trace = _trace(args)
     if len(trace) == 0:
         print("the trace is empty", file=sys.stderr)
         return 2
@@ -256,22 +298,21 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     bar = None if args.no_progress or not sys.stderr.isatty() else _progress(sys.stderr)
-    c = compare(trace, cfg, policies, lo, hi, progress=bar, target=target, right_sized=not args.no_right_size)
-    if args.json:
-        out: dict[str, Any] = {r.policy: r.summary() for r in c.results}
-        rs = c.right_sized_result
-        out["_references"] = {
-            "target": target,
-            "capacity_error": args.capacity_error,
-            "right_sized_static": None if rs is None else {"replicas": c.right_sized, **rs.summary()},
-            "clairvoyant_met_target": None if c.clairvoyant is None else c.clairvoyant.met,
-        }
-        print(json.dumps(out, indent=2))
-    else:
-        print(render_table(c))
-    if args.plot:
-        plot(c, args.plot, cfg)
-        print(f"wrote {args.plot}", file=sys.stderr)
+    lo = int(settings.get("min_replicas", 1))
+    hi = int(settings.get("max_replicas", args.max_replicas))
+    policies = args.policy or list(POLICY_NAMES)
+    c = compare(
+        trace,
+        cfg,
+        policies,
+        lo,
+        hi,
+        progress=bar,
+        target=target,
+        right_sized=not args.no_right_size,
+        tidal_settings=tidal_settings(args, target, settings),
+    )
+    _report(c, args, target, cfg)
     return 0
 
 
@@ -322,6 +363,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target", type=float, help="SLO-attainment target (default spec sloAttainment, else 0.99)"
+    )
+    parser.add_argument(
+        "--headroom-prior",
+        type=float,
+        help="Tidal's headroom prior, 1-10 (default spec.autoscaling.headroomPrior, else 2.0)",
+    )
+    parser.add_argument(
+        "--headroom-max",
+        type=float,
+        help="Tidal's headroom bound, 1-10 (default spec.autoscaling.headroomMax, else 10)",
     )
     parser.add_argument(
         "--capacity-error",

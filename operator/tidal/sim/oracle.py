@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -103,23 +105,30 @@ def make_policy(
     cfg: SimConfig,
     min_replicas: int = 1,
     max_replicas: int = 64,
+    tidal_settings: Mapping[str, float] | None = None,
 ) -> ScalingPolicy:
-    """A fresh policy object by name (see tidal.sim.baselines for the rules)."""
+    """A fresh policy object by name (see tidal.sim.baselines for the rules). ``tidal_settings``:
+    :class:`ScalingConfig` fields the deployment sets for Tidal's own policy (its SLO-attainment target,
+    headroom prior and bound), so the policy simulated is the policy the operator would run."""
     cap = setup.modelled
     # The concurrency-driven baselines target the modelled requests in flight per replica at 70 % of
     # its modelled capacity (KPA's default target utilisation), so none is handicapped by a naive target.
     conc = max(1.0, setup.concurrency_target)
     if name == "tidal":
+        overrides: dict[str, Any] = dict(tidal_settings or {})
         return TidalPolicy(
-            ScalingConfig(
-                ttft_p95_s=cfg.slo_ttft_s,
-                tpot_p95_s=cfg.slo_tpot_s,
-                prefill_tokens_per_replica_s=cap.prefill_tokens_per_s,
-                decode_tokens_per_replica_s=cap.decode_tokens_per_s,
-                min_replicas=min_replicas,
-                max_replicas=max_replicas,
-                cold_start_s=cfg.cold_start_s,
-                max_num_seqs=cfg.limits.max_num_seqs,
+            replace(
+                ScalingConfig(
+                    ttft_p95_s=cfg.slo_ttft_s,
+                    tpot_p95_s=cfg.slo_tpot_s,
+                    prefill_tokens_per_replica_s=cap.prefill_tokens_per_s,
+                    decode_tokens_per_replica_s=cap.decode_tokens_per_s,
+                    min_replicas=min_replicas,
+                    max_replicas=max_replicas,
+                    cold_start_s=cfg.cold_start_s,
+                    max_num_seqs=cfg.limits.max_num_seqs,
+                ),
+                **overrides,
             )
         )
     if name == "static-peak":

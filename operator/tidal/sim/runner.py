@@ -9,7 +9,7 @@ clairvoyant (:mod:`tidal.sim.clairvoyant`, verified to reach the target).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from tidal.scaling.policies import POLICY_NAMES, static_count
@@ -94,6 +94,7 @@ def compare(
     progress: Callable[[str, float], None] | None = None,
     target: float = DEFAULT_TARGET,
     right_sized: bool = True,
+    tidal_settings: Mapping[str, float] | None = None,
 ) -> Comparison:
     """Simulate every named policy on ``trace`` (metric-driven ones from the same initial fleet), then
     the right-sized static search unless ``right_sized`` is False."""
@@ -115,7 +116,7 @@ def compare(
             cv = clairvoyant(trace, cfg, setup.measured_rps, target, min_replicas, max_replicas, progress=cb)
             results.append(cv.result)
         else:
-            policy = make_policy(name, setup, cfg, min_replicas, max_replicas)
+            policy = make_policy(name, setup, cfg, min_replicas, max_replicas, tidal_settings)
             results.append(simulate(trace, policy, replace(cfg, initial_replicas=setup.initial), cb))
         walls[name] = time.perf_counter() - t0
     rs = None
