@@ -146,7 +146,11 @@ async def _drain_scenario(handle: WorkerHandle, grace: float) -> dict[str, Any]:
         flags = [asyncio.Event() for _ in range(STREAMS)]
         tasks = [asyncio.ensure_future(_stream(session, url, i, flags[i])) for i in range(STREAMS)]
         await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), timeout=60)
-        assert not any(t.done() for t in tasks), "streams finished before SIGTERM; raise STREAM_TOKENS"
+        # Every stream has started; on a busy CPU the first may already have finished (the engine batches
+        # at most max_num_seqs, the rest wait their turn), which the drain does not care about: what must
+        # hold is that SIGTERM lands while streams are in flight and every one of them finishes.
+        in_flight_at_sigterm = sum(not t.done() for t in tasks)
+        assert in_flight_at_sigterm > 0, "every stream finished before SIGTERM; raise STREAM_TOKENS"
         t_sigterm = time.monotonic()
         handle.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
@@ -174,6 +178,7 @@ async def _drain_scenario(handle: WorkerHandle, grace: float) -> dict[str, Any]:
         "refused_body": refused_body,
         "metrics_during_drain": metrics_during_drain,
         "in_flight_at_refusal": in_flight_at_refusal,
+        "in_flight_at_sigterm": in_flight_at_sigterm,
         "streams_done": streams_done,
         "exit_after": exit_after,
     }
@@ -181,7 +186,7 @@ async def _drain_scenario(handle: WorkerHandle, grace: float) -> dict[str, Any]:
 
 @pytest.mark.timeout(240)
 def test_drain_on_sigterm_finishes_streams_refuses_new(tiny_worker: WorkerHandle) -> None:
-    """Runs last: SIGTERM with 20 streams in flight ends the module's worker."""
+    """Runs last: SIGTERM with streams in flight (20 started) ends the module's worker."""
     grace = 60.0  # TIDAL_DRAIN_GRACE_SECONDS in tests/support/engine.py
     out = asyncio.run(_drain_scenario(tiny_worker, grace))
     results: list[StreamResult] = out["results"]
@@ -192,7 +197,8 @@ def test_drain_on_sigterm_finishes_streams_refuses_new(tiny_worker: WorkerHandle
         if not r.done or r.finish_reason != "length" or r.completion_tokens != STREAM_TOKENS
     ]
     print(
-        f"drain: {len(results)} streams, {len(failed)} failed, {len(truncated)} truncated, "
+        f"drain: {len(results)} streams ({out['in_flight_at_sigterm']} in flight at SIGTERM), "
+        f"{len(failed)} failed, {len(truncated)} truncated, "
         f"{out['in_flight_at_refusal']} still in flight when a new request was refused, streams finished "
         f"{out['streams_done']:.1f} s and worker exited {out['exit_after']:.1f} s after SIGTERM"
     )

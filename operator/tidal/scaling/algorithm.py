@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tidal.scaling import calibration
 from tidal.scaling.detection import detect_sick_replicas, engine_advice, exclude_sick
 from tidal.scaling.headroom import material_change
 from tidal.scaling.signals import (
@@ -184,6 +185,17 @@ def _next_state(
     return new_state
 
 
+def _calibrate(
+    config: ScalingConfig, obs: FleetObservation, capacity: CapacityView, state: AutoscalerState, now: float
+) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """The capacity scale and its samples after this observation (:mod:`tidal.scaling.calibration`):
+    sampled only on a settled fleet (nothing starting, no queue building)."""
+    queue_limit = max(capacity.ready, 1) * (config.queue_per_replica or SATURATED_QUEUE)
+    settled = capacity.starting == 0 and capacity.ready > 0 and (obs.waiting or 0.0) <= queue_limit
+    new = calibration.sample(config, obs, capacity, settled)
+    return calibration.update(state.capacity_samples, state.capacity_scale, new, now)
+
+
 def compute_desired_replicas(
     config: ScalingConfig,
     obs: FleetObservation | None,
@@ -205,6 +217,12 @@ def compute_desired_replicas(
         return _hold(config, capacity, state, stale or "no metrics")
     sick = detect_sick_replicas(config, obs)  # 2.
     healthy_obs = exclude_sick(obs, sick)
+    scale, scale_samples = _calibrate(config, healthy_obs, capacity, state, now)
+    # Demand history is kept in the model's units (replicas of work at scale 1: the operator's Prometheus
+    # query divides by the modelled capacity); the decision works in calibrated units.
+    unit = min(1.0, max(calibration.SCALE_MIN, state.capacity_scale))
+    config = calibration.calibrated(config, unit)
+    past_demand = [(t, d / unit) for t, d in past_demand] if unit < 1.0 else past_demand
     advice = engine_advice(config, healthy_obs, ready)
     sig = _measure(config, healthy_obs, capacity, state, now, past_demand)  # 3.
     reserve = sig.reserve
@@ -245,8 +263,11 @@ def compute_desired_replicas(
     )
     if sick:
         message += "; degraded: " + ", ".join(s.replica for s in sick)
+    if signal == "load":
+        message += calibration.describe(state.capacity_scale)
     below = (below_since, 0 if desired < current else consecutive)
     new_state = _next_state(state, sig, recs, below, current, desired, panic_until if in_panic else None, now)
+    new_state = new_state.evolve(capacity_scale=scale, capacity_samples=scale_samples)
     return ScalingDecision(
         desired=desired,
         proposed=proposed,
@@ -261,5 +282,5 @@ def compute_desired_replicas(
         advice=advice,
         panic=panic,
         headroom=reserve.headroom if reserve else None,
-        demand=sig.work_now,
+        demand=None if sig.work_now is None else sig.work_now * min(1.0, unit),
     )

@@ -57,6 +57,12 @@ class ScalingConfig:
     With ``decode_tokens_per_replica_s`` it enables the proportional ``load`` signal."""
     decode_tokens_per_replica_s: float | None = None
     """Generated tokens/s one replica sustains within the SLO (from the performance model)."""
+    decode_step_s: float | None = None
+    """The capacity model's decode step time at no batch (seconds); with ``decode_step_per_seq_s`` the
+    modelled step time the online capacity calibration compares the engine's with (``None``: no
+    calibration)."""
+    decode_step_per_seq_s: float | None = None
+    """The capacity model's decode step time added per running sequence (seconds)."""
     target_utilization: float = 0.85
     """Fraction of the modelled per-replica capacity the ``load`` signal aims at (headroom for bursts)."""
     backlog_drain_s: float = 60.0
@@ -265,6 +271,10 @@ class AutoscalerState:
     headroom_factor: float | None = None
     """The headroom of the last Event about it (a material change raises the next)."""
     last_decision_time: float | None = None
+    capacity_scale: float = 1.0
+    """The engine's capacity over the model's, learnt online (:mod:`tidal.scaling.calibration`)."""
+    capacity_samples: tuple[tuple[float, float], ...] = ()
+    """(time, engine speed over the model's) samples behind ``capacity_scale``."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict for the CRD status."""
@@ -282,6 +292,8 @@ class AutoscalerState:
             "headroomFeedback": self.headroom_feedback,
             "headroomFactor": self.headroom_factor,
             "lastDecisionTime": self.last_decision_time,
+            "capacityScale": round(self.capacity_scale, 4),
+            "capacitySamples": [[t, round(r, 4)] for t, r in self.capacity_samples],
         }
 
     @classmethod
@@ -304,6 +316,8 @@ class AutoscalerState:
             headroom_feedback=float(data.get("headroomFeedback") or 1.0),
             headroom_factor=_opt_float(data.get("headroomFactor")),
             last_decision_time=_opt_float(data.get("lastDecisionTime")),
+            capacity_scale=float(data.get("capacityScale") or 1.0),
+            capacity_samples=tuple((float(t), float(r)) for t, r in data.get("capacitySamples") or ()),
         )
 
     def evolve(self, **changes: Any) -> AutoscalerState:
@@ -333,7 +347,8 @@ class ScalingDecision:
     headroom: Headroom | None = None
     """The standing headroom behind the ``load`` signal (``None``: no load signal)."""
     demand: float | None = None
-    """Replicas of work observed now: the sample to append to the demand history."""
+    """Replicas of work observed now, in the capacity model's units (uncalibrated): the sample to append
+    to the demand history."""
 
     @property
     def changed(self) -> bool:

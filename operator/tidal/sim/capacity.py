@@ -41,6 +41,12 @@ class Capacity:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     concurrency: float
+    decode_step_s: float = 0.0
+    """Modelled decode step time with no sequence (the intercept of a line through one sequence and the
+    capacity's batch, at the mix's mean context): with ``decode_step_per_seq_s`` the step time the
+    autoscaler's online calibration compares the engine's with (:mod:`tidal.scaling.calibration`)."""
+    decode_step_per_seq_s: float = 0.0
+    """Modelled decode step time added per sequence in the batch (the slope of that line)."""
 
 
 def modelled_capacity(
@@ -80,7 +86,12 @@ def modelled_capacity(
         raise TargetUnreachable(tpot_target_s, fastest)
     # Decode tokens per replica-second such that prompt/P_cap + generated/D_cap = 1 at the capacity.
     dec = output_mean / (1.0 / best.requests_per_s - prompt_mean * gamma)
-    return replace(best, decode_tokens_per_s=dec)
+    one = model.step_seconds(0, 1, int(ctx))
+    at = model.step_seconds(0, best.batch, int(best.batch * ctx))
+    slope = max(0.0, (at - one) / (best.batch - 1)) if best.batch > 1 else 0.0
+    return replace(
+        best, decode_tokens_per_s=dec, decode_step_s=max(0.0, one - slope), decode_step_per_seq_s=slope
+    )
 
 
 def concurrency_at(

@@ -123,6 +123,8 @@ def make_policy(
                     tpot_p95_s=cfg.slo_tpot_s,
                     prefill_tokens_per_replica_s=cap.prefill_tokens_per_s,
                     decode_tokens_per_replica_s=cap.decode_tokens_per_s,
+                    decode_step_s=cap.decode_step_s,
+                    decode_step_per_seq_s=cap.decode_step_per_seq_s,
                     min_replicas=min_replicas,
                     max_replicas=max_replicas,
                     cold_start_s=cfg.cold_start_s,

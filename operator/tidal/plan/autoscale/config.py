@@ -76,6 +76,8 @@ def scaling_config(
         cold_start_s=a.cold_start_seconds,
         prefill_tokens_per_replica_s=None if capacity is None else capacity.prefill_tokens_per_s,
         decode_tokens_per_replica_s=None if capacity is None else capacity.decode_tokens_per_s,
+        decode_step_s=None if capacity is None else capacity.decode_step_s,
+        decode_step_per_seq_s=None if capacity is None else capacity.decode_step_per_seq_s,
         max_num_seqs=engine_seqs if isinstance(engine_seqs, int) else max_num_seqs,
         gpu_memory_utilization=spec.engine.gpu_memory_fraction or gpu_memory_utilization,
         replica_warmup_s=a.replica_warmup_seconds,
@@ -91,6 +93,10 @@ class ReplicaCapacity:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     source: str
+    decode_step_s: float | None = None
+    """Modelled decode step time at no batch, seconds (:attr:`tidal.sim.capacity.Capacity.decode_step_s`)."""
+    decode_step_per_seq_s: float | None = None
+    """Modelled decode step time per running sequence, seconds."""
 
 
 class LoadModel(NamedTuple):
@@ -185,7 +191,14 @@ def _capacity(
         f"generated tokens/s ({cap.requests_per_s:.2f} requests/s of {prompt}+{output} tokens at TPOT "
         f"{tpot_s:g}s, batch {cap.batch}; {pm.source})"
     )
-    return LoadModel(ReplicaCapacity(cap.prefill_tokens_per_s, cap.decode_tokens_per_s, source), source)
+    replica = ReplicaCapacity(
+        cap.prefill_tokens_per_s,
+        cap.decode_tokens_per_s,
+        source,
+        cap.decode_step_s,
+        cap.decode_step_per_seq_s,
+    )
+    return LoadModel(replica, source)
 
 
 __all__ = ["LoadModel", "ReplicaCapacity", "replica_capacity", "scaling_config"]
