@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tidal.api.crdgen import PRINTER_COLUMNS, openapi_schema
+from tidal.api.enginefields import SETTINGS
 
 DEFAULT_OUTPUT = Path("docs/api.md")
 
@@ -103,12 +104,35 @@ def _object_sections(path: str, schema: dict[str, Any], out: list[str]) -> None:
         _object_sections(child_path, child, out)
 
 
+def _engine_settings(out: list[str]) -> None:
+    """The registry of engine settings that may be ``"auto"`` (:mod:`tidal.api.enginefields`): where each
+    one goes on its way from the spec to vLLM."""
+    out.append("## Engine settings Tidal may choose\n")
+    out.append(
+        'Each `spec.engine` setting below accepts `"auto"`. Its path to vLLM: the spec field, the worker\'s'
+    )
+    out.append(
+        "variable, vLLM's flag; *tuned*: engine tuning may override it from the running engines' metrics.\n"
+    )
+    out.append(
+        "| `spec.engine` | Type | Worker variable | vLLM flag | `auto` with no recommendation | Tuned |"
+    )
+    out.append("|---|---|---|---|---|---|")
+    for s in SETTINGS:
+        flags = ", ".join(f"`{f}`" for f in (s.flag, *s.aliases))
+        default = "vLLM's default" if s.default is None else f"`{s.default}`"
+        tuned = "yes" if s.live_tunable else "no"
+        out.append(f"| `{s.spec_name}` | {s.kind} | `{s.env}` | {flags} | {default} | {tuned} |")
+    out.append("")
+
+
 def render() -> str:
     """The whole reference as Markdown."""
     schema = openapi_schema()
     out = [_INTRO]
     _object_sections("spec", schema["properties"]["spec"], out)
     _object_sections("status", schema["properties"]["status"], out)
+    _engine_settings(out)
     out.append("## `kubectl get llmd` columns\n")
     out.append("| Column | JSON path | Shown | Description |")
     out.append("|---|---|---|---|")

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from tidal.api.base import DATA_KEY, DNS_SUBDOMAIN, ApiModel, Quantity, Rule
+from tidal.api.enginefields import SETTINGS
 
 _ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 _CAPABILITY = r"^[A-Z_]+$"
@@ -27,15 +28,8 @@ MANAGED_ENGINE_FLAGS: tuple[str, ...] = (
     "--host",
     "--port",
     "--middleware",
-    "--tensor-parallel-size",
-    "-tp",
-    "--pipeline-parallel-size",
-    "-pp",
+    *(flag for setting in SETTINGS for flag in (setting.flag, *setting.aliases)),
     "--distributed-executor-backend",
-    "--gpu-memory-utilization",
-    "--max-num-seqs",
-    "--max-model-len",
-    "--max-num-batched-tokens",
     "--dtype",
     "--quantization",
     "-q",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from tidal.api.enginefields import SETTINGS
 from tidal.builders.engine import EffectiveEngine
 from tidal.builders.names import ROLE_RAY_HEAD, ROLE_RAY_WORKER, ROLE_SINGLE
 
@@ -60,6 +61,17 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def _settings_env(engine: EffectiveEngine, *, every_pod: bool) -> dict[str, str]:
+    """The variables of the registry's settings (:mod:`tidal.api.enginefields`) that every pod of a group
+    gets (``every_pod``) or that only the engine's pod gets; a setting at its default is left out."""
+    out: dict[str, str] = {}
+    for setting in SETTINGS:
+        value = getattr(engine, setting.field)
+        if setting.every_pod == every_pod and value is not None and value != setting.default:
+            out[setting.env] = setting.render(value)
+    return out
+
+
 def worker_env(inp: WorkerEnvInput) -> dict[str, str]:
     """The ``TIDAL_*`` variables of one pod, sorted by name."""
     if inp.role not in (ROLE_SINGLE, ROLE_RAY_HEAD, ROLE_RAY_WORKER):
@@ -68,10 +80,7 @@ def worker_env(inp: WorkerEnvInput) -> dict[str, str]:
     out: dict[str, str] = {"TIDAL_ROLE": inp.role, "TIDAL_MODEL_URI": inp.model_uri}
     if inp.served_model_name:
         out["TIDAL_SERVED_MODEL_NAME"] = inp.served_model_name
-    if e.tensor_parallel_size != 1:
-        out["TIDAL_TP"] = str(e.tensor_parallel_size)
-    if e.pipeline_parallel_size != 1:
-        out["TIDAL_PP"] = str(e.pipeline_parallel_size)
+    out.update(_settings_env(e, every_pod=True))
     out["TIDAL_EXPECTED_GPUS"] = str(inp.expected_gpus)
     if inp.model_cache_dir != DEFAULT_MODEL_CACHE_DIR:
         out["TIDAL_MODEL_CACHE_DIR"] = inp.model_cache_dir
@@ -88,15 +97,8 @@ def worker_env(inp: WorkerEnvInput) -> dict[str, str]:
         # The engine runs on the single pod or the Ray head; Ray workers only lend their GPUs.
         if inp.port != DEFAULT_PORT:
             out["TIDAL_PORT"] = str(inp.port)
+        out.update(_settings_env(e, every_pod=False))
         optional: dict[str, str | None] = {
-            "TIDAL_GPU_MEMORY_UTILIZATION": (
-                None if e.gpu_memory_utilization is None else _num(e.gpu_memory_utilization)
-            ),
-            "TIDAL_MAX_NUM_SEQS": None if e.max_num_seqs is None else str(e.max_num_seqs),
-            "TIDAL_MAX_MODEL_LEN": None if e.max_model_len is None else str(e.max_model_len),
-            "TIDAL_MAX_NUM_BATCHED_TOKENS": (
-                None if e.max_num_batched_tokens is None else str(e.max_num_batched_tokens)
-            ),
             "TIDAL_DTYPE": e.dtype,
             "TIDAL_QUANTIZATION": e.quantization,
             "TIDAL_KV_CACHE_DTYPE": e.kv_cache_dtype,

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from tidal.api import AUTO, LLMDeploymentSpec, RecommendationStatus
+from tidal.api.enginefields import SETTINGS
 from tidal.api.status import LLMDeploymentStatus, PredictedPerformance, RecommendedValues
 from tidal.builders.gpus import gpu_spec
 from tidal.builders.modelprofile import (
@@ -33,16 +34,6 @@ from tidal.builders.modelprofile import (
 from tidal.recommender.gpus import UnknownGPUError
 from tidal.recommender.models import ModelProfile
 from tidal.recommender.recommend import Recommendation, RecommendInput, recommend_config
-
-TUNABLE = (
-    ("tensor_parallel_size", "tensorParallelSize", "tp"),
-    ("pipeline_parallel_size", "pipelineParallelSize", "pp"),
-    ("gpu_memory_utilization", "gpuMemoryUtilization", "gpu_memory_utilization"),
-    ("max_num_seqs", "maxNumSeqs", "max_num_seqs"),
-    ("max_model_len", "maxModelLen", "max_model_len"),
-    ("max_num_batched_tokens", "maxNumBatchedTokens", "max_num_batched_tokens"),
-)
-"""(engine field, spec field, RecommendInput field) of the settings that may be ``"auto"``."""
 
 _MAX_REASONS = 32
 _MAX_MESSAGE = 1000
@@ -101,7 +92,6 @@ def replica_shape(world_size: int, gpus_per_node: int) -> ReplicaShape:
 
 __all__ = [
     "MODEL_UNRESOLVED_HINT",
-    "TUNABLE",
     "EffectiveEngine",
     "RecommendationResult",
     "ReplicaShape",
@@ -134,23 +124,16 @@ def _recommend_cached(inp: RecommendInput) -> Recommendation:
 
 def _explicit(spec: LLMDeploymentSpec) -> dict[str, int | float]:
     out: dict[str, int | float] = {}
-    for field_name, _, _ in TUNABLE:
-        raw = getattr(spec.engine, field_name)
-        if raw == AUTO:
-            continue
-        out[field_name] = float(raw) if field_name == "gpu_memory_utilization" else int(raw)
+    for setting in SETTINGS:
+        raw = getattr(spec.engine, setting.field)
+        if raw != AUTO:
+            out[setting.field] = setting.parse(raw)
     return out
 
 
 def _values_of(rec: Recommendation) -> dict[str, int | float]:
-    return {
-        "tensor_parallel_size": rec.tensor_parallel_size,
-        "pipeline_parallel_size": rec.pipeline_parallel_size,
-        "gpu_memory_utilization": rec.gpu_memory_utilization,
-        "max_num_seqs": rec.max_num_seqs,
-        "max_model_len": rec.max_model_len,
-        "max_num_batched_tokens": rec.max_num_batched_tokens,
-    }
+    values: dict[str, int | float] = {s.field: getattr(rec, s.field) for s in SETTINGS}
+    return values
 
 
 def _cut(text: str) -> str:
@@ -204,7 +187,9 @@ def recommend_for_spec(
         measured_kv_tokens=measured_kv_tokens,
     )
     explicit = _explicit(spec)
-    overrides: dict[str, Any] = {rf: explicit[ef] for ef, _, rf in TUNABLE if ef in explicit}
+    overrides: dict[str, Any] = {
+        s.recommend_input: explicit[s.field] for s in SETTINGS if s.field in explicit
+    }
     fixed = dataclasses.replace(base, **overrides)
     try:
         rec = _recommend_cached(fixed)
@@ -229,11 +214,11 @@ def _differences(explicit: dict[str, int | float], free_values: dict[str, int | 
     """Where an explicit setting differs from what Tidal would choose on its own."""
     return [
         _cut(
-            f"spec.engine.{spec_name}={explicit[ef]:g} is explicit and wins; Tidal would choose "
-            f"{free_values[ef]:g}"
+            f"spec.engine.{s.spec_name}={explicit[s.field]:g} is explicit and wins; Tidal would choose "
+            f"{free_values[s.field]:g}"
         )
-        for ef, spec_name, _ in TUNABLE
-        if ef in explicit and not math.isclose(float(explicit[ef]), float(free_values[ef]))
+        for s in SETTINGS
+        if s.field in explicit and not math.isclose(float(explicit[s.field]), float(free_values[s.field]))
     ]
 
 
@@ -300,21 +285,18 @@ def resolve_engine(
     chosen: dict[str, Any] = {}
     applied: list[str] = []
     tuned: list[str] = []
-    for field_name, _, _ in TUNABLE:
-        raw = getattr(eng, field_name)
+    for setting in SETTINGS:
+        field_name, raw = setting.field, getattr(eng, setting.field)
         if raw != AUTO:
-            chosen[field_name] = float(raw) if field_name == "gpu_memory_utilization" else int(raw)
+            chosen[field_name] = setting.parse(raw)
         elif field_name in tuned_values:
-            value = tuned_values[field_name]
-            chosen[field_name] = float(value) if field_name == "gpu_memory_utilization" else int(value)
+            chosen[field_name] = setting.parse(tuned_values[field_name])
             tuned.append(field_name)
         elif field_name in use:
             chosen[field_name] = use[field_name]
             applied.append(field_name)
         else:
-            chosen[field_name] = (
-                1 if field_name in ("tensor_parallel_size", "pipeline_parallel_size") else None
-            )
+            chosen[field_name] = setting.default
     extra = list(eng.extra_args)
     if eng.speculative_decoding is not None:
         sd = eng.speculative_decoding

@@ -28,11 +28,12 @@ from tidal.scaling import calibration
 from tidal.scaling.detection import detect_sick_replicas, engine_advice, exclude_sick
 from tidal.scaling.headroom import material_change
 from tidal.scaling.signals import (
-    SATURATED_QUEUE,
     Reserve,
     demand_growth,
     load_work,
     plan_reserve,
+    queue_building,
+    settled,
     signal_ratios,
     waiting_growth,
 )
@@ -127,7 +128,7 @@ def _measure(
     reserve = plan_reserve(config, obs, capacity, state, [*past, (now, work_now)], work_now, unserved, now)
     keep = config.trend_window_s
     history = (*((t, w) for t, w in history if now - t <= keep), (now, work_now))
-    if (obs.waiting or 0.0) > max(capacity.ready, 1) * (config.queue_per_replica or SATURATED_QUEUE):
+    if queue_building(config, obs, capacity):
         # A queue is building: the served prompt rate follows the capacity, not the demand (it jumps
         # when new replicas arrive). Start the demand history afresh once the fleet keeps up.
         demand = ()
@@ -190,9 +191,7 @@ def _calibrate(
 ) -> tuple[float, tuple[tuple[float, float], ...]]:
     """The capacity scale and its samples after this observation (:mod:`tidal.scaling.calibration`):
     sampled only on a settled fleet (nothing starting, no queue building)."""
-    queue_limit = max(capacity.ready, 1) * (config.queue_per_replica or SATURATED_QUEUE)
-    settled = capacity.starting == 0 and capacity.ready > 0 and (obs.waiting or 0.0) <= queue_limit
-    new = calibration.sample(config, obs, capacity, settled)
+    new = calibration.sample(config, obs, capacity, settled(config, obs, capacity))
     return calibration.update(state.capacity_samples, state.capacity_scale, new, now)
 
 
@@ -220,7 +219,7 @@ def compute_desired_replicas(
     scale, scale_samples = _calibrate(config, healthy_obs, capacity, state, now)
     # Demand history is kept in the model's units (replicas of work at scale 1: the operator's Prometheus
     # query divides by the modelled capacity); the decision works in calibrated units.
-    unit = min(1.0, max(calibration.SCALE_MIN, state.capacity_scale))
+    unit = min(1.0, max(calibration.SCALE_MIN, state.capacity_scale))  # bounded again: restored state
     config = calibration.calibrated(config, unit)
     past_demand = [(t, d / unit) for t, d in past_demand] if unit < 1.0 else past_demand
     advice = engine_advice(config, healthy_obs, ready)

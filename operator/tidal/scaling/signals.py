@@ -163,6 +163,18 @@ class Reserve:
     feedback: float
 
 
+def queue_building(config: ScalingConfig, obs: FleetObservation, capacity: CapacityView) -> bool:
+    """Whether more requests wait than the ready fleet's saturation limit (``queuePerReplica`` each)."""
+    return (obs.waiting or 0.0) > max(capacity.ready, 1) * (config.queue_per_replica or SATURATED_QUEUE)
+
+
+def settled(config: ScalingConfig, obs: FleetObservation, capacity: CapacityView) -> bool:
+    """Whether the fleet is settled: nothing starting, something ready, no queue building beyond the
+    saturation limit. Only a settled fleet's misses feed the headroom back and only its steps calibrate the
+    capacity model: while replicas are on their way, both are the lead time's."""
+    return capacity.starting == 0 and capacity.ready > 0 and not queue_building(config, obs, capacity)
+
+
 def plan_reserve(
     config: ScalingConfig,
     obs: FleetObservation,
@@ -183,8 +195,7 @@ def plan_reserve(
     lead = hr.lead_time(capacity.cold_start_s, config.detection_delay_s, config.cold_start_s or 0.0)
     dt = now - state.last_decision_time if state.last_decision_time is not None else 0.0
     miss, fb = state.miss_average, state.headroom_feedback
-    queue_limit = max(capacity.ready, 1) * (config.queue_per_replica or SATURATED_QUEUE)
-    if capacity.starting == 0 and capacity.ready > 0 and (obs.waiting or 0.0) <= queue_limit:
+    if settled(config, obs, capacity):
         # Only a settled fleet (nothing starting, no queue building) is judged: misses while replicas are
         # on their way are the lead time's, which the history quantile sizes; feeding them back would keep
         # the headroom raised long after a one-off surge.

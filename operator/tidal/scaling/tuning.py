@@ -34,17 +34,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from tidal.api.enginefields import BY_FIELD, SETTINGS
 from tidal.scaling.types import EngineAdvice
 
 if TYPE_CHECKING:
     from tidal.scaling.rollback import Rollback
 
-MAX_NUM_SEQS: Final = "maxNumSeqs"
-GPU_MEMORY_UTILIZATION: Final = "gpuMemoryUtilization"
-MAX_MODEL_LEN: Final = "maxModelLen"
-MAX_NUM_BATCHED_TOKENS: Final = "maxNumBatchedTokens"
-TUNABLE: Final = (MAX_NUM_SEQS, GPU_MEMORY_UTILIZATION, MAX_NUM_BATCHED_TOKENS)
-"""Settings an override may change (spec field names)."""
+MAX_NUM_SEQS: Final = BY_FIELD["max_num_seqs"].spec_name
+GPU_MEMORY_UTILIZATION: Final = BY_FIELD["gpu_memory_utilization"].spec_name
+MAX_MODEL_LEN: Final = BY_FIELD["max_model_len"].spec_name
+MAX_NUM_BATCHED_TOKENS: Final = BY_FIELD["max_num_batched_tokens"].spec_name
+TUNABLE: Final = tuple(s.spec_name for s in SETTINGS if s.live_tunable)
+"""Settings an override may change (spec field names): the registry's live-tunable ones."""
 
 GPU_MEMORY_CEILING: Final = 0.95
 """Highest ``gpuMemoryUtilization`` tuning ever sets. The recommender stays at vLLM's 0.90 because the rest

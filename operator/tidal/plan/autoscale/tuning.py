@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from tidal.api import AUTO, LLMDeployment
+from tidal.api.enginefields import BY_SPEC_NAME
 from tidal.builders.engine import resolve_engine
 from tidal.builders.pods import compute_spec_hash
 from tidal.plan.documents import rfc3339
@@ -31,12 +32,6 @@ ENGINE_TUNING_ROLLED_BACK: Final = "EngineTuningRolledBack"
 RENOTIFY_SECONDS: Final = 3600.0
 """An ``EngineTuningSkipped`` Event for the same setting and reason is not posted again sooner than this."""
 
-_ENGINE_FIELDS: Final = {
-    "maxNumSeqs": "max_num_seqs",
-    "gpuMemoryUtilization": "gpu_memory_utilization",
-    "maxNumBatchedTokens": "max_num_batched_tokens",
-}
-_INTEGER_SETTINGS: Final = ("maxNumSeqs", "maxNumBatchedTokens")
 
 
 def engine_tuning(
@@ -58,7 +53,7 @@ def engine_tuning(
     apply_mode = spec.recommendation.mode == "Apply"
     explicit: dict[str, float] = {}
     for setting in TUNABLE:
-        raw = getattr(spec.engine, _ENGINE_FIELDS[setting])
+        raw = getattr(spec.engine, BY_SPEC_NAME[setting].field)
         if raw != AUTO:
             explicit[setting] = float(raw)
     old = (status or {}).get("engineTuning") or {}
@@ -94,7 +89,7 @@ def tuned_hash(deployment: LLMDeployment, target: Target, overrides: Mapping[str
     """The pod template hash the replicas run with once ``overrides`` (by spec field name) are in force:
     the target's inputs with the engine resolved again (as :func:`tidal.plan.target.make_target` does
     from the status that records them)."""
-    by_field = {_ENGINE_FIELDS[k]: _value(k, v) for k, v in overrides.items()}
+    by_field = {BY_SPEC_NAME[k].field: _value(k, v) for k, v in overrides.items()}
     engine = resolve_engine(deployment.spec, target.recommendation, by_field)
     return compute_spec_hash(dc_replace(target.inputs, engine=engine))
 
@@ -179,8 +174,9 @@ def _tuning_entry(
 
 
 def _value(setting: str, value: float) -> int | float:
-    """A setting's value as the status stores it (``maxNumSeqs`` and ``maxNumBatchedTokens`` are integers)."""
-    return int(value) if setting in _INTEGER_SETTINGS else value
+    """A setting's value as the status stores it, by the registry's type (``maxNumSeqs`` is an integer)."""
+    known = BY_SPEC_NAME.get(setting)
+    return value if known is None else known.parse(value)
 
 
 def _notified_recently(notice: Mapping[str, Any] | None, reason: str, now: float) -> bool:
