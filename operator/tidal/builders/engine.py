@@ -307,12 +307,7 @@ def resolve_engine(
             cfg["model"] = rest.split("@", 1)[0] if scheme == "hf" else sd.draft_model
         extra = ["--speculative-config", json.dumps(cfg, sort_keys=True, separators=(",", ":")), *extra]
     return EffectiveEngine(
-        tensor_parallel_size=int(chosen["tensor_parallel_size"]),
-        pipeline_parallel_size=int(chosen["pipeline_parallel_size"]),
-        gpu_memory_utilization=chosen["gpu_memory_utilization"],
-        max_num_seqs=chosen["max_num_seqs"],
-        max_model_len=chosen["max_model_len"],
-        max_num_batched_tokens=chosen["max_num_batched_tokens"],
+        **chosen,  # one value per registry setting
         dtype=None if eng.dtype == "auto" else eng.dtype,
         quantization=None if eng.quantization == "none" else eng.quantization,
         kv_cache_dtype=None if eng.kv_cache_dtype == "auto" else eng.kv_cache_dtype,
