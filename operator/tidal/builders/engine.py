@@ -132,8 +132,7 @@ def _explicit(spec: LLMDeploymentSpec) -> dict[str, int | float]:
 
 
 def _values_of(rec: Recommendation) -> dict[str, int | float]:
-    values: dict[str, int | float] = {s.field: getattr(rec, s.field) for s in SETTINGS}
-    return values
+    return {s.field: getattr(rec, s.field) for s in SETTINGS}
 
 
 def _cut(text: str) -> str:

@@ -281,5 +281,5 @@ def compute_desired_replicas(
         advice=advice,
         panic=panic,
         headroom=reserve.headroom if reserve else None,
-        demand=None if sig.work_now is None else sig.work_now * min(1.0, unit),
+        demand=None if sig.work_now is None else sig.work_now * unit,
     )

@@ -33,7 +33,6 @@ RENOTIFY_SECONDS: Final = 3600.0
 """An ``EngineTuningSkipped`` Event for the same setting and reason is not posted again sooner than this."""
 
 
-
 def engine_tuning(
     deployment: LLMDeployment,
     decision: ScalingDecision,
