@@ -13,11 +13,12 @@ Prometheus sees is what a replica of that model on that GPU would roughly report
 * **Routing** (:func:`split_load`): the offered rate goes to the Ready replicas, less to those with a
   backlog (least outstanding requests); a replica's queue stays on it.
 * **One replica** (:meth:`ReplicaModel.advance`): offered ``lambda`` requests/s, utilisation
-  ``rho = lambda / mu``. Below capacity the waiting queue sits at ``rho^4 / (1 - rho)`` (continuous
-  batching keeps it near zero until the batch is nearly full); at or above capacity it grows by
-  ``(lambda - mu)`` per second, and a backlog drains at ``mu - lambda``. The replica serves
-  ``min(lambda, mu)`` (``mu`` while a backlog drains). Running sequences follow Little's law on the batch
-  at capacity; KV use is running x (prompt + output/2) tokens over the KV capacity; the queue wait is
+  ``rho = lambda / mu``. Below capacity the waiting queue settles at ``rho^4 / (1 - rho)`` (continuous
+  batching keeps it near zero until the batch is nearly full) over the M/M/1 relaxation time, so a
+  replica offered just under its capacity does not jump to thousands waiting in one tick; at or above
+  capacity it grows by ``(lambda - mu)`` per second, and a backlog drains at ``mu - lambda``. The replica
+  serves ``min(lambda, mu)`` (``mu`` while a backlog drains). Running sequences follow Little's law on the
+  batch at capacity; KV use is running x (prompt + output/2) tokens over the KV capacity; the queue wait is
   ``waiting / mu``; TTFT is prefill + queue wait, TPOT is the step time of the running batch stretched by
   the prefill share of the GPU (the same fixed point as ``tidal.sim.capacity.concurrency_at``).
 
@@ -223,6 +224,22 @@ class ReplicaModel:
             return MAX_WAITING
         return min(MAX_WAITING, rho**4 / (1.0 - rho))
 
+    def relaxation_seconds(self, rho: float) -> float:
+        """How long a replica's queue takes to settle at a new load below capacity: an M/M/1 queue's
+        relaxation time, ``1 / (mu (1 - sqrt(rho))^2)``, which grows without bound as ``rho -> 1``."""
+        gap = (1.0 - math.sqrt(min(max(rho, 0.0), 1.0))) ** 2
+        return math.inf if gap <= 0.0 else 1.0 / (self.capacity_rps * gap)
+
+    def settle_towards(self, waiting: float, floor: float, rho: float, dt: float) -> float:
+        """The queue after ``dt`` seconds on its way up to the steady ``floor``: it closes the gap by
+        ``1 - exp(-dt / relaxation)``, so a replica offered just under its capacity builds its (large)
+        steady queue over minutes, not in one tick, and never faster than requests arrive."""
+        tau = self.relaxation_seconds(rho)
+        if waiting >= floor or math.isinf(tau):
+            return waiting
+        rise = (floor - waiting) * -math.expm1(-dt / tau)
+        return waiting + min(rise, rho * self.capacity_rps * dt)
+
     def tpot_seconds(self, running: float, served_rps: float) -> float:
         """Mean time per output token with ``running`` sequences decoding and ``served_rps`` prompts/s."""
         b = max(1, round(running))
@@ -247,7 +264,7 @@ class ReplicaModel:
             waiting = max(floor, state.waiting - (mu - offered_rps) * dt)
             served = mu if waiting > floor else offered_rps
         else:
-            waiting, served = floor, offered_rps
+            waiting, served = self.settle_towards(state.waiting, floor, rho, dt), offered_rps
         running = min(float(self.limits.max_num_seqs), self.batch_at_capacity * served / mu)
         ctx = self.prompt_tokens + self.output_tokens / 2
         kv = min(1.0, running * ctx / self.limits.kv_cache_tokens)
