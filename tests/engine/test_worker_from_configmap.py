@@ -28,7 +28,7 @@ from tests.support.engine import running_worker, tiny_model_dir
 
 from tidal.api import LLMDeployment
 from tidal.builders.engine import recommend_for_spec, resolve_engine
-from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods, owner_reference
+from tidal.builders.pods import BuilderConfig, ReplicaInputs, build_replica_pods
 from tidal.builders.workercode import CODE_VOLUME, build_worker_code_config_map
 from tidal.shell.workercode import load_worker_code
 
@@ -51,7 +51,7 @@ def _pod_and_config_map() -> tuple[dict[str, Any], dict[str, Any]]:
         dep, resolve_engine(dep.spec, recommend_for_spec(dep.spec, 1)), BuilderConfig(worker_code=code)
     )
     pod = build_replica_pods(inp, 0, "h")[0]
-    cm = build_worker_code_config_map(inp.name, inp.namespace, owner_reference(dep), code)
+    cm = build_worker_code_config_map(inp.namespace, code)
     # Through JSON, as the API server stores and returns them.
     return json.loads(json.dumps(pod)), json.loads(json.dumps(cm))
 

@@ -24,7 +24,6 @@ from tidal.builders.pods import (
     ReplicaInputs,
     build_replica_pods,
     compute_spec_hash,
-    owner_reference,
 )
 from tidal.builders.workercode import (
     CODE_BUDGET_BYTES,
@@ -90,15 +89,14 @@ def test_every_worker_file_ships_under_a_valid_key() -> None:
     assert {"tidal_worker/__main__.py", "tidal_worker/middleware.py", "tidal_worker/contract.py"} <= paths
     for path, text in code.files:
         assert text == (PACKAGE.parent / path).read_text(), path
-    cm = build_worker_code_config_map("llama", "serving", {"uid": "u"}, code)
+    cm = build_worker_code_config_map("serving", code)
     assert all(KEY.match(k) and len(k) <= 253 for k in cm["data"]), sorted(cm["data"])
     assert len(cm["data"]) == len(paths)
 
 
 def test_size_is_well_under_the_configmap_limit() -> None:
     code = load_worker_code()
-    dep = _deployment()
-    cm = build_worker_code_config_map("llama", "serving", owner_reference(dep), code)
+    cm = build_worker_code_config_map("serving", code)
     whole = len(json.dumps(cm).encode())
     assert code.size_bytes <= CODE_BUDGET_BYTES == MAX_CONFIGMAP_BYTES // 2
     assert whole < MAX_CONFIGMAP_BYTES // 4, (
@@ -148,18 +146,19 @@ def test_files_that_cannot_ship_are_refused(files: dict[str, str], problem: str)
         WorkerCode.from_files({**base, **files})
 
 
-def test_config_map_is_a_child_like_the_others() -> None:
-    dep = _deployment()
-    cm = build_worker_code_config_map("llama-3-1-8b", "serving", owner_reference(dep), load_worker_code())
+def test_config_map_is_shared_by_the_namespace_and_named_by_its_code() -> None:
+    code = load_worker_code()
+    cm = build_worker_code_config_map("serving", code)
     meta = cm["metadata"]
-    assert meta["name"] == "llama-3-1-8b-worker-code"
-    assert meta["ownerReferences"][0]["uid"] == "uid-1" and meta["ownerReferences"][0]["controller"] is True
-    assert meta["labels"]["tidal.dev/deployment"] == "llama-3-1-8b"
+    assert meta["name"] == config_map_name(code.hash) == f"tidal-worker-code-{code.hash}"
+    assert meta["namespace"] == "serving"
+    assert "ownerReferences" not in meta  # owners would rewrite the whole object once per deployment
+    assert "tidal.dev/deployment" not in meta["labels"]
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "tidal-operator"
-    assert meta["annotations"][CODE_HASH_ANNOTATION] == load_worker_code().hash
-    long = "a" * 250
-    assert len(config_map_name(long)) <= 253 and config_map_name(long).endswith("-worker-code")
-    assert config_map_name(long) != config_map_name(long[:-1] + "b")
+    assert meta["labels"]["app.kubernetes.io/name"] == "tidal-worker"  # the operator's watch sees it
+    assert meta["annotations"][CODE_HASH_ANNOTATION] == code.hash
+    other = WorkerCode.from_files({"tidal_worker/__init__.py": "", "tidal_worker/__main__.py": "v = 2\n"})
+    assert config_map_name(other.hash) != meta["name"]
 
 
 # ----------------------------------------------------------------------------------------------- the pods
@@ -180,11 +179,11 @@ def test_pods_mount_the_code_and_run_the_golden_command() -> None:
         assert c["command"] == want["command"], stem
         assert c["image"] == "vllm/vllm-openai:v0.32.0"
         vol = next(v for v in pod["spec"]["volumes"] if v["name"] == "tidal-worker-code")
-        assert vol["configMap"]["name"] == "llama-3-1-8b-worker-code"
+        assert vol["configMap"]["name"] == f"tidal-worker-code-{code.hash}"
         assert vol["configMap"]["defaultMode"] == 0o444
         items = {i["key"]: i["path"] for i in vol["configMap"]["items"]}
         assert sorted(items.values()) == sorted(_source_files())
-        assert set(items) == set(build_worker_code_config_map("x", "n", {}, code)["data"])
+        assert set(items) == set(build_worker_code_config_map("n", code)["data"])
         mount = next(m for m in c["volumeMounts"] if m["name"] == "tidal-worker-code")
         assert mount == {
             "name": "tidal-worker-code",

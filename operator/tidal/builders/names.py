@@ -99,6 +99,12 @@ def deployment_labels(deployment: str) -> dict[str, str]:
     }
 
 
+def shared_labels() -> dict[str, str]:
+    """Labels of a child shared by every deployment of a namespace (the worker's code): the operator's watch
+    sees it, under no deployment."""
+    return {NAME_LABEL: WORKER_APP, MANAGED_BY_LABEL: MANAGER}
+
+
 def deployment_selector(deployment: str) -> dict[str, str]:
     """Selects every worker pod of a deployment (all replicas, all roles)."""
     return {NAME_LABEL: WORKER_APP, DEPLOYMENT_LABEL: label_value(deployment)}

@@ -327,12 +327,13 @@ def build_pod(inp: ReplicaInputs, replica: int, member: int, spec_hash: str) -> 
 def _add_worker_code(
     inp: ReplicaInputs, container: dict[str, Any], volumes: list[dict[str, Any]], annotations: dict[str, str]
 ) -> None:
-    """Mount the worker's code from the deployment's ConfigMap, first on PYTHONPATH (a ``PYTHONPATH`` from
-    ``spec.engine.env`` follows it); its hash annotation puts the code in the spec hash."""
+    """Mount the worker's code from the namespace's ConfigMap of that code, first on PYTHONPATH (a
+    ``PYTHONPATH`` from ``spec.engine.env`` follows it); its hash annotation puts the code in the spec
+    hash."""
     code = inp.config.worker_code
     if code is None:
         return
-    parts = code_mount(inp.name, code)
+    parts = code_mount(code)
     volumes.append(parts.volume)
     container["volumeMounts"].append(parts.mount)
     env: list[dict[str, Any]] = container["env"]

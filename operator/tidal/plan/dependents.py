@@ -89,9 +89,9 @@ def plan_dependents(
     pdbs = {p.get("metadata", {}).get("name"): p for p in observed.pdbs}
     if pdb is not None and _needs_apply(pdb, pdbs.get(pdb["metadata"]["name"])):
         plan.apply.append(pdb)
-    # The worker's code the pods mount (stock vLLM image).
+    # The worker's code the pods mount (stock vLLM image), shared by the namespace's deployments.
     code_apply, code_delete = plan_worker_code(
-        deployment, target.inputs.config.worker_code, observed.config_maps
+        deployment, target.inputs.config.worker_code, observed.config_maps, observed.code_hashes_in_use
     )
     plan.apply.extend(code_apply)
     plan.delete.extend(code_delete)

@@ -8,7 +8,7 @@ and lets the shell stay a loop of "observe, plan, apply".
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +31,11 @@ class Observed:
     services: Sequence[Mapping[str, Any]] = ()
     pdbs: Sequence[Mapping[str, Any]] = ()
     config_maps: Sequence[Mapping[str, Any]] = ()
-    """The worker-code ConfigMap (metadata only)."""
+    """The worker-code ConfigMaps (metadata only): the namespace's shared ones and any of the deployment's own
+    from before they were shared."""
+    code_hashes_in_use: Callable[[], Collection[str]] = frozenset
+    """The worker-code hashes the namespace's pods carry, computed only when asked (an older shared
+    worker-code ConfigMap exists): it reads every pod of the namespace."""
     nodes: Sequence[NodeInfo] | None = None
     """``None`` when the operator does not watch nodes: the GPU arithmetic is skipped (Pending pods still
     reveal a shortage)."""

@@ -179,10 +179,17 @@ async def on_pod_event(namespace: str | None, labels: Mapping[str, str], **kwarg
 async def on_config_map_event(
     type: str | None, namespace: str | None, labels: Mapping[str, str], **kwargs: Any
 ) -> None:
-    """The worker-code ConfigMap was deleted: put it back now (new pods cannot start without it)."""
+    """A worker-code ConfigMap was deleted: the deployments that use it put it back now (new pods cannot start
+    without it): its own deployment, or, for the namespace's shared one, every deployment of the namespace
+    (the one whose code no pod mounts any more is not re-created: the plan wants only the current code)."""
+    if type != "DELETED":
+        return
+    ns = namespace or ""
+    idx = indexes_of(kwargs)
     owner = labels.get(DEPLOYMENT_LABEL)
-    if type == "DELETED" and owner:
-        await RECONCILER.quiet((namespace or "", owner), indexes_of(kwargs))
+    keys = [(ns, owner)] if owner else [k for k in list(idx["llmd_index"]) if k[0] == ns]
+    for key in keys:
+        await RECONCILER.quiet(key, idx)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -206,6 +213,20 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
         for o in values(idx[index], key)
         if not (kind == "Pod" and o["metadata"].get("deletionTimestamp"))
     ]
+    # The namespace's shared worker code goes with its last deployment (a deployment created meanwhile puts it
+    # back: its deletion reconciles the namespace, see on_config_map_event).
+    if not any(k[0] == namespace and k != key for k in list(idx["llmd_index"])):
+        refs.extend(
+            ObjectRef(
+                "v1",
+                "ConfigMap",
+                namespace,
+                str(o["metadata"]["name"]),
+                o["metadata"].get("uid"),
+                "the namespace's last deployment deleted",
+            )
+            for o in values(idx["config_map_index"], (namespace, ""))
+        )
     for ref in refs:
         await asyncio.to_thread(kube.delete, ref)
     RECONCILER.forget(key)

@@ -1,6 +1,6 @@
 """kopf indexes: the operator's in-memory view of every LLMDeployment and of its children (worker pods,
-Services, PodDisruptionBudgets, the worker-code ConfigMap) by deployment, and of the GPU nodes, fed by kopf's
-watches.
+Services, PodDisruptionBudgets) by deployment, of the worker-code ConfigMaps by namespace, and of the GPU
+nodes, fed by kopf's watches.
 
 Its own module because the indexes are what makes a reconcile free of reads (a steady state costs no API
 requests) and what decides the operator's resident memory: each body is slimmed to what the reconcile reads
@@ -18,17 +18,24 @@ import kopf
 from tidal.api import GROUP, PLURAL, VERSION
 from tidal.builders.gpus import GPU_RESOURCE
 from tidal.builders.names import DEPLOYMENT_LABEL, NAME_LABEL, WORKER_APP, label_value
+from tidal.builders.workercode import CODE_HASH_ANNOTATION
 from tidal.plan import NodeInfo
 from tidal.plan.replicas import container_gpus
 
 WORKER_SELECTOR: Final = {NAME_LABEL: WORKER_APP}
 INDEX_NAMES: Final = (
-    "llmd_index", "pod_index", "service_index", "pdb_index", "config_map_index", "node_index"
+    "llmd_index",
+    "pod_index",
+    "service_index",
+    "pdb_index",
+    "config_map_index",
+    "node_index",
 )
 """The keyword arguments under which kopf hands the indexes to every handler."""
 
 Key = tuple[str, str]
-"""(namespace, label value of the deployment name)."""
+"""(namespace, label value of the deployment name); ``(namespace, "")`` for what the namespace's deployments
+share (the worker-code ConfigMap)."""
 
 _POD_META: Final = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
 _POD_STATUS: Final = ("phase", "reason", "conditions", "containerStatuses", "initContainerStatuses")
@@ -51,8 +58,12 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata", {})
     status = body.get("status", {}) or {}
     spec = body.get("spec", {}) or {}
+    slim_meta = {k: meta.get(k) for k in _POD_META if meta.get(k) is not None}
+    code_hash = (meta.get("annotations") or {}).get(CODE_HASH_ANNOTATION)
+    if code_hash is not None:  # which shared worker-code ConfigMap it mounts
+        slim_meta["annotations"] = {CODE_HASH_ANNOTATION: code_hash}
     return {
-        "metadata": {k: meta.get(k) for k in _POD_META if meta.get(k) is not None},
+        "metadata": slim_meta,
         "status": {k: status.get(k) for k in _POD_STATUS if status.get(k) is not None},
         # Where it runs and the GPUs it holds: the autoscaler's free-GPU arithmetic.
         "spec": {
@@ -120,8 +131,8 @@ async def pdb_index(
 async def config_map_index(
     body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    """The worker-code ConfigMap by owning deployment: metadata only (its ~75 KB of data stays out of memory;
-    the plan compares the hash annotation)."""
+    """The worker-code ConfigMaps: the namespace's shared ones under ``(namespace, "")``, a deployment's own
+    (from before they were shared) under its key; metadata only (the ~75 KB of data stays out of memory)."""
     meta = body.get("metadata", {})
     slim = {k: meta.get(k) for k in (*_CHILD_META, "annotations") if meta.get(k) is not None}
     return {(namespace or "", labels.get(DEPLOYMENT_LABEL, "")): {"metadata": slim}}
@@ -146,6 +157,17 @@ def values(index: kopf.Index[Key, dict[str, Any]], key: Key) -> list[dict[str, A
     return list(store) if store is not None else []
 
 
+def namespace_code_hashes(pod_index: kopf.Index[Key, dict[str, Any]], namespace: str) -> set[str]:
+    """The worker-code hashes the worker pods of ``namespace`` carry (reads every deployment's pods there)."""
+    return {
+        h
+        for key in list(pod_index)
+        if key[0] == namespace
+        for pod in values(pod_index, key)
+        if (h := (pod["metadata"].get("annotations") or {}).get(CODE_HASH_ANNOTATION))
+    }
+
+
 def indexes_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The indexes among a handler's keyword arguments."""
     return {k: kwargs[k] for k in INDEX_NAMES}
@@ -158,6 +180,7 @@ __all__ = [
     "config_map_index",
     "indexes_of",
     "llmd_index",
+    "namespace_code_hashes",
     "node_index",
     "pdb_index",
     "pod_index",

@@ -33,7 +33,7 @@ from tidal.plan.autoscale.status import disabled_conditions
 from tidal.shell import hub, metrics
 from tidal.shell.autoscale import guarded_pass, next_interval
 from tidal.shell.events import post_events
-from tidal.shell.indexes import Key, values
+from tidal.shell.indexes import Key, namespace_code_hashes, values
 from tidal.shell.kube import Kube
 from tidal.shell.leadership import POLL_SECONDS, PeeringGate
 from tidal.shell.prom import PrometheusSignals
@@ -301,7 +301,11 @@ class Reconciler:
             pods=values(indexes["pod_index"], key),
             services=values(indexes["service_index"], key),
             pdbs=values(indexes["pdb_index"], key),
-            config_maps=values(indexes["config_map_index"], key),
+            config_maps=[
+                *values(indexes["config_map_index"], (key[0], "")),
+                *values(indexes["config_map_index"], key),
+            ],
+            code_hashes_in_use=lambda: namespace_code_hashes(indexes["pod_index"], key[0]),
             nodes=nodes,
         )
         return meta, deployment, observed
