@@ -7,6 +7,7 @@ arithmetic consequences of the documented formulas on hand-made histories, not f
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -234,29 +235,50 @@ def test_one_step_sizing_past_the_step_limit() -> None:
     assert d.desired == 2 + int(cfg.max_scale_up_factor * 2), d.message
 
 
-def test_no_flapping_on_flat_load() -> None:
-    """Flat demand for an hour: scale-ups to the prior's headroom at the start, then only scale-downs
-    as the flat history outweighs the prior (never an up after a down), at most one per stabilisation
-    window."""
+def _flat_hour(cfg: ScalingConfig) -> tuple[list[tuple[float, int]], int]:
+    """An hour of flat demand (3 replicas of work): the moves (time, step) and the final count."""
     state, current = AutoscalerState(), 1
     moves: list[tuple[float, int]] = []
     history: list[tuple[float, float]] = []
     for i in range(240):
         t = NOW + STEP * i
-        d = compute_desired_replicas(CFG, _obs(3.0, t), CapacityView(current, current), state, t, history)
+        d = compute_desired_replicas(cfg, _obs(3.0, t), CapacityView(current, current), state, t, history)
         if d.desired != current:
             moves.append((t, d.desired - current))
         state, current = d.state, d.desired
         assert d.demand is not None
         history.append((t, d.demand))
+    return moves, current
+
+
+def test_no_flapping_on_flat_load() -> None:
+    """Flat demand for an hour: scale-ups to the prior's headroom at the start, then only scale-downs
+    as the flat history outweighs the prior (never an up after a down), at most one per stabilisation
+    window. At the prior of 2.0 (the first default): with 3.0 the decay of its larger excess brings two
+    downs 45 s apart (below), still one way."""
+    cfg = replace(CFG, headroom_prior=2.0)
+    moves, current = _flat_hour(cfg)
     steps = [step for _, step in moves]
     first_down = next(i for i, step in enumerate(steps) if step < 0)
     assert all(step > 0 for step in steps[:first_down]) and all(step < 0 for step in steps[first_down:]), (
         moves
     )
     downs = [t for t, _ in moves[first_down:]]
-    assert all(b - a >= CFG.scale_down_stabilization_s for a, b in itertools.pairwise(downs)), moves
+    assert all(b - a >= cfg.scale_down_stabilization_s for a, b in itertools.pairwise(downs)), moves
     assert current >= 3
+
+
+def test_flat_load_under_the_default_prior_only_scales_down_after_the_start() -> None:
+    """The default prior (3.0) on the same hour: up to three times the work at the start, then only
+    scale-downs, one replica each. After the hour (about 30 lead times of flat history against the prior's
+    4) the estimate is (30 x 1 + 4 x 3) / 34 = 1.24: 3.7 replicas of work, so 4 replicas; at most 5."""
+    assert CFG.headroom_prior == 3.0
+    moves, current = _flat_hour(CFG)
+    steps = [step for _, step in moves]
+    first_down = next(i for i, step in enumerate(steps) if step < 0)
+    assert all(step > 0 for step in steps[:first_down]), moves
+    assert all(step == -1 for step in steps[first_down:]), moves
+    assert 3 <= current <= 5, moves
 
 
 def test_scale_down_keeps_the_headroom() -> None:

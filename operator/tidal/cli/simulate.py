@@ -195,7 +195,7 @@ def _invalid(args: argparse.Namespace, target: float, settings: dict[str, Any]) 
     for flag in ("max_num_batched_tokens", "expected_input_tokens", "expected_output_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             return f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}"
-    prior = args.headroom_prior or settings.get("headroom_prior") or 2.0
+    prior = args.headroom_prior or settings.get("headroom_prior") or 3.0
     cap = args.headroom_max or settings.get("headroom_max") or 10.0
     if not 1 <= prior <= cap <= 10:
         return f"need 1 <= headroom prior ({prior:g}) <= headroom max ({cap:g}) <= 10"
@@ -221,7 +221,7 @@ def tidal_settings(args: argparse.Namespace, target: float, settings: dict[str, 
     API defaults): the policy simulated is the one the operator would run for that deployment."""
     return {
         "slo_attainment": min(0.9999, max(0.5, target)),
-        "headroom_prior": float(args.headroom_prior or settings.get("headroom_prior") or 2.0),
+        "headroom_prior": float(args.headroom_prior or settings.get("headroom_prior") or 3.0),
         "headroom_max": float(args.headroom_max or settings.get("headroom_max") or 10.0),
     }
 
@@ -367,7 +367,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--headroom-prior",
         type=float,
-        help="Tidal's headroom prior, 1-10 (default spec.autoscaling.headroomPrior, else 2.0)",
+        help="Tidal's headroom prior, 1-10 (default spec.autoscaling.headroomPrior, else 3.0)",
     )
     parser.add_argument(
         "--headroom-max",

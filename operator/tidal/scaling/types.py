@@ -121,7 +121,7 @@ class ScalingConfig:
     detection_delay_s: float = 30.0
     """Added to the cold start to give the provisioning lead time: the metrics window plus a sync period
     before a rise is seen and acted on."""
-    headroom_prior: float = 2.0
+    headroom_prior: float = 3.0
     """Headroom assumed while the demand history is short (:mod:`tidal.scaling.headroom`)."""
     headroom_max: float = 10.0
     """The largest headroom factor kept (``spec.autoscaling.headroomMax``; 1: no standing headroom)."""
