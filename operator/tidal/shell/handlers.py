@@ -34,7 +34,7 @@ from tidal.builders.pods import BuilderConfig
 from tidal.plan import ObjectRef
 from tidal.shell import metrics
 from tidal.shell.diffbase import NoDiffBaseStorage
-from tidal.shell.indexes import WORKER_SELECTOR, indexes_of, values  # (registers the kopf indexes)
+from tidal.shell.indexes import WORKER_SELECTOR, Key, indexes_of, values  # (registers the kopf indexes)
 from tidal.shell.kube import Kube
 from tidal.shell.leadership import PeeringGate
 from tidal.shell.reconciler import TIMER_INTERVAL_SECONDS, Reconciler, max_concurrent_reconciles
@@ -192,6 +192,17 @@ async def on_config_map_event(
         await RECONCILER.quiet(key, idx)
 
 
+def _others_remain(llmd_index: kopf.Index[Key, dict[str, Any]], key: Key) -> bool:
+    """Whether another deployment of ``key``'s namespace stays: one not being deleted itself (deleted
+    together, as by ``kubectl delete llmd --all``, each would otherwise leave the shared ConfigMap to the
+    other)."""
+    return any(
+        k[0] == key[0] and k != key and not o["metadata"].get("deletionTimestamp")
+        for k in list(llmd_index)
+        for o in values(llmd_index, k)
+    )
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
     """Delete every child now (the garbage collector would too, through the owner references), then let kopf
@@ -215,7 +226,7 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
     ]
     # The namespace's shared worker code goes with its last deployment (a deployment created meanwhile puts it
     # back: its deletion reconciles the namespace, see on_config_map_event).
-    if not any(k[0] == namespace and k != key for k in list(idx["llmd_index"])):
+    if not _others_remain(idx["llmd_index"], key):
         refs.extend(
             ObjectRef(
                 "v1",
