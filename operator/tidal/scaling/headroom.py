@@ -31,7 +31,8 @@ The estimate, in order (every step is a pure function of the history and is unit
    97.21 %, the 2x step's 100 % -> 98.5/98.1 %. Prior 2.0, the first default, left the first burst of
    the recurring-burst traces to a fleet sized for 2x: on tuning seeds 11-16 at capacity error 0 bursts
    97.3-100 %, diurnal 98.6-100 %; at 3.0 bursts 98.1-100 %, diurnal 99.0-100 %, and at error -0.3 bursts
-   93.7-98.1 % -> 96.8-100 %, for 5-10 % more GPU-hours on stationary traffic and the 2x step.) A 0.99
+   93.7-98.1 % -> 96.8-100 %, for 5-10 % more GPU-hours on stationary traffic and the 2x step; measured
+   with a peak test of level shifts since taken out again, see docs/autoscaling.md.) A 0.99
    target rests on about ``1 / (1 - q)`` = 100 lead times of data before its tail is the deployment's
    own, which is why the history read from Prometheus reaches ``HISTORY_S`` (4 h) back.
 4. **Feedback.** Measured attainment (an exponential moving average of the SLO misses over
@@ -275,67 +276,29 @@ is not one: it is what the reactive part follows)."""
 SUSTAINED = 0.5
 """A sample's rise over its base counts as sustained (a level shift) when the median over the next base
 window keeps at least this share of the rise."""
-SUSTAINED_AT_PEAK = 0.4
-"""...and the median over the base window after the rise's peak keeps at least this share of the peak's
-rise (the peak of a step's catch-up overshoots its new level: the 2x step kept 47 % of it on a tuning seed,
-the 4x step 60 %; a 45 s flash crowd on a daily cycle 29 %)."""
-
-
-def _held(
-    history: Sequence[tuple[float, float]],
-    times: Sequence[float],
-    i: int,
-    rise: float,
-    base: float,
-    window_s: float,
-    lead_s: float,
-    share: float = SUSTAINED,
-) -> bool | None:
-    """Whether the median demand over the ``window_s`` after sample ``i`` (or over what there is of it, once
-    at least one lead time) keeps ``share`` of ``rise - base``; ``None`` while less is known."""
-    t = times[i]
-    k = bisect.bisect_right(times, t + window_s) - 1
-    if min(t + window_s, times[-1]) - t < lead_s or k <= i:
-        return None
-    after = statistics.median(x for _, x in history[i + 1 : k + 1])
-    return after >= base + share * (rise - base)
 
 
 def sustained_levels(
     history: Sequence[tuple[float, float]], base: Sequence[float], base_window_s: float, lead_s: float
 ) -> list[bool]:
-    """Per sample risen past ``SHIFT_MIN`` x its base: whether its rise held (a level shift, not a burst).
-
-    Two readings, both needed once both are known:
-
-    * **the sample's own rise**: the median over the ``base_window_s`` after it keeps ``SUSTAINED`` of
-      ``demand - base``. Relative to the rise, not to the sample: a shift measured while the fleet catches
-      up overshoots the new level (the queue's growth counts as demand), and the overshoot belongs to the
-      shift. A partial window counts once it spans a lead time, so that a fresh shift stops multiplying
-      its new level within a lead time or two (with only full windows the 4x step kept 14 replicas where
-      4 serve it for five minutes).
-    * **the rise at its peak** (the largest demand from the sample to one lead time after it): the median
-      over the window after the peak keeps ``SUSTAINED_AT_PEAK`` of ``peak - base``. Without it, the first
-      samples of a 45 s flash crowd on a rising daily cycle, small rises over their base, read as held
-      (the crowd, the backlog it left and the cycle kept the next minutes above them); the whole crowd
-      then counted as a level shift, the headroom stayed at 1.03 and the next crowd missed (diurnal,
-      tuning seed 15: 95.95 %). Alone it judged too late: the peak of a step's catch-up comes minutes
-      after its onset, and until a lead time after it the step's own multiple stood as headroom over the
-      new level (the 4x step's GPU-hours +27 % on the tuning seeds).
-
-    While the peak's reading is not known yet, the sample's own decides. Samples with less than one lead
-    time after them are not known to be sustained."""
+    """Per sample: whether its rise over the base held (the median over the following ``base_window_s``,
+    or over what there is of it once at least one lead time, keeps ``SUSTAINED`` of ``demand - base``).
+    Relative to the rise, not to the sample: a shift measured while the fleet catches up overshoots the
+    new level (the queue's growth counts as demand), and the overshoot belongs to the shift. A partial
+    window counts so that a fresh shift stops multiplying its new level within a lead time or two (with
+    only full windows the 4x step kept 14 replicas where 4 serve it for five minutes); a burst still
+    under way may read as sustained until it ends, which only delays a scale-down. Samples with less
+    than one lead time after them are not known to be sustained."""
     out: list[bool] = []
     times = [t for t, _ in history]
+    end = times[-1] if times else 0.0
     for i, (t, d) in enumerate(history):
-        if d <= SHIFT_MIN * base[i]:
-            out.append(False)  # not risen (yet)
+        k = bisect.bisect_right(times, t + base_window_s) - 1
+        if min(t + base_window_s, end) - t < lead_s or k <= i or d <= SHIFT_MIN * base[i]:
+            out.append(False)
             continue
-        own = _held(history, times, i, d, base[i], base_window_s, lead_s)
-        last = bisect.bisect_right(times, t + lead_s) - 1
-        p = max(range(i, last + 1), key=lambda k: history[k][1])
-        at_peak = _held(history, times, p, history[p][1], base[i], base_window_s, lead_s, SUSTAINED_AT_PEAK)
-        out.append(bool(own) and at_peak is not False)
+        after = statistics.median(x for _, x in history[i + 1 : k + 1])
+        out.append(after >= base[i] + SUSTAINED * (d - base[i]))
     return out
 
 
