@@ -5,9 +5,10 @@ of tidal.scaling.policies and tidal.sim.baselines running in virtual time.
 This test no longer bounds tidal's GPU-hours by 1.15x the clairvoyant: that threshold was tuned on this
 very trace (issue 14), and on a 20-minute trace started without history the documented conservative
 headroom prior (3.0 while the demand history is short since 2026-12-07, 2.0 before; docs/autoscaling.md)
-legitimately holds two to three times the fleet. The cost claim is issue 14's must-show on the suite's TEST seeds (GPU-hours <= the
-right-sized static, <= 0.7x on diurnal, not dominated), with thresholds fixed before tuning in
-``bench/autoscaling.py`` (``must_show``, ``--check``; tests/unit/test_bench_autoscaling.py)."""
+legitimately holds two to three times the fleet. The cost claim is issue 14's must-show on the suite's
+TEST seeds (GPU-hours <= the right-sized static, <= 0.7x on diurnal, not dominated), with thresholds
+fixed before tuning in ``bench/autoscaling.py`` (``must_show``, ``--check``;
+tests/unit/test_bench_autoscaling.py)."""
 
 from __future__ import annotations
 
