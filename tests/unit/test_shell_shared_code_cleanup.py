@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tidal.shell.handlers import _others_remain
+from tidal.shell.handlers import first_live_deployment, others_remain
 
 pytestmark = pytest.mark.unit
 
@@ -32,4 +32,20 @@ def _dep(deleting: bool = False) -> dict[str, Any]:
     ],
 )
 def test_others_remain(index: dict[tuple[str, str], list[dict[str, Any]]], expected: bool) -> None:
-    assert _others_remain(index, ("ns", "a")) is expected  # type: ignore[arg-type]
+    assert others_remain(index, ("ns", "a")) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [
+        ({("ns", "b"): [_dep()], ("ns", "a"): [_dep()]}, ("ns", "a")),  # one, the first by key
+        ({("ns", "a"): [_dep(True)], ("ns", "b"): [_dep()]}, ("ns", "b")),  # not one being deleted
+        ({("ns", "a"): [_dep(True)]}, None),  # none left to put it back
+        ({("other", "a"): [_dep()]}, None),  # another namespace's
+        ({("ns", "a"): []}, None),  # gone from the index
+    ],
+)
+def test_a_deleted_shared_configmap_reconciles_one_live_deployment(
+    index: dict[tuple[str, str], list[dict[str, Any]]], expected: tuple[str, str] | None
+) -> None:
+    assert first_live_deployment(index, "ns") == expected  # type: ignore[arg-type]

@@ -179,20 +179,35 @@ async def on_pod_event(namespace: str | None, labels: Mapping[str, str], **kwarg
 async def on_config_map_event(
     type: str | None, namespace: str | None, labels: Mapping[str, str], **kwargs: Any
 ) -> None:
-    """A worker-code ConfigMap was deleted: the deployments that use it put it back now (new pods cannot start
-    without it): its own deployment, or, for the namespace's shared one, every deployment of the namespace
-    (the one whose code no pod mounts any more is not re-created: the plan wants only the current code)."""
+    """A worker-code ConfigMap was deleted: a deployment that uses it puts it back now (new pods cannot start
+    without it): its own deployment, or, for the namespace's shared one, one deployment of the namespace that
+    is not being deleted (every deployment of a namespace plans the same current code, so one reconcile
+    restores it for all; reconciling all of them would cost one pass per deployment. The one whose code no
+    pod mounts any more is not re-created: the plan wants only the current code)."""
     if type != "DELETED":
         return
     ns = namespace or ""
     idx = indexes_of(kwargs)
     owner = labels.get(DEPLOYMENT_LABEL)
-    keys = [(ns, owner)] if owner else [k for k in list(idx["llmd_index"]) if k[0] == ns]
-    for key in keys:
+    key = (ns, owner) if owner else first_live_deployment(idx["llmd_index"], ns)
+    if key is not None:
         await RECONCILER.quiet(key, idx)
 
 
-def _others_remain(llmd_index: kopf.Index[Key, dict[str, Any]], key: Key) -> bool:
+def first_live_deployment(llmd_index: kopf.Index[Key, dict[str, Any]], namespace: str) -> Key | None:
+    """The first deployment (by key) of ``namespace`` that is not being deleted, or ``None``."""
+    return next(
+        (
+            k
+            for k in sorted(list(llmd_index))
+            if k[0] == namespace
+            and any(not o["metadata"].get("deletionTimestamp") for o in values(llmd_index, k))
+        ),
+        None,
+    )
+
+
+def others_remain(llmd_index: kopf.Index[Key, dict[str, Any]], key: Key) -> bool:
     """Whether another deployment of ``key``'s namespace stays: one not being deleted itself (deleted
     together, as by ``kubectl delete llmd --all``, each would otherwise leave the shared ConfigMap to the
     other)."""
@@ -226,7 +241,7 @@ async def on_delete(namespace: str | None, name: str, **kwargs: Any) -> None:
     ]
     # The namespace's shared worker code goes with its last deployment (a deployment created meanwhile puts it
     # back: its deletion reconciles the namespace, see on_config_map_event).
-    if not _others_remain(idx["llmd_index"], key):
+    if not others_remain(idx["llmd_index"], key):
         refs.extend(
             ObjectRef(
                 "v1",
