@@ -615,6 +615,8 @@ def test_new_deployment_posts_only_its_actions_then_transitions() -> None:
     assert c.doc["status"]["lastScale"]["reason"] == "ScaledUp", "the initial count is still recorded"
     c.run_all()
     ready = c.step()
-    assert sorted(e.reason for e in ready.events) == ["AllReplicasReady", "ReplicasUpToDate"]
+    # Creation finishing is one Event (Ready's, carrying Progressing's message), not two.
+    assert [e.reason for e in ready.events] == ["AllReplicasReady"]
+    assert "Progressing=False" in ready.events[0].message and "spec hash" in ready.events[0].message
     c.doc["spec"]["replicas"] = 3
     assert "ScaledUp" in [e.reason for e in c.step().events]

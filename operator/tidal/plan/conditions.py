@@ -111,7 +111,21 @@ def merge_conditions(
             )
     new_types = {c.type for c in new}
     out.extend(dict(c) for t, c in by_type.items() if t not in OWNED and t not in new_types)
-    return out, events
+    return out, _fold_creation_done(events, by_type)
+
+
+def _fold_creation_done(events: list[EventSpec], old: Mapping[str, Mapping[str, Any]]) -> list[EventSpec]:
+    """A new deployment's creation finishing (``Progressing`` leaving ``WorkersCreated`` for
+    ``ReplicasUpToDate`` in the pass where ``Ready`` becomes ``AllReplicasReady``) is one Event, not two: the
+    Ready Event carries the Progressing message. One write fewer per new deployment (issue 17's
+    1,000-deployment benchmark); a rollout or scale-down finishing keeps its own ``ReplicasUpToDate``
+    Event."""
+    ready = next((e for e in events if e.reason == ALL_REPLICAS_READY), None)
+    done = next((e for e in events if e.reason == REPLICAS_UP_TO_DATE), None)
+    if ready is None or done is None or (old.get(PROGRESSING) or {}).get("reason") != WORKERS_CREATED:
+        return events
+    merged = EventSpec(ready.type, ready.reason, f"{ready.message}; {done.message}"[:1024])
+    return [merged if e is ready else e for e in events if e is not done]
 
 
 def _notable(cond: Cond) -> bool:
