@@ -208,7 +208,8 @@ def compute_desired_replicas(
     ``past_demand``: time-ordered (time, replicas of work) demand samples before ``now`` (the simulator
     records them from earlier decisions' ``demand``; the operator reads them from Prometheus), for the
     headroom. The stages of the module docstring are the helpers above and those of
-    :mod:`tidal.scaling.stages`, in order."""
+    :mod:`tidal.scaling.stages`, in order. (Over 80 lines on purpose: the sequence of stages, each a call,
+    reads top to bottom in one place; the work is in the helpers.)"""
     current, ready = capacity.current, capacity.ready
     horizon = max(config.scale_down_stabilization_s, config.scale_up_stabilization_s)
     stale = _freshness(config, obs, now)  # 1.
