@@ -31,14 +31,14 @@ from dataclasses import replace as dc_replace
 from datetime import datetime
 from typing import Any
 
-from tidal.api import MAX_HISTORY, LLMDeployment, Signal
+from tidal.api import LLMDeployment, ScaleEvent, Signal
 from tidal.builders.names import SPEC_HASH_LABEL, selector_string, serving_selector
 from tidal.builders.pods import BuilderConfig, build_replica_pods
 from tidal.plan import conditions as C
 from tidal.plan.autoscale.status import AutoscalerPatch
 from tidal.plan.conditions import Cond, merge_conditions, replica_conditions
 from tidal.plan.dependents import plan_dependents
-from tidal.plan.documents import rfc3339, without_nulls
+from tidal.plan.documents import rfc3339, scale_record, without_nulls
 from tidal.plan.gpuhours import account_gpu_hours, worker_gpus
 from tidal.plan.model import model_condition
 from tidal.plan.replicas import ReplicaView, parse_time
@@ -323,16 +323,17 @@ def _owned_status(
         before = int(prev) if prev is not None else 0
         if before != n:
             reason = "ScaledUp" if n > before else "ScaledDown"
-            event = {
-                "time": stamp,
-                "from": before,
-                "to": n,
-                "reason": reason,
-                "message": f"replicas {before} -> {n}"
-                + (" (initial)" if prev is None else " (spec.replicas changed)"),
-            }
-            out["lastScale"] = event
-            out["scalingHistory"] = [*(old.get("scalingHistory") or []), event][-MAX_HISTORY:]
+            cause = " (initial)" if prev is None else " (spec.replicas changed)"
+            event = ScaleEvent.model_validate(
+                {
+                    "time": stamp,
+                    "from": before,
+                    "to": n,
+                    "reason": reason,
+                    "message": f"replicas {before} -> {n}{cause}",
+                }
+            )
+            out.update(scale_record(old, event))
     return out
 
 

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tidal.api import MAX_HISTORY
+from tidal.api import ScaleEvent
 from tidal.plan.autoscale.tuning import tuning_status
 from tidal.plan.conditions import Cond
-from tidal.plan.documents import without_nulls
+from tidal.plan.documents import scale_record, without_nulls
 from tidal.plan.gpuhours import GPU_HOURS_AT, accumulate_gpu_hours
 from tidal.plan.kvcapacity import KVCapacityUpdate
 from tidal.plan.types import EventSpec
@@ -102,8 +102,10 @@ def signal_status(
     return {"name": name, "value": round(value, 6), "target": target, "summary": summary[:128]}
 
 
-def _scale_entry(stamp: str, frm: int, to: int, reason: str, message: str) -> dict[str, Any]:
-    return {"time": stamp, "from": frm, "to": to, "reason": reason, "message": message[:1024]}
+def _scale_entry(stamp: str, frm: int, to: int, reason: str, message: str) -> ScaleEvent:
+    return ScaleEvent.model_validate(
+        {"time": stamp, "from": frm, "to": to, "reason": reason, "message": message[:1024]}
+    )
 
 
 def _blocked(decision: ScalingDecision) -> tuple[str, str] | None:
@@ -146,10 +148,10 @@ def _scale_record(
     old_as: Mapping[str, Any],
     stamp: str,
     events: list[EventSpec],
-) -> dict[str, Any] | None:
+) -> ScaleEvent | None:
     """The ``scalingHistory`` entry of this decision (a change, or a newly blocked scale), None without one;
     appends its Events to ``events``."""
-    entry: dict[str, Any] | None = None
+    entry: ScaleEvent | None = None
     message = (
         f"{decision.message} (proposed {decision.proposed}, applied {decision.desired}, "
         f"limited by {decision.limiting_factor})"
@@ -205,8 +207,7 @@ def autoscaler_patch(
     }
     entry = _scale_record(decision, blocked, old_as, stamp, events)
     if entry is not None:
-        fields["lastScale"] = entry
-        fields["scalingHistory"] = [*(old.get("scalingHistory") or []), entry][-MAX_HISTORY:]
+        fields.update(scale_record(old, entry))
     room = decision.headroom
     if room is not None and decision.state.headroom_factor != old_as.get("headroomFactor"):
         events.append(EventSpec("Normal", HEADROOM_CHANGED, room.describe()))
