@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 TIDAL_CACHE ?= $(HOME)/.cache/tidal
 export TIDAL_CACHE
+# Real kubelet nodes (containerd + runc) that cluster-up adds beside the fake GPU nodes: KUBELET_NODES=1 make cluster-up
+KUBELET_NODES ?= 0
+export KUBELET_NODES
 
 .PHONY: help
 help: ## Show this help
@@ -23,8 +26,13 @@ controlplane: ## Build (or reuse from $(TIDAL_CACHE)) kube-apiserver, controller
 system: ## Install Debian packages the tests need (prometheus); quick no-op when present
 	bash scripts/install-system.sh
 
+.PHONY: node
+node: ## Real-node prerequisites: containerd, runc, CNI plugins (Debian) and the kubelet (built into $(TIDAL_CACHE))
+	bash scripts/install-node-system.sh
+	bash scripts/build-node.sh
+
 .PHONY: cluster-up
-cluster-up: install controlplane ## Start a local control plane with 2 fake GPU nodes in the background (.tidal/kubeconfig)
+cluster-up: install controlplane $(if $(filter-out 0,$(KUBELET_NODES)),node) ## Start a local control plane with 2 fake GPU nodes in the background (.tidal/kubeconfig); KUBELET_NODES=N adds N real kubelet nodes
 	$(PY) -m tidal.devcluster up --state-dir .tidal
 
 .PHONY: cluster-down

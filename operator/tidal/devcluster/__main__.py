@@ -23,6 +23,13 @@ from tidal.devcluster.binaries import ControlPlaneNotBuiltError, find_bin_dir
 from tidal.devcluster.cluster import ClusterConfig, ClusterStartError, DevCluster
 from tidal.devcluster.nodes import GPUNodeSpec
 from tidal.devcluster.process import group_alive, kill_group, processes_running_from
+from tidal.devcluster.realnode import (
+    NodeNotBuiltError,
+    NodeStartError,
+    cleanup_node_dirs,
+    default_node_images,
+    find_kubelet,
+)
 
 
 def _work_dir(args: argparse.Namespace) -> Path:
@@ -71,6 +78,9 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
         gpu_nodes=args.gpu_nodes,
         gpu_node=GPUNodeSpec(gpu_product=args.gpu_product, gpus=args.gpus_per_node),
         ready_timeout_s=args.timeout,
+        real_nodes=args.real_nodes,
+        real_node_images=tuple(dict.fromkeys(Path(p).resolve() for p in args.node_image)),
+        keep_node_images=True,
     )
 
 
@@ -91,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         state["components"] = {}
         state["bin_dir"] = str(cluster.bin_dir)
         cluster.start()
-    except (ClusterStartError, ControlPlaneNotBuiltError) as exc:
+    except (ClusterStartError, ControlPlaneNotBuiltError, NodeStartError, NodeNotBuiltError) as exc:
         _write_state(args, {**state, "status": "failed", "error": str(exc)})
         print(exc, file=sys.stderr)
         return 1
@@ -102,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server=cluster.server,
         logs=str(cluster.log_dir),
         startup_seconds=round(cluster.startup_seconds, 2),
+        real_nodes={node.name: node.timings for node in cluster.real_nodes},
     )
     _write_state(args, state)
     print(f"devcluster: ready in {cluster.startup_seconds:.1f}s at {cluster.server}", flush=True)
@@ -135,8 +146,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     try:
         find_bin_dir()
-    except ControlPlaneNotBuiltError as exc:
-        print(exc, file=sys.stderr)
+        if args.real_nodes:
+            find_kubelet()
+            # The pause image first (built or found by scripts/build-images.sh), then the images asked for.
+            given = [Path(p).resolve() for p in args.node_image]
+            args.node_image = [str(p) for p in dict.fromkeys([*_default_images(given), *given])]
+    except (ControlPlaneNotBuiltError, NodeNotBuiltError, subprocess.CalledProcessError) as exc:
+        print(exc, getattr(exc, "stderr", None) or "", file=sys.stderr)
         return 1
     work = _work_dir(args)
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -146,7 +162,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.monotonic() + args.timeout + 15
+    deadline = time.monotonic() + args.timeout + 15 + 600 * args.real_nodes
     while time.monotonic() < deadline:
         state = _read_state(args)
         if state and state.get("status") == "ready":
@@ -171,10 +187,22 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         f"--gpu-product={args.gpu_product}",
         f"--gpus-per-node={args.gpus_per_node}",
         f"--timeout={args.timeout}",
+        f"--real-nodes={args.real_nodes}",
+        *(f"--node-image={p}" for p in args.node_image),
     ]
     if args.kubeconfig:
         out.append(f"--kubeconfig={args.kubeconfig}")
     return out
+
+
+def _default_images(given: list[Path]) -> list[Path]:
+    """The pause image tar (scripts/build-images.sh); none if that script is absent but images are given."""
+    try:
+        return [p.resolve() for p in default_node_images()]
+    except NodeNotBuiltError:
+        if given:
+            return []
+        raise
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -198,6 +226,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         if pgid in ours and group_alive(pgid):
             print(f"devcluster: {name} (pgid {pgid}) outlived the supervisor; killing it")
             kill_group(pgid)
+    cleanup_node_dirs(_work_dir(args) / "nodes")  # what real nodes left if their supervisor was killed
     _state_path(args).unlink(missing_ok=True)
     print("devcluster: stopped")
     return 0
@@ -231,6 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-product", default=GPUNodeSpec.gpu_product, help="nvidia.com/gpu.product label")
     parser.add_argument("--gpus-per-node", type=int, default=GPUNodeSpec.gpus, help="nvidia.com/gpu per node")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    parser.add_argument(
+        "--real-nodes",
+        type=int,
+        default=int(os.environ.get("KUBELET_NODES") or 0),
+        help="real kubelet nodes (containerd + runc) beside the fake ones (default $KUBELET_NODES or 0)",
+    )
+    parser.add_argument(
+        "--node-image",
+        action="append",
+        default=os.environ.get("KUBELET_NODE_IMAGES", "").split(),
+        help="docker-archive tar to import into the real nodes (repeatable; default $KUBELET_NODE_IMAGES); "
+        "the pause image from scripts/build-images.sh is added when that script exists",
+    )
     args = parser.parse_args(argv)
     handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "serve": cmd_serve}
     return handlers[args.command](args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import shutil
 import socket
 import ssl
@@ -37,6 +38,7 @@ from tidal.devcluster.commands import (
 from tidal.devcluster.nodes import GPUNodeSpec, gpu_node_manifest
 from tidal.devcluster.pki import CertPair, ClusterPKI, generate_pki
 from tidal.devcluster.process import Component, start_component, stop_component, tail
+from tidal.devcluster.realnode import PodNetwork, RealNode
 
 
 class ClusterStartError(RuntimeError):
@@ -61,6 +63,12 @@ class ClusterConfig:
     """How long start-up may take before it fails with the component logs."""
     etcd_unsafe_no_fsync: bool = True
     """Skip fsync in etcd: a throw-away test cluster trades durability for speed on slow disks."""
+    real_nodes: int = 0
+    """Real kubelet nodes (containerd + runc, :mod:`tidal.devcluster.realnode`) to start, `real-0`, ..."""
+    real_node_images: tuple[Path, ...] = ()
+    """Docker-archive tars imported into each real node; the pause image (tidal.local/pause:3.10) included."""
+    keep_node_images: bool = False
+    """Keep the real nodes' image stores (`work_dir/nodes`) after stop: the next start skips the imports."""
 
 
 def free_port() -> int:
@@ -116,6 +124,8 @@ class DevCluster:
         self.startup_seconds = 0.0
         self._pki: ClusterPKI | None = None
         self._api_client: Any = None
+        self.real_nodes: list[RealNode] = []
+        self.pod_network: PodNetwork | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -156,6 +166,8 @@ class DevCluster:
                 names = [f"gpu-node-{i}" for i in range(self.config.gpu_nodes)]
                 self.create_gpu_nodes(names, self.config.gpu_node)
                 self.wait_nodes_ready(names, max(1.0, deadline - time.monotonic()))
+            if self.config.real_nodes:
+                self.add_real_nodes(self.config.real_nodes, self.config.real_node_images)
         except BaseException:
             self.stop()
             raise
@@ -163,6 +175,7 @@ class DevCluster:
 
     def stop(self) -> None:
         """Stop every component (process groups, SIGTERM then SIGKILL), last started first."""
+        self.stop_real_nodes()
         if self._api_client is not None:
             with contextlib.suppress(Exception):
                 self._api_client.close()
@@ -172,8 +185,49 @@ class DevCluster:
         self.components.clear()
 
     def pids(self) -> dict[str, int]:
-        """Process (and process group) id of each component."""
-        return {name: c.pid for name, c in self.components.items()}
+        """Process (and process group) id of each component (real nodes' containerd and kubelet included)."""
+        pids = {name: c.pid for name, c in self.components.items()}
+        for node in self.real_nodes:
+            pids.update(node.pids())
+        return pids
+
+    # -- real nodes -----------------------------------------------------------------------------------------
+
+    def add_real_nodes(
+        self, count: int, images: Sequence[Path] = (), spec: GPUNodeSpec | None = None
+    ) -> list[RealNode]:
+        """Start `count` real kubelet nodes (`real-<i>`) on one pod bridge, wait until each is Ready."""
+        nodes_dir = self.work_dir / "nodes"
+        nodes_dir.mkdir(parents=True, exist_ok=True)
+        if self.pod_network is None:
+            self.pod_network = PodNetwork.create()
+            (nodes_dir / "network.json").write_text(json.dumps(self.pod_network.to_json()))
+        started = []
+        for _ in range(count):
+            index = len(self.real_nodes)
+            node = RealNode(
+                nodes_dir / f"real-{index}",
+                self.kubeconfig,
+                images,
+                name=f"real-{index}",
+                gpu=spec or self.config.gpu_node,
+                network=self.pod_network,
+                index=index,
+                keep_images=self.config.keep_node_images,
+            )
+            node.start()
+            self.real_nodes.append(node)
+            started.append(node)
+        return started
+
+    def stop_real_nodes(self) -> None:
+        """Stop every real node (last started first) and delete their pod bridge."""
+        while self.real_nodes:
+            self.real_nodes.pop().stop()
+        if self.pod_network is not None:
+            self.pod_network.delete()
+            (self.work_dir / "nodes" / "network.json").unlink(missing_ok=True)
+            self.pod_network = None
 
     # -- start-up steps -----------------------------------------------------------------------------
 
@@ -330,4 +384,5 @@ class DevCluster:
         parts = []
         for path in self.log_files():
             parts.append(f"----- {path} (last {lines} lines) -----\n{tail(path, lines)}")
+        parts.extend(node.logs_summary(lines) for node in self.real_nodes)
         return "\n".join(parts)

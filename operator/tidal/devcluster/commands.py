@@ -63,6 +63,11 @@ def apiserver_argv(
         # The `kubernetes` Endpoints may not point at loopback, and nothing in-cluster needs it.
         "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
+        # Real kubelet nodes (tidal.devcluster.realnode), for logs, exec and port-forward: dial the node IP
+        # (node names do not resolve) with the admin certificate (those kubelets trust the cluster CA).
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={pki.clients['admin'].cert}",
+        f"--kubelet-client-key={pki.clients['admin'].key}",
         "--profiling=false",
         "--v=1",
     ]
