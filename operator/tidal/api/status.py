@@ -255,6 +255,9 @@ class LLMDeploymentStatus(ApiModel):
     """Replicas that exist (scale subresource ``statusReplicasPath``)."""
     ready_replicas: int = Field(default=0, ge=0)
     """Replicas whose engines are ready to serve."""
+    restarts: int = Field(default=0, ge=0)
+    """Container restarts by the kubelet, summed over the live worker pods (an ``EngineRestarted`` Event when
+    it grows)."""
     desired_replicas: int | None = Field(default=None, ge=0)
     """Replicas the autoscaler (or the spec) asks for."""
     selector: str | None = Field(default=None, max_length=1024)

@@ -42,6 +42,7 @@ from tidal.plan.documents import rfc3339, scale_record, without_nulls
 from tidal.plan.gpuhours import account_gpu_hours, worker_gpus
 from tidal.plan.model import model_condition
 from tidal.plan.replicas import ReplicaView, parse_time
+from tidal.plan.restarts import ENGINE_RESTARTED, container_restarts, restart_message
 from tidal.plan.target import DEFAULT_CONFIG, Resolved, Target, gpu_shortage, resolve
 from tidal.plan.types import EventSpec, ObjectRef, Observed, Plan
 
@@ -230,6 +231,11 @@ def plan_reconcile(
     )
     events.extend(transitions)
     owned = _owned_status(deployment, target, replicas_after, ready_after, merged, signal, old_status, stamp)
+    restarts = container_restarts([p for v in alive_after for p in v.pods])
+    owned["restarts"] = sum(r.count for r in restarts)
+    restarted_message = restart_message(restarts, int(old_status.get("restarts") or 0))
+    if restarted_message is not None and "restarts" in old_status:
+        events.append(EventSpec("Warning", ENGINE_RESTARTED, restarted_message[:1024]))
     own_scale = autoscaler is None or "lastScale" not in autoscaler.fields
     if autoscaler is not None:
         # The autoscaler's pass records its own scaling decision (with the numbers), not "spec changed".
