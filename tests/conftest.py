@@ -1,7 +1,7 @@
 """Root pytest configuration: tier markers are assigned by directory.
 
 tests/unit -> unit, tests/controlplane -> controlplane, tests/engine -> engine,
-tests/metrics -> metrics. Shared fixtures live in tests/support and are loaded as plugins.
+tests/metrics -> metrics, tests/node -> node. Shared fixtures live in tests/support and are loaded as plugins.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 pytest_plugins = ["tests.support.cluster"]
 
-_TIERS = ("unit", "controlplane", "engine", "metrics")
+_TIERS = ("unit", "controlplane", "engine", "metrics", "node")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,12 +10,12 @@ import json
 import signal
 import time
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from tests.support.engine import WorkerHandle, http_status, tiny_model_dir, tiny_worker
+from tests.support.streams import StreamResult, stream_completion
 
 __all__ = ["tiny_model_dir", "tiny_worker"]
 
@@ -95,56 +95,15 @@ def test_metrics_passthrough(tiny_worker: WorkerHandle) -> None:
     assert "tidal_worker_in_flight_requests 0" in text
 
 
-@dataclass
-class StreamResult:
-    """What one streaming client saw."""
-
-    status: int
-    chunks: int = 0
-    done: bool = False
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    error: str = ""
-
-
-async def _stream(session: aiohttp.ClientSession, url: str, i: int, started: asyncio.Event) -> StreamResult:
-    body = {
-        "model": "tiny",
-        "prompt": f"Request {i}: tell me about tides",
-        "max_tokens": STREAM_TOKENS,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    try:
-        async with session.post(url + "/v1/completions", json=body) as resp:
-            res = StreamResult(status=resp.status)
-            async for raw in resp.content:
-                line = raw.decode().strip()
-                if not line.startswith("data: "):
-                    continue
-                payload = line[len("data: ") :]
-                if payload == "[DONE]":
-                    res.done = True
-                    continue
-                data = json.loads(payload)
-                if data.get("usage"):
-                    res.completion_tokens = int(data["usage"]["completion_tokens"])
-                for choice in data.get("choices", []):
-                    res.chunks += 1
-                    started.set()
-                    res.finish_reason = choice.get("finish_reason") or res.finish_reason
-            return res
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return StreamResult(status=-1, error=f"{type(exc).__name__}: {exc}")
-
-
 async def _drain_scenario(handle: WorkerHandle, grace: float) -> dict[str, Any]:
     url = handle.base_url
     timeout = aiohttp.ClientTimeout(total=grace + 60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         flags = [asyncio.Event() for _ in range(STREAMS)]
-        tasks = [asyncio.ensure_future(_stream(session, url, i, flags[i])) for i in range(STREAMS)]
+        tasks = [
+            asyncio.ensure_future(stream_completion(session, url, i, flags[i], STREAM_TOKENS))
+            for i in range(STREAMS)
+        ]
         await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), timeout=60)
         # Every stream has started; on a busy CPU the first may already have finished (the engine batches
         # at most max_num_seqs, the rest wait their turn), which the drain does not care about: what must
