@@ -1,9 +1,11 @@
 """The node tier: Tidal's worker pods on a REAL kubelet (containerd + runc + a CNI bridge), end to end with
 the vLLM CPU engine, from the image with no Tidal code in it (issue 18).
 
-One module, one cluster (its own control plane, no KWOK nodes, one real node ``real-0`` with fake GPUs), one
-operator process under its RBAC identity, and ``examples/tiny-cpu.yaml`` applied as a user would. The tests
-run in order and share the deployment:
+One module, one cluster (its own control plane, no KWOK nodes, one real node ``real-0`` with fake GPUs), the
+operator installed with the Helm chart from the locally built operator image (non-root, running on ``real-0``
+in the node's network namespace: there is no kube-proxy, so ``KUBERNETES_SERVICE_HOST`` points at the API
+server on loopback), and ``examples/tiny-cpu.yaml`` applied as a user would. The tests run in order and share
+the deployment:
 
 1. it reaches ``Ready=True`` through the pod's real probes, on ``real-0``, and answers a completion;
 2. a real Prometheus scrapes the real pod's engine metrics;
@@ -24,7 +26,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,7 +39,9 @@ import yaml
 from kubernetes import client
 
 from tests.support.cluster import ControlPlane
-from tests.support.operator import OperatorProcess, install_crds, operator_kubeconfig, wait_for
+from tests.support.engine import free_ports
+from tests.support.helm import install_chart
+from tests.support.operator import wait_for
 from tests.support.prometheus import ScrapeTarget, running_prometheus
 from tests.support.streams import StreamResult, stream_completion
 from tests.support.tinymodel import make_tiny_model
@@ -53,6 +56,7 @@ NAME, NS, PORT = "tiny-cpu", "default", 8000
 STREAMS = 20
 STREAM_TOKENS = 1000  # with the prompt, just under the example's maxModelLen (1024): the tiny model is fast
 GROUP, VERSION, PLURAL = "tidal.dev", "v1alpha1", "llmdeployments"
+OPERATOR_NS = "tidal-system"
 
 
 @dataclass
@@ -61,7 +65,6 @@ class Node:
 
     cp: ControlPlane
     cluster: DevCluster
-    operator: OperatorProcess
     custom: client.CustomObjectsApi
 
     def kubectl(self, *args: str, timeout: float = 120) -> str:
@@ -100,11 +103,33 @@ class Node:
             if e.reason == reason and e.involved_object.name == NAME
         ]
 
+    def operator_logs(self, lines: int = 40) -> str:
+        out = subprocess.run(
+            [
+                "kubectl",
+                f"--kubeconfig={self.cp.kubeconfig}",
+                "logs",
+                "-n",
+                OPERATOR_NS,
+                "--all-containers",
+                f"--tail={lines}",
+                "-l",
+                "app.kubernetes.io/name=tidal",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return out.stdout + out.stderr
+
+    def debug_pods(self) -> str:
+        return f"pods: {self.kubectl('get', 'pods', '-o', 'wide', '-A')}\noperator: {self.operator_logs()}"
+
     def debug(self) -> str:
         return (
             f"llmd status: {json.dumps(self.llmd().get('status', {}), indent=1)[:3000]}\n"
-            f"pods: {self.kubectl('get', 'pods', '-o', 'wide', '-n', NS)}\n"
-            f"operator: {self.operator.logs(40)}\n{self.cluster.real_nodes[0].logs_summary(20)}"
+            f"pods: {self.kubectl('get', 'pods', '-o', 'wide', '-A')}\n"
+            f"operator: {self.operator_logs()}\n{self.cluster.real_nodes[0].logs_summary(20)}"
         )
 
 
@@ -112,16 +137,16 @@ def _fail(message: str) -> None:
     pytest.fail(message, pytrace=False)
 
 
-def _images() -> list[Path]:
-    """The pause and vLLM-CPU image tars (built when missing: cold about 2.5 min, then cached)."""
+def _images(*names: str) -> list[Path]:
+    """Image tars from scripts/build-images.sh (built when missing: all three cold about 2.5 min, cached)."""
     out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-images.sh"), "pause", "vllm"],
+        ["bash", str(ROOT / "scripts" / "build-images.sh"), *names],
         capture_output=True,
         text=True,
         timeout=1800,
     )
     if out.returncode != 0:
-        _fail(f"scripts/build-images.sh pause vllm failed:\n{out.stderr[-3000:]}")
+        _fail(f"scripts/build-images.sh {' '.join(names)} failed:\n{out.stderr[-3000:]}")
     return [Path(line) for line in out.stdout.split() if line.endswith(".tar")]
 
 
@@ -164,13 +189,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         find_kubelet()
     except (NodeNotBuiltError, RuntimeError) as exc:
         _fail(f"{exc} (the node tier needs `make controlplane node`)")
-    images = _images()
+    images = _images("pause", "vllm")  # the node's seeded image store
+    operator_image = _images("operator")  # changes with every commit: imported apart
     work = tmp_path_factory.mktemp("nodetier")
     cluster = DevCluster(
         ClusterConfig(work_dir=work, gpu_nodes=0, real_nodes=1, real_node_images=tuple(images))
     )
     cluster.start()
-    op: OperatorProcess | None = None
     try:
         cp = ControlPlane(
             cluster=cluster,
@@ -178,21 +203,59 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             api_client=cluster.api_client(),
             core=cluster.core_v1(),
         )
+        real = cluster.real_nodes[0]
+        real.import_images(operator_image)
         print(
-            f"\nnode tier: cluster with {cluster.real_nodes[0].name} ready in {cluster.startup_seconds:.1f}s "
-            f"(node: {cluster.real_nodes[0].timings})"
+            f"\nnode tier: cluster with {real.name} ready in {cluster.startup_seconds:.1f}s ({real.timings})"
         )
-        install_crds(cp)
         _install_model()
+        node = Node(cp, cluster, client.CustomObjectsApi(cp.api_client))
+        _install_operator(node)
         _model_volume(cp)
-        op = OperatorProcess(operator_kubeconfig(cp, work / "operator.kubeconfig"), work / "operator.log")
-        op.start()
-        yield Node(cp, cluster, op, client.CustomObjectsApi(cp.api_client))
+        yield node
     finally:
-        if op is not None:
-            op.kill(signal.SIGTERM)
-            print(f"\noperator log: {op.log_path}\n{op.logs(30)}")
         cluster.stop()
+
+
+def _install_operator(node: Node) -> None:
+    """``helm install`` with the local operator image, one replica on the real node."""
+    health, metrics = free_ports(2)
+    port = node.cp.server.rsplit(":", 1)[1]
+    values = {
+        "image": {"repository": "tidal.local/tidal-operator", "tag": "dev", "pullPolicy": "IfNotPresent"},
+        "replicaCount": 1,
+        "hostNetwork": True,
+        "nodeSelector": {"tidal.dev/real-node": "true"},
+        "operator": {
+            "healthPort": health,
+            "metricsPort": metrics,
+            "env": [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+            ],
+        },
+    }
+    install_chart(node.cp.kubeconfig, "tidal", OPERATOR_NS, values)
+
+    def running() -> list[Any]:
+        pods = node.cp.core.list_namespaced_pod(OPERATOR_NS).items
+        return [
+            p
+            for p in pods
+            if p.spec.node_name == "real-0"
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
+
+    try:
+        pods = wait_for(running, 180, 1.0, "the chart's operator pod Ready on real-0")
+    except AssertionError:
+        raise AssertionError(node.debug_pods()) from None
+    pod = pods[0]
+    container = pod.spec.containers[0]
+    assert container.image == "tidal.local/tidal-operator:dev"
+    uid = node.kubectl("exec", "-n", OPERATOR_NS, pod.metadata.name, "--", "id", "-u").strip()
+    assert uid != "0" and pod.spec.security_context.run_as_non_root, (uid, pod.spec.security_context)
+    print(f"operator: chart installed, pod {pod.metadata.name} Ready on real-0 as uid {uid}")
 
 
 @pytest.mark.timeout(900)

@@ -28,23 +28,37 @@ def repo_root() -> Path | None:
     return None
 
 
-def expected_bin_dir() -> Path:
-    """The bin directory for this checkout: $TIDAL_CONTROLPLANE_BIN, else what the build script names."""
-    override = os.environ.get(BIN_DIR_ENV)
+def cache_dir() -> Path:
+    """Tidal's build and image cache: $TIDAL_CACHE, else ~/.cache/tidal."""
+    return Path(os.environ.get("TIDAL_CACHE", Path.home() / ".cache" / "tidal"))
+
+
+def script_bin_dir(env_var: str, script: str, cache_sub: str) -> Path:
+    """A build's bin directory: $`env_var`, else what `scripts/<script> --print-bin-dir` names for this
+    checkout, else `<cache>/<cache_sub>/current/bin` (an install without the checkout's scripts).
+
+    Shared by the control plane (:func:`expected_bin_dir`) and the real node's kubelet
+    (:func:`tidal.devcluster.realnode.expected_kubelet_dir`), whose build scripts answer alike.
+    """
+    override = os.environ.get(env_var)
     if override:
         return Path(override)
     root = repo_root()
-    if root is not None:
+    if root is not None and (root / "scripts" / script).is_file():
         out = subprocess.run(
-            ["bash", str(root / "scripts" / "build-controlplane.sh"), "--print-bin-dir"],
+            ["bash", str(root / "scripts" / script), "--print-bin-dir"],
             check=True,
             capture_output=True,
             text=True,
             timeout=60,
         )
         return Path(out.stdout.strip())
-    cache = Path(os.environ.get("TIDAL_CACHE", Path.home() / ".cache" / "tidal"))
-    return cache / "controlplane" / "current" / "bin"
+    return cache_dir() / cache_sub / "current" / "bin"
+
+
+def expected_bin_dir() -> Path:
+    """The bin directory for this checkout: $TIDAL_CONTROLPLANE_BIN, else what the build script names."""
+    return script_bin_dir(BIN_DIR_ENV, "build-controlplane.sh", "controlplane")
 
 
 def find_bin_dir(explicit: Path | None = None) -> Path:

@@ -11,7 +11,6 @@ The components' command lines are in :mod:`tidal.devcluster.commands`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import shutil
 import socket
@@ -22,7 +21,6 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -35,9 +33,10 @@ from tidal.devcluster.commands import (
     kwok_argv,
     scheduler_argv,
 )
+from tidal.devcluster.kubeapi import AdminClient
 from tidal.devcluster.nodes import GPUNodeSpec, gpu_node_manifest
 from tidal.devcluster.pki import CertPair, ClusterPKI, generate_pki
-from tidal.devcluster.process import Component, start_component, stop_component, tail
+from tidal.devcluster.process import Component, Supervisor, start_component, stop_component, tail
 from tidal.devcluster.realnode import PodNetwork, RealNode
 
 
@@ -109,7 +108,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, client: CertPair, user: 
     return path
 
 
-class DevCluster:
+class DevCluster(Supervisor):
     """One running control plane. Use as a context manager, or call `start()` and `stop()`."""
 
     def __init__(self, config: ClusterConfig) -> None:
@@ -123,20 +122,11 @@ class DevCluster:
         self.etcd_port = 0
         self.startup_seconds = 0.0
         self._pki: ClusterPKI | None = None
-        self._api_client: Any = None
+        self._admin = AdminClient(self.kubeconfig)
         self.real_nodes: list[RealNode] = []
         self.pod_network: PodNetwork | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> DevCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def server(self) -> str:
@@ -176,10 +166,7 @@ class DevCluster:
     def stop(self) -> None:
         """Stop every component (process groups, SIGTERM then SIGKILL), last started first."""
         self.stop_real_nodes()
-        if self._api_client is not None:
-            with contextlib.suppress(Exception):
-                self._api_client.close()
-            self._api_client = None
+        self._admin.close()
         for component in reversed(list(self.components.values())):
             stop_component(component)
         self.components.clear()
@@ -278,13 +265,7 @@ class DevCluster:
     def _wait(self, deadline: float, what: str, probe: Any) -> None:
         last_error = ""
         while time.monotonic() < deadline:
-            for component in self.components.values():
-                code = component.exited()
-                if code is not None:
-                    raise ClusterStartError(
-                        f"{component.name} exited with code {code} while waiting for {what}\n"
-                        + self.logs_summary()
-                    )
+            self.raise_if_exited(ClusterStartError, what)
             try:
                 if probe():
                     return
@@ -324,19 +305,11 @@ class DevCluster:
 
     def api_client(self) -> Any:
         """A `kubernetes.client.ApiClient` authenticated as cluster admin (shared, closed on stop)."""
-        if self._api_client is None:
-            from kubernetes import config as k8s_config
-
-            self._api_client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=str(self.kubeconfig)
-            )
-        return self._api_client
+        return self._admin.client()
 
     def core_v1(self) -> Any:
         """A `kubernetes.client.CoreV1Api` on the admin client."""
-        from kubernetes import client as k8s_client
-
-        return k8s_client.CoreV1Api(self.api_client())
+        return self._admin.core_v1()
 
     def create_gpu_nodes(self, names: Sequence[str], spec: GPUNodeSpec | None = None) -> list[str]:
         """Create KWOK-managed fake GPU nodes (status included: capacity, allocatable, GPU labels)."""

@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -147,3 +149,43 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+class Supervisor:
+    """Base of what starts and stops a set of components (:class:`~tidal.devcluster.cluster.DevCluster`,
+    :class:`~tidal.devcluster.realnode.RealNode`): a context manager that calls `start()` on entry and
+    `stop()` on exit."""
+
+    components: dict[str, Component]
+    """The running components by name."""
+
+    def logs_summary(self, lines: int = 30) -> str:
+        """The last lines of the components' logs, for failure messages; a subclass implements it."""
+        raise NotImplementedError
+
+    def raise_if_exited(self, error: type[Exception], what: str, owner: str = "") -> None:
+        """Raise `error` (with the log tails) if a component has exited while waiting for `what`."""
+        for component in self.components.values():
+            code = component.exited()
+            if code is not None:
+                raise error(
+                    f"{component.name}{owner} exited with code {code} while waiting for {what}\n"
+                    + self.logs_summary()
+                )
+
+    def start(self) -> None:
+        """Start the components; a subclass implements it."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the components; a subclass implements it."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
