@@ -349,27 +349,39 @@ def test_scale_down_drains_streams_through_the_kubelet(node: Node) -> None:
 
 async def _scale_down_under_load(node: Node, pods: dict[str, str]) -> dict[str, Any]:
     names = sorted(pods)
-    urls = [f"http://{pods[names[i % 2]]}:{PORT}" for i in range(STREAMS)]
+    url = {n: f"http://{pods[n]}:{PORT}" for n in names}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        flags = [asyncio.Event() for _ in range(STREAMS)]
-        tasks = [
-            asyncio.ensure_future(stream_completion(session, urls[i], i, flags[i], STREAM_TOKENS))
-            for i in range(STREAMS)
-        ]
-        # Scale as soon as each replica streams (waiting for all 20 lets the first ones finish).
-        first = [flags[0].wait(), flags[1].wait()]  # stream i goes to names[i % 2]
-        await asyncio.wait_for(asyncio.gather(*first), timeout=180)
-        in_flight = {
-            n: sum(not t.done() for i, t in enumerate(tasks) if urls[i] == f"http://{pods[n]}:{PORT}")
-            for n in names
-        }
+        streams: list[tuple[str, asyncio.Future[StreamResult], asyncio.Event]] = []
+
+        def launch(n: str, count: int) -> None:
+            for _ in range(count):
+                started = asyncio.Event()
+                task = stream_completion(session, url[n], len(streams), started, STREAM_TOKENS)
+                streams.append((n, asyncio.ensure_future(task), started))
+
+        def streaming(n: str) -> int:
+            return sum(1 for m, t, started in streams if m == n and started.is_set() and not t.done())
+
+        for n in names:
+            launch(n, STREAMS // len(names))
+        # Scale while both replicas stream. The tiny model is fast: one replica's streams can finish while
+        # the other's first token is still coming (it happened in CI), so a replica whose streams all
+        # finished gets a new batch; every stream launched counts in the result.
+        deadline = time.monotonic() + 180
+        while not all(streaming(n) for n in names):
+            assert time.monotonic() < deadline, "streams never ran on both replicas at once"
+            for n in names:
+                if all(t.done() for m, t, _ in streams if m == n):
+                    launch(n, STREAMS // len(names))
+            await asyncio.sleep(0.05)
+        in_flight = {n: sum(1 for m, t, _ in streams if m == n and not t.done()) for n in names}
         t0 = time.monotonic()
         await asyncio.to_thread(node.kubectl, "scale", f"llmd/{NAME}", "--replicas=1", "-n", NS)
         remaining = await asyncio.to_thread(
             wait_for, lambda: len(node.pods()) == 1 and node.pods(), 300, 1.0, "one replica left"
         )
         removed = next(n for n in names if n != remaining[0].metadata.name)
-        results = await asyncio.gather(*tasks)
+        results = list(await asyncio.gather(*(t for _, t, _ in streams)))
 
         def gone() -> bool:
             try:
